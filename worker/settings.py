@@ -1,0 +1,193 @@
+"""The one settings object, read once from the environment at the edge.
+
+Only :meth:`Settings.from_env` reads the environment; everything else is handed a
+:class:`Settings`. Tests build one directly. Every problem is collected and reported together,
+each naming its variable and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from worker.errors import SettingsError
+
+DEFAULT_ENDPOINT = "https://api.videosdk.live"
+DEFAULT_BROKER = "redis://localhost:6379/0"
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+_T = TypeVar("_T")
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A VideoSDK account: the API key and its secret."""
+
+    api_key: str
+    secret: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything recq is configured with. Immutable; build with :meth:`from_env` or directly."""
+
+    credentials: Credentials | None = None
+    api_endpoint: str = DEFAULT_ENDPOINT
+    broker_url: str = DEFAULT_BROKER
+    redis_url: str = DEFAULT_BROKER
+    namespace: str = "recq"
+    queue: str = "recq"
+    state_ttl: int = 7 * 24 * 3600
+    token_ttl: int = 600
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    retry_attempts: int = 5
+    retry_window: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and check every variable; raise one :class:`SettingsError` naming all problems."""
+        reader = _Reader(environ)
+        broker_url = reader.url("CELERY_BROKER_URL", DEFAULT_BROKER, BROKER_SCHEMES)
+        broker_is_redis = urlsplit(broker_url).scheme in ("redis", "rediss")
+        redis_default = broker_url if broker_is_redis else None
+        if redis_default is None and "RECQ_REDIS_URL" not in environ:
+            reader.problems.append(
+                "RECQ_REDIS_URL is not set: the broker is not Redis, so recq needs a Redis for "
+                "job state; set RECQ_REDIS_URL=redis://host:6379/0"
+            )
+        settings = cls(
+            credentials=reader.credentials(),
+            api_endpoint=reader.url(
+                "VIDEOSDK_API_ENDPOINT", DEFAULT_ENDPOINT, ("https", "http")
+            ).rstrip("/"),
+            broker_url=broker_url,
+            redis_url=reader.url("RECQ_REDIS_URL", redis_default or DEFAULT_BROKER, REDIS_SCHEMES),
+            namespace=reader.text("RECQ_NAMESPACE", "recq"),
+            queue=reader.text("RECQ_QUEUE", "recq"),
+            state_ttl=reader.number("RECQ_STATE_TTL", 7 * 24 * 3600, int, minimum=60),
+            token_ttl=reader.number("RECQ_TOKEN_TTL", 600, int, minimum=120),
+            connect_timeout=reader.number("RECQ_CONNECT_TIMEOUT", 5.0, float, minimum=0.1),
+            read_timeout=reader.number("RECQ_READ_TIMEOUT", 30.0, float, minimum=0.1),
+            retry_attempts=reader.number("RECQ_RETRY_ATTEMPTS", 5, int, minimum=1),
+            retry_window=reader.number("RECQ_RETRY_WINDOW", 60.0, float, minimum=0),
+        )
+        if reader.problems:
+            raise SettingsError(reader.problems)
+        return settings
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (settings stay immutable)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def require_credentials(self) -> Credentials:
+        """The credentials, or a :class:`SettingsError` saying how to provide them."""
+        if self.credentials is None:
+            raise SettingsError(
+                [
+                    "VIDEOSDK_API_KEY and VIDEOSDK_SECRET (or VIDEOSDK_SECRET_FILE) must be set "
+                    "for a worker: it signs VideoSDK tokens with them. Find both in the "
+                    "VideoSDK dashboard under API keys (or run `recq dev` to use the sandbox)."
+                ]
+            )
+        return self.credentials
+
+
+class _Reader:
+    """Reads variables one by one, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def text(self, name: str, default: str) -> str:
+        value = self.environ.get(name, "").strip()
+        return value or default
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            allowed = ", ".join(f"{s}://" for s in schemes)
+            self.problems.append(f"{name}={value!r} is not a URL starting with one of {allowed}")
+        return value
+
+    def number(self, name: str, default: _T, kind: Callable[[str], _T], *, minimum: float) -> _T:
+        raw = self.environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            self.problems.append(f"{name}={raw!r} is not a {kind.__name__}")
+            return default
+        if value < minimum:  # type: ignore[operator]
+            self.problems.append(f"{name}={raw!r} must be at least {minimum}")
+        return value
+
+    def credentials(self) -> Credentials | None:
+        key = self.environ.get("VIDEOSDK_API_KEY", "").strip()
+        secret = self._secret()
+        if key and secret:
+            return Credentials(api_key=key, secret=Secret(secret))
+        if key and not secret and not self.problems_mention("VIDEOSDK_SECRET"):
+            self.problems.append(
+                "VIDEOSDK_API_KEY is set but VIDEOSDK_SECRET is not: set VIDEOSDK_SECRET, "
+                "or VIDEOSDK_SECRET_FILE to a file holding it"
+            )
+        if secret and not key:
+            self.problems.append("VIDEOSDK_SECRET is set but VIDEOSDK_API_KEY is not: set both")
+        return None
+
+    def problems_mention(self, name: str) -> bool:
+        return any(p.startswith(name) for p in self.problems)
+
+    def _secret(self) -> str:
+        inline = self.environ.get("VIDEOSDK_SECRET", "").strip()
+        path = self.environ.get("VIDEOSDK_SECRET_FILE", "").strip()
+        if inline and path:
+            self.problems.append(
+                "VIDEOSDK_SECRET and VIDEOSDK_SECRET_FILE are both set: keep only one"
+            )
+            return inline
+        if not path:
+            return inline
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            self.problems.append(
+                f"VIDEOSDK_SECRET_FILE={path!r} cannot be read ({exc.strerror or exc}): "
+                "mount the secret there or fix the path"
+            )
+            return ""
+        if not value:
+            self.problems.append(f"VIDEOSDK_SECRET_FILE={path!r} is empty")
+        return value

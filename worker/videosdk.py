@@ -1,0 +1,173 @@
+"""The VideoSDK REST client: one attempt per call, every outcome classified.
+
+The client sends exactly the body it is given, with the raw token in ``Authorization`` (no
+``Bearer`` prefix) and ``Content-Type: application/json``, on a pooled ``requests.Session``
+with connect and read timeouts. It makes one attempt: retrying is the caller's business, done
+once, by :class:`worker.retry.RetryPolicy`. The outcome is an :class:`~worker.errors.Answer`
+on 2xx, :class:`~worker.errors.UpstreamUnavailable` for what may pass (network, timeout, 429,
+5xx), and :class:`~worker.errors.UpstreamRejected` for every other answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+
+import requests
+import urllib3
+
+from worker.errors import Answer, UpstreamError, UpstreamRejected, UpstreamUnavailable
+from worker.redact import redact
+from worker.tokens import TokenSigner
+
+
+class Endpoints:
+    """Every VideoSDK path recq uses, in one place (see ``videosdk-api.md``)."""
+
+    START_RECORDING: Final = "/v2/recordings/start"
+    STOP_RECORDING: Final = "/v2/recordings/end"  # the index page says /stop; the API uses /end
+    START_TRACK_RECORDING: Final = "/v2/recordings/participant/track/start"
+    STOP_TRACK_RECORDING: Final = "/v2/recordings/participant/track/stop"
+    SESSIONS: Final = "/v2/sessions/"
+
+
+MAX_BODY_CHARS = 2000
+_ALREADY_RUNNING_CODE = 4011
+_ALREADY_RUNNING_TEXT = re.compile(r"already\s+(running|started|starting|in progress|active)", re.I)
+
+
+def build_session(pool_size: int = 32) -> requests.Session:
+    """A session with a connection pool sized for the worker and no retries of its own."""
+    session = requests.Session()
+    # max_retries=0: the one retry policy is RetryPolicy; the adapter must not add another layer.
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=4, pool_maxsize=pool_size, max_retries=0
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+class VideoSDKClient:
+    """Calls VideoSDK on behalf of the worker, one attempt at a time."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        *,
+        endpoint: str,
+        tokens: TokenSigner,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        self._session = session
+        self._base = endpoint.rstrip("/")
+        self._tokens = tokens
+        self._timeout = (connect_timeout, read_timeout)
+
+    def post(self, path: str, body: Mapping[str, Any]) -> Answer:
+        """POST ``body`` as JSON to ``path``; return the answer or raise a classified error."""
+        return self._send("POST", path, json_body=body)
+
+    def get(self, path: str, params: Mapping[str, str]) -> Answer:
+        """GET ``path`` with query ``params``; return the answer or raise a classified error."""
+        return self._send("GET", path, params=params)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Answer:
+        headers = {"Authorization": self._tokens.token(), "Content-Type": "application/json"}
+        data = None if json_body is None else json.dumps(json_body, separators=(",", ":"))
+        try:
+            response = self._session.request(
+                method,
+                self._base + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=self._timeout,
+            )
+        except requests.RequestException as exc:
+            raise _network_error(path, exc) from None
+        answer = _answer(response)
+        if response.ok:
+            return answer
+        raise classify(path, answer)
+
+
+def classify(path: str, answer: Answer) -> UpstreamError:
+    """The error an unsuccessful answer stands for: transient (429, 5xx) or permanent."""
+    message = f"VideoSDK answered {answer.status} to {path}: {answer.body[:200]}"
+    if answer.status == 429 or answer.status >= 500:  # noqa: PLR2004 - HTTP's own numbers
+        return UpstreamUnavailable(message, endpoint=path, answer=answer)
+    return UpstreamRejected(message, endpoint=path, answer=answer)
+
+
+def refused_as_already_running(error: UpstreamError) -> bool:
+    """True when VideoSDK refused a start because that recording is already running.
+
+    The error body is undocumented, so both the numeric code the client SDKs name (4011, start
+    refused) and the wording are accepted.
+    """
+    if not isinstance(error, UpstreamRejected) or error.answer is None:
+        return False
+    body = error.answer.body
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("code") == _ALREADY_RUNNING_CODE:
+        return True
+    return bool(_ALREADY_RUNNING_TEXT.search(body))
+
+
+def _answer(response: requests.Response) -> Answer:
+    headers = response.headers
+    return Answer(
+        status=response.status_code,
+        body=redact(response.text[:MAX_BODY_CHARS]),
+        request_id=headers.get("x-request-id") or headers.get("request-id"),
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+    )
+
+
+def _network_error(path: str, exc: requests.RequestException) -> UpstreamUnavailable:
+    never_sent = isinstance(exc, requests.ConnectTimeout) or _refused(exc)
+    what = "timed out" if isinstance(exc, requests.Timeout) else "failed"
+    return UpstreamUnavailable(
+        f"the call to VideoSDK {path} {what}: {type(exc).__name__}",
+        endpoint=path,
+        maybe_applied=not never_sent,
+    )
+
+
+def _refused(exc: requests.RequestException) -> bool:
+    """True when the connection was never made, so VideoSDK cannot have seen the request."""
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", reason)
+    return isinstance(inner, urllib3.exceptions.NewConnectionError)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
