@@ -1,0 +1,1 @@
+"""Thin Celery tasks: each decodes its message and hands the job to :mod:`worker`."""

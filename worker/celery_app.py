@@ -1,0 +1,147 @@
+"""The Celery app factory: our delivery semantics, and the parts a worker runs jobs with.
+
+:func:`create_app` takes a :class:`~worker.settings.Settings` and returns a configured app;
+``worker.app`` builds the one ``celery -A worker.app worker`` and ``recq`` use from the
+environment, and tests build their own. The app carries the settings and builds, once and
+lazily, the Redis client, the job store, the event sinks and (in a worker) the job runner.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from celery import Celery, signals
+
+from worker.errors import SettingsError
+from worker.event_log import EventLog
+from worker.events import Events, ExchangeSink
+from worker.retry import RetryPolicy
+from worker.runner import JobRunner
+from worker.settings import Settings
+from worker.state import JobStore
+from worker.tokens import TokenSigner
+from worker.videosdk import VideoSDKClient, build_session
+
+# Longer than the longest a job can hold a message: the in-process retry window plus one
+# attempt's timeouts, with a wide margin. Kombu redelivers an unacknowledged message after it.
+VISIBILITY_TIMEOUT = 3600
+TASK_MODULES = ("tasks.recording",)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration recq runs with (see the README's reliability notes)."""
+    config: dict[str, Any] = {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],  # a pickled message is refused, never deserialised
+        "event_serializer": "json",
+        # Acknowledge after the work: a worker that dies mid-job leaves its message to be
+        # redelivered, and the runner's reconciliation makes a second start harmless.
+        "task_acks_late": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        # Nobody reads task results: outcomes live in the job store and the events.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_default_queue": settings.queue,
+        "task_create_missing_queues": True,
+        "worker_hijack_root_logger": False,
+    }
+    if urlsplit(settings.broker_url).scheme in ("redis", "rediss"):
+        transport = {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+            "retry_on_timeout": True,
+        }
+        config["broker_transport_options"] = transport
+        config["visibility_timeout"] = VISIBILITY_TIMEOUT
+    return config
+
+
+class RecqCelery(Celery):
+    """A Celery app that knows its settings and builds recq's parts on first use."""
+
+    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__("recq", broker=settings.broker_url, set_as_current=False)
+        self.settings = settings
+        self._sleep = sleep
+        self._runner: JobRunner | None = None
+        self._lock = threading.Lock()
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            socket_timeout=30,
+            socket_connect_timeout=10,
+            socket_keepalive=True,
+            health_check_interval=25,
+            retry_on_timeout=True,
+        )
+
+    @cached_property
+    def store(self) -> JobStore:
+        return JobStore(self.redis, namespace=self.settings.namespace, ttl=self.settings.state_ttl)
+
+    @cached_property
+    def event_log(self) -> EventLog:
+        return EventLog(self.redis, namespace=self.settings.namespace)
+
+    @cached_property
+    def publisher(self) -> Events:
+        return Events([ExchangeSink(self.producer_or_acquire), self.event_log])
+
+    @property
+    def runner(self) -> JobRunner:
+        """The job runner, built once per process; it needs VideoSDK credentials."""
+        with self._lock:
+            if self._runner is None:
+                self._runner = self._build_runner()
+            return self._runner
+
+    def _build_runner(self) -> JobRunner:
+        settings = self.settings
+        tokens = TokenSigner(settings.require_credentials(), ttl=settings.token_ttl)
+        client = VideoSDKClient(
+            build_session(),
+            endpoint=settings.api_endpoint,
+            tokens=tokens,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+        policy = RetryPolicy(
+            attempts=settings.retry_attempts, window=settings.retry_window, sleep=self._sleep
+        )
+        return JobRunner(client=client, store=self.store, events=self.publisher, policy=policy)
+
+
+def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> RecqCelery:
+    """A configured recq Celery app, with its tasks registered."""
+    app = RecqCelery(settings, sleep=sleep)
+    app.conf.update(celery_config(settings))
+    app.conf.include = list(TASK_MODULES)
+
+    def check_credentials(sender: Any, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        try:
+            settings.require_credentials()
+        except SettingsError as exc:
+            # SystemExit, not an exception: Celery's signal dispatch swallows exceptions.
+            print(f"recq worker: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    signals.worker_init.connect(check_credentials, weak=False)
+    return app

@@ -1,0 +1,47 @@
+"""The event log: every event, in a capped Redis stream, for ``recq events [--follow]``.
+
+The topic exchange delivers only to queues bound before an event is published; the log keeps
+the most recent :data:`MAX_EVENTS` so that an operator can read what happened after the fact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+MAX_EVENTS = 10_000
+
+
+class EventLog:
+    """Appends events to, and reads them from, ``<namespace>:events``."""
+
+    def __init__(self, client: redis.Redis, *, namespace: str = "recq") -> None:
+        # redis-py's stream types are loose; the log is read through this one untyped handle.
+        self._redis: Any = client
+        self._key = f"{namespace}:events"
+
+    def publish(self, event: dict[str, Any]) -> None:
+        payload = json.dumps(event, separators=(",", ":"))
+        self._redis.xadd(self._key, {"event": payload}, maxlen=MAX_EVENTS, approximate=True)
+
+    def read(self, *, follow: bool = False, block_ms: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every logged event, oldest first; with ``follow``, then each new one as it comes."""
+        if not follow:
+            for _entry_id, fields in self._redis.xrange(self._key):
+                yield _decode(fields)
+            return
+        last: Any = "0-0"
+        while True:
+            batches = self._redis.xread({self._key: last}, count=500, block=block_ms)
+            for entry_id, fields in batches[0][1] if batches else []:
+                last = entry_id
+                yield _decode(fields)
+
+
+def _decode(fields: dict[Any, Any]) -> dict[str, Any]:
+    raw = fields.get(b"event") or fields["event"]
+    event: dict[str, Any] = json.loads(raw)
+    return event

@@ -1,0 +1,123 @@
+"""Result events: CloudEvents 1.0 in structured JSON mode, on the ``recq.events`` topic exchange.
+
+The event type is the routing key (``recording.started``, ``track_recording.failed``...), so a
+subscriber in any language binds a queue to the exchange with only the keys it needs
+(``recording.*``, ``*.failed``, ``#``). Every event is also appended to the event log in Redis
+(:mod:`worker.event_log`), from which ``recq events`` reads, since an exchange keeps nothing for
+subscribers that were not bound yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import kombu
+
+from worker.errors import ErrorInfo, Target
+from worker.state import State, iso, utc_now
+
+logger = logging.getLogger(__name__)
+
+EXCHANGE = kombu.Exchange("recq.events", type="topic", durable=True)
+CONTENT_TYPE = "application/cloudevents+json"
+# Publishing an event is retried briefly; the job's state in Redis stays the source of truth.
+PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5, "interval_max": 1}
+
+Event = dict[str, Any]
+
+
+def build_event(
+    event_type: str,
+    *,
+    job_id: str,
+    kind: str,
+    state: State,
+    target: Target,
+    attempt: int,
+    metadata: Mapping[str, Any] | None,
+    error: ErrorInfo | None = None,
+    reconciled: bool = False,
+    source: str | None = None,
+) -> Event:
+    """A CloudEvent describing what happened to one job."""
+    data: dict[str, Any] = {
+        "jobId": job_id,
+        "kind": kind,
+        "state": state.value,
+        "target": target.to_json(),
+        "attempt": attempt,
+        "metadata": dict(metadata or {}),
+    }
+    if error is not None:
+        data["error"] = error.to_json()
+    if reconciled:
+        data["reconciled"] = True
+    return {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": source or f"urn:recq:worker:{socket.gethostname()}",
+        "type": event_type,
+        "subject": job_id,
+        "time": iso(utc_now()),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+
+
+class EventSink(Protocol):
+    """Somewhere events go."""
+
+    def publish(self, event: Event) -> None: ...
+
+
+class ExchangeSink:
+    """Publishes events on the topic exchange, through the broker connection pool."""
+
+    def __init__(
+        self,
+        acquire: Callable[[], AbstractContextManager[kombu.Producer]],
+        exchange: kombu.Exchange = EXCHANGE,
+    ) -> None:
+        self._acquire = acquire
+        self._exchange = exchange
+
+    def publish(self, event: Event) -> None:
+        body = json.dumps(event, separators=(",", ":"))
+        with self._acquire() as producer:
+            producer.publish(
+                body,
+                exchange=self._exchange,
+                routing_key=event["type"],
+                content_type=CONTENT_TYPE,
+                content_encoding="utf-8",
+                declare=[self._exchange],
+                delivery_mode=2,  # persistent
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+            )
+
+
+class Events:
+    """Sends every event to each sink; a sink that fails is logged, never fatal to the job."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self._sinks = tuple(sinks)
+
+    def publish(self, event: Event) -> None:
+        for sink in self._sinks:
+            try:
+                sink.publish(event)
+            except Exception:
+                # The job's outcome is already in its state; an unpublished event must not undo it.
+                logger.exception(
+                    "could not publish %s for job %s to %s",
+                    event["type"],
+                    event["subject"],
+                    type(sink).__name__,
+                )
