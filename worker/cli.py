@@ -1,0 +1,216 @@
+"""The ``recq`` command line: run a worker, enqueue jobs, read their states and events.
+
+Exit codes: 0 done; 1 the command ran but the answer is bad (an invalid job, an unknown id);
+2 recq is misconfigured or misused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+from worker.errors import BrokerUnavailable, SettingsError
+from worker.jobs import BY_COMMAND
+from worker.settings import Settings
+
+WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "16", "--loglevel", "INFO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recq",
+        description="Start VideoSDK recordings reliably: jobs on a broker, Celery workers, events.",
+        epilog="Configuration comes from the environment: VIDEOSDK_API_KEY, VIDEOSDK_SECRET "
+        "(or VIDEOSDK_SECRET_FILE), VIDEOSDK_API_ENDPOINT, CELERY_BROKER_URL, RECQ_REDIS_URL. "
+        "See the README.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker (extra arguments go to `celery worker`)",
+        description="Run a Celery worker for recq with defaults for I/O-bound work "
+        f"({' '.join(WORKER_DEFAULTS)}). Any further arguments are passed to `celery worker` "
+        "and override these defaults, e.g. `recq worker --concurrency 32`.",
+    )
+    worker.set_defaults(handler=_worker)
+
+    enqueue = commands.add_parser(
+        "enqueue",
+        help="validate and publish jobs, printing one id a line",
+        description="Validate jobs and publish them. The input is one JSON job, or JSON lines "
+        "(one job a line). If any job is invalid, nothing of the input is published and every "
+        "problem is printed with its line, field and reason.",
+    )
+    enqueue.add_argument("kind", choices=sorted(BY_COMMAND), help="what the jobs ask for")
+    enqueue.add_argument("file", help="a file of jobs, or - for standard input")
+    enqueue.set_defaults(handler=_enqueue)
+
+    status = commands.add_parser("status", help="show a job's state")
+    status.add_argument("id", help="the job id that `recq enqueue` printed")
+    status.add_argument("--json", action="store_true", help="print the state as a JSON object")
+    status.set_defaults(handler=_status)
+
+    events = commands.add_parser("events", help="print events as JSON lines")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.set_defaults(handler=_events)
+
+    fake = commands.add_parser(
+        "fake-api", help="run the VideoSDK sandbox", description="Serve the VideoSDK sandbox."
+    )
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8765)
+    fake.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
+    fake.set_defaults(handler=_fake_api)
+
+    dev = commands.add_parser(
+        "dev",
+        help="run everything on this machine: Redis, the sandbox, a worker, example jobs",
+        description="Start a throwaway Redis, the VideoSDK sandbox (unless VIDEOSDK_API_KEY "
+        "is set), and a worker; enqueue the example jobs and print their events as they "
+        "happen. Ctrl-C stops everything.",
+    )
+    dev.add_argument("--once", action="store_true", help="exit when the example jobs have ended")
+    dev.set_defaults(handler=_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``recq`` console script."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command != "worker":
+        print(f"recq {args.command}: unrecognised arguments: {' '.join(extra)}", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env(os.environ)
+        code: int = args.handler(settings, args, extra)
+    except SettingsError as exc:
+        print(f"recq: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return code
+
+
+def _app(settings: Settings) -> Any:
+    from worker.celery_app import create_app  # noqa: PLC0415 - keep `recq --help` fast
+
+    return create_app(settings)
+
+
+def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> int:
+    settings.require_credentials()
+    app = _app(settings)
+    app.worker_main(["worker", *WORKER_DEFAULTS, *extra])
+    return 0
+
+
+def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    from worker.producer import BatchRejected, Producer  # noqa: PLC0415
+
+    kind = BY_COMMAND[args.kind]
+    try:
+        lines = read_jobs(sys.stdin if args.file == "-" else _open(args.file))
+    except ValueError as exc:
+        print(f"recq enqueue: {exc}", file=sys.stderr)
+        return 1
+    producer = Producer(_app(settings))
+    try:
+        ids = producer.enqueue_many(kind, [job for _line, job in lines])
+    except BatchRejected as exc:
+        for rejected in exc.rejected:
+            line = lines[rejected.index][0]
+            for violation in rejected.error.violations:
+                print(f"recq enqueue: line {line}: {violation}", file=sys.stderr)
+        print(f"recq enqueue: {exc}", file=sys.stderr)
+        return 1
+    except BrokerUnavailable as exc:
+        print(f"recq enqueue: {exc}", file=sys.stderr)
+        return 1
+    for job_id in ids:
+        print(job_id)
+    return 0
+
+
+def _open(path: str) -> IO[str]:
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def read_jobs(stream: IO[str]) -> list[tuple[int, Any]]:
+    """The jobs in ``stream`` with their line numbers: one JSON object, or JSON lines."""
+    with stream:
+        text = stream.read()
+    if not text.strip():
+        raise ValueError("the input holds no job")
+    try:
+        whole = json.loads(text)
+    except ValueError:
+        whole = None
+    else:
+        if isinstance(whole, dict):
+            return [(1, whole)]
+    jobs: list[tuple[int, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            jobs.append((number, json.loads(line)))
+        except ValueError as exc:
+            raise ValueError(
+                f"line {number}: not valid JSON ({exc}); nothing was published"
+            ) from None
+    return jobs
+
+
+def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    record = _app(settings).store.get(args.id)
+    if record is None:
+        print(f"recq status: no job {args.id!r} (unknown, or its state expired)", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(record.to_json(), indent=2))
+        return 0
+    target = " ".join(f"{k}={v}" for k, v in (record.target or {}).items())
+    print(f"{record.id}: {record.state.value} ({record.kind}; {target})")
+    print(
+        f"  attempts: {record.attempts}; created {record.created_at}; updated {record.updated_at}"
+    )
+    if record.error:
+        print(f"  error: {record.error.get('reason')}: {record.error.get('message')}")
+    return 0
+
+
+def _events(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    for event in _app(settings).event_log.read(follow=args.follow):
+        print(json.dumps(event), flush=True)
+    return 0
+
+
+def _fake_api(_settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, run_forever  # noqa: PLC0415
+
+    run_forever(
+        host=args.host,
+        port=args.port,
+        api_key=DEFAULT_API_KEY,
+        secret=DEFAULT_SECRET,
+        latency=args.latency,
+    )
+    return 0
+
+
+def _dev(_settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    from worker.dev import run_dev  # noqa: PLC0415
+
+    return run_dev(os.environ, once=args.once)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
