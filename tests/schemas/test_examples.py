@@ -1,0 +1,190 @@
+"""The published schemas are sound, and every published example does what its file name says.
+
+An invalid example is named ``<field-path>__<code>[--<variant>].json``: it must break exactly
+one rule, at that field, with that code (``__type.json``: the path is ``""``, the whole job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib.resources import files
+from typing import Any, Literal
+
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+import schemas
+from worker.errors import InvalidJob
+from worker.validation import ENVELOPE_FIELDS, UNSUPPORTED_FIELDS, validate
+
+EXAMPLE_KINDS = (*schemas.JOB_KINDS, "events")
+EVENT_SCHEMA_ID = "urn:recq:schema:events:event:v1"
+
+
+def expected_violation(stem: str) -> tuple[str, str]:
+    """``config.layout.gridSize__maximum--variant`` -> ``("config.layout.gridSize", "maximum")``."""
+    path, _, code = stem.partition("--")[0].rpartition("__")
+    return path, code
+
+
+def examples(kinds: tuple[str, ...], validity: Literal["valid", "invalid"]) -> list[Any]:
+    return [
+        pytest.param(kind, name, value, id=f"{kind}/{name}")
+        for kind in kinds
+        for name, value in schemas.examples(kind, validity)
+    ]
+
+
+def registry() -> Registry[Any]:
+    """Every shipped schema, by its ``$id``, and nothing else."""
+    return Registry().with_resources(
+        (uri, DRAFT202012.create_resource(schema)) for uri, schema in schemas.all_schemas().items()
+    )
+
+
+def plain_validator(schema_id: str) -> Draft202012Validator:
+    """What any other language's 2020-12 validator sees: the schemas alone, no recq code."""
+    return Draft202012Validator(schemas.all_schemas()[schema_id], registry=registry())
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object inside a schema, the schema included, except conditions (``if``)."""
+    if isinstance(node, dict):
+        yield node
+        for keyword, value in node.items():
+            if keyword != "if":
+                yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+class TestSchemas:
+    @pytest.mark.parametrize("schema_id", sorted(schemas.all_schemas()))
+    def test_every_schema_is_a_valid_draft_2020_12_schema(self, schema_id):
+        """Each schema passes the 2020-12 meta-schema and declares that draft."""
+        schema = schemas.all_schemas()[schema_id]
+        Draft202012Validator.check_schema(schema)
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+    @pytest.mark.parametrize("schema_id", sorted(schemas.all_schemas()))
+    def test_every_schema_and_every_property_is_described(self, schema_id):
+        """Readers in other languages get a title, a description and a description per field."""
+        schema = schemas.all_schemas()[schema_id]
+        assert schema["title"]
+        assert schema["description"]
+        resolver = registry().resolver(base_uri=schema_id)
+        for node in walk(schema):
+            for name, prop in node.get("properties", {}).items():
+                described = prop.get("description") or resolver.lookup(prop["$ref"]).contents.get(
+                    "description"
+                )
+                assert described, f"{schema_id}: property {name} has no description"
+
+    def test_each_job_kind_has_a_versioned_schema(self):
+        """A job kind's schema is found by the ``$id`` the validator builds from the kind."""
+        ids = schemas.all_schemas()
+        for kind in schemas.JOB_KINDS:
+            assert f"urn:recq:schema:jobs:{kind}:v1" in ids
+        assert EVENT_SCHEMA_ID in ids
+
+    @pytest.mark.parametrize("kind", schemas.JOB_KINDS)
+    def test_every_job_schema_offers_the_envelope_fields_from_common(self, kind):
+        """jobId, metadata and the scheduling fields mean the same on every kind of job."""
+        properties = schemas.all_schemas()[f"urn:recq:schema:jobs:{kind}:v1"]["properties"]
+        for field in ENVELOPE_FIELDS:
+            assert properties[field] == {"$ref": f"urn:recq:schema:jobs:common:v1#/$defs/{field}"}
+        assert UNSUPPORTED_FIELDS <= ENVELOPE_FIELDS
+
+    @pytest.mark.parametrize("kind", schemas.JOB_KINDS)
+    def test_every_object_of_a_job_refuses_unknown_fields(self, kind):
+        """A misspelt field anywhere in a job is an error, never silently ignored."""
+        schema = schemas.all_schemas()[f"urn:recq:schema:jobs:{kind}:v1"]
+        for node in walk(schema):
+            if "properties" in node:
+                assert node.get("additionalProperties") is False, node.get("description")
+
+    @pytest.mark.parametrize("schema_id", sorted(schemas.all_schemas()))
+    def test_references_name_schema_ids_never_files_or_web_addresses(self, schema_id):
+        """Every ``$ref`` resolves inside the shipped schemas, so validation needs no network."""
+        for node in walk(schemas.all_schemas()[schema_id]):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                assert ref.startswith(("#", "urn:recq:schema:")), ref
+
+
+class TestExampleFolders:
+    def test_every_example_folder_is_non_empty(self):
+        """No kind, and no valid or invalid folder, is left without examples."""
+        root = files("schemas").joinpath("examples")
+        kinds = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+        assert kinds == sorted(EXAMPLE_KINDS)
+        for kind in kinds:
+            for validity in ("valid", "invalid"):
+                assert schemas.examples(kind, validity), f"{kind}/{validity} is empty"
+
+    @pytest.mark.parametrize("kind", schemas.JOB_KINDS)
+    def test_each_job_kind_has_plenty_of_examples(self, kind):
+        """At least four valid jobs (minimal, full...) and twelve invalid ones per kind."""
+        valid = dict(schemas.examples(kind, "valid"))
+        assert {"minimal", "full"} <= valid.keys()
+        assert len(valid) >= 4
+        assert len(schemas.examples(kind, "invalid")) >= 12
+
+    def test_examples_of_an_unknown_kind_raise_key_error(self):
+        """Asking for a kind without examples fails loudly instead of returning nothing."""
+        with pytest.raises(KeyError, match="start_recording"):
+            schemas.examples("start_recording", "valid")
+
+
+class TestJobExamples:
+    @pytest.mark.parametrize(("kind", "name", "job"), examples(schemas.JOB_KINDS, "valid"))
+    def test_every_valid_job_example_is_accepted_unchanged(self, kind, name, job):
+        """A valid example passes recq's validator and comes back as it was."""
+        assert validate(kind, job) == job
+
+    @pytest.mark.parametrize(("kind", "name", "job"), examples(schemas.JOB_KINDS, "invalid"))
+    def test_every_invalid_job_example_breaks_exactly_the_rule_its_name_says(self, kind, name, job):
+        """The validator reports one violation, at the named field, with the named code."""
+        with pytest.raises(InvalidJob) as caught:
+            validate(kind, job)
+        found = [(v.path, v.code) for v in caught.value.violations]
+        assert found == [expected_violation(name)]
+
+    @pytest.mark.parametrize(("kind", "name", "job"), examples(schemas.JOB_KINDS, "invalid"))
+    def test_the_schema_alone_refuses_every_invalid_job_example(self, kind, name, job):
+        """Other languages' validators refuse the same jobs, save what recq refuses for now."""
+        plain = plain_validator(f"urn:recq:schema:jobs:{kind}:v1")
+        too_early = expected_violation(name)[1] == "not-supported-yet"
+        assert plain.is_valid(job) is too_early
+
+    @pytest.mark.parametrize(("kind", "name", "job"), examples(schemas.JOB_KINDS, "valid"))
+    def test_the_schema_alone_accepts_every_valid_job_example(self, kind, name, job):
+        """recq's validator adds messages, not rules, to what the schema says."""
+        assert plain_validator(f"urn:recq:schema:jobs:{kind}:v1").is_valid(job)
+
+
+class TestEventExamples:
+    @pytest.mark.parametrize(("kind", "name", "event"), examples(("events",), "valid"))
+    def test_every_valid_event_example_matches_the_event_schema(self, kind, name, event):
+        """Each example event is a well-formed recq CloudEvent."""
+        errors = [e.message for e in plain_validator(EVENT_SCHEMA_ID).iter_errors(event)]
+        assert errors == []
+        assert event["type"] == name.partition("--")[0]
+
+    @pytest.mark.parametrize(("kind", "name", "event"), examples(("events",), "invalid"))
+    def test_every_invalid_event_example_breaks_exactly_the_rule_its_name_says(
+        self, kind, name, event
+    ):
+        """One schema error, at the named place, from the named keyword."""
+        errors = list(plain_validator(EVENT_SCHEMA_ID).iter_errors(event))
+        found = [(".".join(str(p) for p in e.absolute_path), e.validator) for e in errors]
+        assert found == [expected_violation(name)]
+
+    def test_every_event_type_the_schema_names_has_a_valid_example(self):
+        """Subscribers can see an example of each event type they may bind to."""
+        named = set(schemas.load("events/event.v1.json")["properties"]["type"]["examples"])
+        shown = {event["type"] for _, event in schemas.examples("events", "valid")}
+        assert named <= shown

@@ -1,0 +1,210 @@
+"""Checking a job against its published schema, with messages a person can act on.
+
+A job is checked in order: its size as JSON (:data:`MAX_JOB_BYTES`), that it is a JSON object,
+then its schema, ``schemas/jobs/<kind>.v1.json``. Every violation is reported at once, sorted by
+field path, as a :class:`~worker.errors.Violation`: the dotted path (``config.layout.gridSize``,
+``""`` for the whole job), a stable code and a sentence. The codes:
+
+``too-large``, ``not-json``, ``type``, ``required``, ``unknown-field``, ``enum``, ``const``,
+``minimum``, ``maximum``, ``minLength``, ``maxLength``, ``maxProperties``, ``pattern``, ``not``,
+``not-supported-yet``; any other schema keyword reports under its own name.
+
+A field that breaks several rules reports only the most basic one (see ``_PRECEDENCE``): a number
+given for an enum is a ``type`` problem, an empty id a ``minLength`` one.
+
+The producer validates before publishing and the worker again before calling VideoSDK, so this
+runs on every job: the schemas are loaded, and their validators built, once per process, and
+``$ref`` resolves only within recq's own schemas, never over the network.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+import schemas
+from worker.errors import InvalidJob, Violation
+
+ENVELOPE_FIELDS = frozenset({"jobId", "metadata", "startAt", "stopAt", "startDeadline"})
+"""recq's own job fields; every other field is VideoSDK's and is sent to it unchanged."""
+
+MAX_JOB_BYTES = 64 * 1024
+"""The largest job accepted, measured as compact UTF-8 JSON."""
+
+# --- Scheduling is not supported yet. ---------------------------------------------------------
+# Until it lands these fields are refused even when well-formed, so that a job meant for later is
+# never run at once. To support them, delete this constant and the loop that uses it.
+UNSUPPORTED_FIELDS = frozenset({"startAt", "stopAt", "startDeadline"})
+
+_PRECEDENCE = ("type", "const", "enum", "minLength", "maxLength", "minimum", "maximum", "pattern")
+_SHOWN_CHARS = 60
+_TYPE_NAMES = {
+    "object": "an object",
+    "array": "an array",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean",
+    "null": "null",
+}
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+)
+
+
+def validate(kind: str, job: object, *, job_id: str | None = None) -> dict[str, Any]:
+    """Return ``job`` if it is a valid job of ``kind``, else raise
+    :class:`~worker.errors.InvalidJob` carrying every violation.
+
+    ``job_id`` names the job in the error's message; by default its own well-formed ``jobId``.
+    An unknown ``kind`` raises :class:`KeyError`.
+    """
+    validator = _validator(kind)
+    problem = _size_problem(job)
+    if problem is not None:
+        raise InvalidJob([problem], job_id=job_id)
+    if not isinstance(job, dict):
+        message = f"a job must be a JSON object (got {_json_type(job)})"
+        raise InvalidJob([Violation("", "type", message)], job_id=job_id)
+    violations = _schema_violations(kind, validator.iter_errors(job))
+    for field in sorted(UNSUPPORTED_FIELDS & (job.keys() - violations.keys())):
+        violations[field] = Violation(field, "not-supported-yet", "scheduling is not supported yet")
+    if violations:
+        own_id = job.get("jobId") if "jobId" not in violations else None
+        job_id = job_id or (own_id if isinstance(own_id, str) else None)
+        raise InvalidJob(sorted(violations.values(), key=lambda v: v.path), job_id=job_id)
+    return job
+
+
+@functools.cache
+def _registry() -> Registry[Any]:
+    resources = [(uri, DRAFT202012.create_resource(s)) for uri, s in schemas.all_schemas().items()]
+    return Registry().with_resources(resources).crawl()
+
+
+@functools.cache
+def _validator(kind: str) -> Draft202012Validator:
+    if kind not in schemas.JOB_KINDS:
+        known = ", ".join(schemas.JOB_KINDS)
+        raise KeyError(f"unknown job kind {kind!r}: the job kinds are {known}")
+    registry = _registry()
+    schema = registry.contents(f"urn:recq:schema:jobs:{kind}:v1")
+    return Draft202012Validator(schema, registry=registry)
+
+
+def _size_problem(job: object) -> Violation | None:
+    try:
+        text = json.dumps(job, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:  # a set, a datetime, NaN, a cycle...
+        return Violation("", "not-json", f"a job must hold only JSON values ({error})")
+    size = len(text.encode())
+    if size > MAX_JOB_BYTES:
+        message = f"a job must be at most {MAX_JOB_BYTES} bytes of JSON (got {size})"
+        return Violation("", "too-large", message)
+    return None
+
+
+def _schema_violations(kind: str, errors: Iterable[ValidationError]) -> dict[str, Violation]:
+    """One violation per field path: the most basic one when a field breaks several rules."""
+    found: dict[str, Violation] = {}
+    for error in errors:
+        for violation in _violations(kind, error):
+            current = found.get(violation.path)
+            if current is None or _rank(violation.code) < _rank(current.code):
+                found[violation.path] = violation
+    return found
+
+
+def _rank(code: str) -> int:
+    return _PRECEDENCE.index(code) if code in _PRECEDENCE else len(_PRECEDENCE)
+
+
+def _violations(kind: str, error: ValidationError) -> Iterator[Violation]:
+    parent = ".".join(str(part) for part in error.absolute_path)
+    # types-jsonschema types these as unions with an "unset" marker; on a raised error they are set.
+    keyword, instance, wanted, schema = _parts(error)
+    if keyword == "required":
+        # jsonschema reports each missing field in its own error but does not say which one.
+        for name in wanted:
+            if name not in instance:
+                yield Violation(_join(parent, name), "required", "is required")
+    elif keyword == "additionalProperties":
+        known = schema.get("properties", {})
+        owner = parent or f"{kind} jobs"
+        for name in instance:
+            if name not in known:
+                message = f"is not a field of {owner}"
+                yield Violation(_join(parent, str(name)), "unknown-field", message)
+    else:
+        yield Violation(parent, str(keyword), _message(error))
+
+
+def _parts(error: ValidationError) -> tuple[str, Any, Any, Any]:
+    return str(error.validator), error.instance, error.validator_value, error.schema
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
+
+
+_MESSAGES: dict[str, Callable[[Any, Any], str]] = {
+    "type": lambda want, got: f"must be {_type_names(want)} (got {_json_type(got)})",
+    "enum": lambda want, got: f"must be one of {', '.join(map(_show, want))} (got {_show(got)})",
+    "const": lambda want, got: f"must be {_show(want)} (got {_show(got)})",
+    "minimum": lambda want, got: f"must be at least {want} (got {_show(got)})",
+    "maximum": lambda want, got: f"must be at most {want} (got {_show(got)})",
+    "minLength": lambda want, got: (
+        f"must be at least {_count(want, 'character')} long (got {len(got)})"
+    ),
+    "maxLength": lambda want, got: (
+        f"must be at most {_count(want, 'character')} long (got {len(got)})"
+    ),
+    "maxProperties": lambda want, got: (
+        f"must have at most {_count(want, 'field')} (got {len(got)})"
+    ),
+}
+
+
+def _message(error: ValidationError) -> str:
+    keyword, instance, wanted, schema = _parts(error)
+    if keyword in _MESSAGES:
+        return _MESSAGES[keyword](wanted, instance)
+    if keyword in ("pattern", "not"):
+        # The schema says in its own words what the rule means ("must be an absolute https:// URL").
+        return str(schema.get("x-message", "has an unexpected format"))
+    return str(error.message)
+
+
+def _type_names(expected: str | list[str]) -> str:
+    names = [expected] if isinstance(expected, str) else expected
+    return " or ".join(_TYPE_NAMES.get(name, name) for name in names)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    # bool before int: in Python, True is an int.
+    for python_type, name in _JSON_TYPES:
+        if isinstance(value, python_type):
+            return name
+    return type(value).__name__
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _show(value: object) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=repr)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 3]}..."
