@@ -101,7 +101,8 @@ class RecqCelery(Celery):
 
     @cached_property
     def publisher(self) -> Events:
-        return Events([ExchangeSink(self.producer_or_acquire), self.event_log])
+        # The log first: an event a subscriber receives is then already in `recq events`.
+        return Events([self.event_log, ExchangeSink(self.producer_or_acquire)])
 
     @property
     def runner(self) -> JobRunner:

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState
-
 from worker.errors import ErrorInfo, InvalidJob, UpstreamError, UpstreamUnavailable
 from worker.events import Events, build_event
 from worker.jobs import JobKind
@@ -45,6 +43,7 @@ class _Attempts:
     before: int
     made: int = 0
     maybe_applied: bool = False
+    last_error: UpstreamUnavailable | None = None
 
 
 class JobRunner:
@@ -79,7 +78,7 @@ class JobRunner:
         try:
             self._policy.call(
                 lambda: self._call(kind, job, attempts),
-                before=lambda state: self._before_attempt(kind, job_id, job, attempts, state),
+                before=lambda _state: self._before_attempt(kind, job_id, job, attempts),
             )
         except UpstreamError as exc:
             if attempts.maybe_applied and refused_as_already_running(exc):
@@ -93,6 +92,7 @@ class JobRunner:
             self._client.post(kind.endpoint, kind.request_body(job))
         except UpstreamUnavailable as exc:
             attempts.maybe_applied = attempts.maybe_applied or exc.maybe_applied
+            attempts.last_error = exc
             raise
 
     def _before_attempt(
@@ -101,7 +101,6 @@ class JobRunner:
         job_id: str,
         job: Mapping[str, Any],
         attempts: _Attempts,
-        retry_state: RetryCallState,
     ) -> None:
         number = attempts.before + attempts.made + 1
         first = attempts.made == 0
@@ -110,10 +109,8 @@ class JobRunner:
         self._store.transition(
             job_id, state, kind=kind.name, attempt=number, target=target, metadata=metadata
         )
-        last = retry_state.outcome
-        if not first and last is not None and last.failed:
-            error = last.exception()
-            info = error.info() if isinstance(error, UpstreamError) else None
+        if attempts.last_error is not None:
+            info = attempts.last_error.info()
             self._events.publish(
                 build_event(
                     kind.event_type("retrying"),

@@ -77,9 +77,9 @@ class Settings:
         """Read and check every variable; raise one :class:`SettingsError` naming all problems."""
         reader = _Reader(environ)
         broker_url = reader.url("CELERY_BROKER_URL", DEFAULT_BROKER, BROKER_SCHEMES)
-        broker_is_redis = urlsplit(broker_url).scheme in ("redis", "rediss")
-        redis_default = broker_url if broker_is_redis else None
-        if redis_default is None and "RECQ_REDIS_URL" not in environ:
+        scheme = urlsplit(broker_url).scheme
+        redis_default = broker_url if scheme in ("redis", "rediss") else None
+        if scheme in ("amqp", "amqps", "pyamqp") and "RECQ_REDIS_URL" not in environ:
             reader.problems.append(
                 "RECQ_REDIS_URL is not set: the broker is not Redis, so recq needs a Redis for "
                 "job state; set RECQ_REDIS_URL=redis://host:6379/0"
@@ -147,7 +147,8 @@ class _Reader:
         try:
             value = kind(raw)
         except ValueError:
-            self.problems.append(f"{name}={raw!r} is not a {kind.__name__}")
+            what = "a whole number" if kind is int else "a number"
+            self.problems.append(f"{name}={raw!r} is not {what}")
             return default
         if value < minimum:  # type: ignore[operator]
             self.problems.append(f"{name}={raw!r} must be at least {minimum}")

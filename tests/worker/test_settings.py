@@ -1,0 +1,96 @@
+"""Settings: read once from the environment, every problem named with its fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.errors import SettingsError
+from worker.settings import DEFAULT_BROKER, DEFAULT_ENDPOINT, Secret, Settings
+
+CREDENTIALS = {"VIDEOSDK_API_KEY": "key-1", "VIDEOSDK_SECRET": "s3cret"}
+
+
+class TestFromEnv:
+    def test_an_empty_environment_gives_the_documented_defaults(self):
+        """Without variables recq talks to VideoSDK's public endpoint and a local Redis."""
+        settings = Settings.from_env({})
+        assert settings.api_endpoint == DEFAULT_ENDPOINT
+        assert settings.broker_url == DEFAULT_BROKER
+        assert settings.redis_url == DEFAULT_BROKER
+        assert settings.credentials is None
+
+    def test_credentials_are_read_from_the_names_of_the_official_sdk(self):
+        """VIDEOSDK_API_KEY and VIDEOSDK_SECRET become the credentials."""
+        settings = Settings.from_env(CREDENTIALS)
+        assert settings.credentials is not None
+        assert settings.credentials.api_key == "key-1"
+        assert settings.credentials.secret.reveal() == "s3cret"
+
+    def test_the_secret_can_come_from_a_mounted_file(self, tmp_path):
+        """VIDEOSDK_SECRET_FILE names a file holding the secret, its newline stripped."""
+        secret_file = tmp_path / "secret"
+        secret_file.write_text("from-file\n")
+        env = {"VIDEOSDK_API_KEY": "k", "VIDEOSDK_SECRET_FILE": str(secret_file)}
+        settings = Settings.from_env(env)
+        assert settings.credentials is not None
+        assert settings.credentials.secret.reveal() == "from-file"
+
+    def test_the_redis_store_defaults_to_a_redis_broker(self):
+        """With a Redis broker and no RECQ_REDIS_URL, state lives on the broker's Redis."""
+        settings = Settings.from_env({"CELERY_BROKER_URL": "redis://cache:6380/2"})
+        assert settings.redis_url == "redis://cache:6380/2"
+
+    def test_a_rabbitmq_broker_needs_its_own_redis_store(self):
+        """An amqp:// broker without RECQ_REDIS_URL is refused, naming the variable to set."""
+        with pytest.raises(SettingsError, match="RECQ_REDIS_URL is not set"):
+            Settings.from_env({"CELERY_BROKER_URL": "amqp://guest:guest@localhost:5672//"})
+
+    def test_every_problem_is_reported_at_once(self):
+        """A bad broker URL and a bad number are both named in one error."""
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({"CELERY_BROKER_URL": "kafka://x", "RECQ_RETRY_ATTEMPTS": "many"})
+        assert len(caught.value.problems) == 2
+        assert "CELERY_BROKER_URL" in str(caught.value)
+        assert "RECQ_RETRY_ATTEMPTS='many' is not a whole number" in str(caught.value)
+
+    def test_a_key_without_a_secret_says_what_to_set(self):
+        """Half the credentials is an error naming the missing half."""
+        with pytest.raises(SettingsError, match="VIDEOSDK_SECRET is not"):
+            Settings.from_env({"VIDEOSDK_API_KEY": "k"})
+
+    def test_both_forms_of_secret_are_refused(self, tmp_path):
+        """VIDEOSDK_SECRET and VIDEOSDK_SECRET_FILE together are ambiguous."""
+        secret_file = tmp_path / "secret"
+        secret_file.write_text("x")
+        env = {**CREDENTIALS, "VIDEOSDK_SECRET_FILE": str(secret_file)}
+        with pytest.raises(SettingsError, match="keep only one"):
+            Settings.from_env(env)
+
+    def test_an_unreadable_secret_file_is_named(self, tmp_path):
+        """A missing secret file is reported with its path."""
+        env = {"VIDEOSDK_API_KEY": "k", "VIDEOSDK_SECRET_FILE": str(tmp_path / "nope")}
+        with pytest.raises(SettingsError, match="cannot be read"):
+            Settings.from_env(env)
+
+    def test_numbers_below_their_minimum_are_refused(self):
+        """A token lifetime under two minutes would expire in flight."""
+        with pytest.raises(SettingsError, match="RECQ_TOKEN_TTL='30' must be at least 120"):
+            Settings.from_env({"RECQ_TOKEN_TTL": "30"})
+
+    def test_the_endpoint_loses_its_trailing_slash(self):
+        """Paths are joined to the endpoint without doubling the slash."""
+        settings = Settings.from_env({"VIDEOSDK_API_ENDPOINT": "http://127.0.0.1:9/"})
+        assert settings.api_endpoint == "http://127.0.0.1:9"
+
+
+class TestSecrecy:
+    def test_the_secret_never_shows_in_a_repr(self):
+        """Printing settings, as a traceback or a debug log would, hides the secret."""
+        settings = Settings.from_env(CREDENTIALS)
+        assert "s3cret" not in repr(settings)
+        assert "s3cret" not in str(Secret("s3cret"))
+
+    def test_a_worker_without_credentials_is_told_how_to_get_them(self):
+        """require_credentials names both variables and the sandbox alternative."""
+        with pytest.raises(SettingsError, match="VIDEOSDK_API_KEY and VIDEOSDK_SECRET"):
+            Settings().require_credentials()
