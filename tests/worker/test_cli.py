@@ -1,0 +1,261 @@
+"""The `recq` command line, run as a user runs it: its own process, real Redis, real sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from worker.redis_server import free_port
+from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
+
+pytestmark = pytest.mark.integration
+
+ROOM_JOB = {"roomId": "cli-room", "config": {"layout": {"type": "GRID", "gridSize": 2}}}
+GRID_OF_FIVE = {"roomId": "cli-room", "config": {"layout": {"gridSize": 5}}}
+
+
+@pytest.fixture
+def env(redis_url, namespace, sandbox_server) -> dict[str, str]:
+    """The environment of a user whose recq points at this test's Redis and sandbox."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "RECQ_"))}
+    return {
+        **clean,
+        "CELERY_BROKER_URL": redis_url,
+        "RECQ_NAMESPACE": namespace,
+        "RECQ_QUEUE": namespace,
+        "VIDEOSDK_API_KEY": DEFAULT_API_KEY,
+        "VIDEOSDK_SECRET": DEFAULT_SECRET,
+        "VIDEOSDK_API_ENDPOINT": sandbox_server.url,
+    }
+
+
+def recq(
+    *args: str, env: Mapping[str, str], stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        input=stdin,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def worker_process(env) -> Iterator[subprocess.Popen[str]]:
+    """`recq worker` running as its own process; stopped with SIGTERM afterwards."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "worker", "--concurrency", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    yield process
+    stop(process)
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stderr:
+        process.stderr.close()
+
+
+def wait_for_json_state(job_id: str, env: Mapping[str, str], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        result = recq("status", job_id, "--json", env=env)
+        if result.returncode == 0:
+            state = json.loads(result.stdout)
+            if state["state"] in ("succeeded", "failed"):
+                return state
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} did not end; last state {state}")
+
+
+class TestHelp:
+    def test_help_names_every_command_and_the_configuration(self):
+        """`recq --help` lists the commands and the environment variables."""
+        result = recq("--help", env=os.environ)
+        assert result.returncode == 0
+        for word in ("worker", "enqueue", "status", "events", "fake-api", "dev"):
+            assert word in result.stdout
+        assert "VIDEOSDK_API_KEY" in result.stdout
+
+    def test_enqueue_help_explains_the_input(self):
+        """`recq enqueue --help` says it takes one job or JSON lines and publishes all or none."""
+        result = recq("enqueue", "--help", env=os.environ)
+        assert "JSON lines" in result.stdout
+        assert "nothing of the input is published" in result.stdout
+
+
+class TestEnqueue:
+    def test_a_job_file_is_published_and_its_id_printed(self, env, tmp_path, redis_client):
+        """One JSON job in a file: its id is printed, its state is queued, one message waits."""
+        path = tmp_path / "job.json"
+        path.write_text(json.dumps({**ROOM_JOB, "jobId": "cli-1"}))
+        result = recq("enqueue", "start-recording", str(path), env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["cli-1"]
+        assert redis_client.llen(env["RECQ_QUEUE"]) == 1
+        status = recq("status", "cli-1", "--json", env=env)
+        assert json.loads(status.stdout)["state"] == "queued"
+
+    def test_json_lines_print_one_id_a_line(self, env, redis_client):
+        """Three jobs on standard input give three ids in order."""
+        lines = "\n".join(json.dumps({**ROOM_JOB, "jobId": f"line-{n}"}) for n in range(3))
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=lines + "\n")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["line-0", "line-1", "line-2"]
+        assert redis_client.llen(env["RECQ_QUEUE"]) == 3
+
+    def test_a_grid_of_five_is_refused_by_name_and_nothing_is_published(self, env, redis_client):
+        """An invalid second line fails the whole input, naming line, field and reason."""
+        lines = f"{json.dumps(ROOM_JOB)}\n{json.dumps(GRID_OF_FIVE)}\n"
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=lines)
+        assert result.returncode == 1
+        assert "line 2: config.layout.gridSize: must be at most 4 (got 5)" in result.stderr
+        assert "nothing was published" in result.stderr
+        assert result.stdout == ""
+        assert redis_client.llen(env["RECQ_QUEUE"]) == 0
+
+    def test_a_line_that_is_not_json_is_refused(self, env):
+        """Broken JSON is named by its line and nothing is published."""
+        result = recq("enqueue", "track-recording", "-", env=env, stdin='{"roomId": \n')
+        assert result.returncode == 1
+        assert "line 1: not valid JSON" in result.stderr
+
+    def test_a_missing_file_is_a_clear_error(self, env, tmp_path):
+        """A path that does not exist is named, without a traceback."""
+        result = recq("enqueue", "start-recording", str(tmp_path / "nope.json"), env=env)
+        assert result.returncode == 1
+        assert "cannot read" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+class TestStatusAndEvents:
+    def test_an_unknown_id_is_an_error(self, env):
+        """`recq status` of an id nobody enqueued exits 1 and says so."""
+        result = recq("status", "no-such-job", env=env)
+        assert result.returncode == 1
+        assert "no job 'no-such-job'" in result.stderr
+
+    def test_a_job_runs_through_a_worker_process(self, env, worker_process, sandbox):
+        """Enqueued by the CLI, run by `recq worker`, reported by status and events."""
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(ROOM_JOB))
+        job_id = result.stdout.strip()
+        state = wait_for_json_state(job_id, env)
+        assert state["state"] == "succeeded"
+        assert state["id"] == job_id
+        assert "error" not in state
+        human = recq("status", job_id, env=env)
+        assert f"{job_id}: succeeded" in human.stdout
+        events = [json.loads(line) for line in recq("events", env=env).stdout.splitlines()]
+        assert [(e["type"], e["subject"]) for e in events] == [("recording.started", job_id)]
+        assert len(sandbox.accepted("/v2/recordings/start")) == 1
+
+    def test_a_failed_job_shows_its_error(self, env, worker_process, sandbox):
+        """A job VideoSDK rejects reports state failed and the error in `status --json`."""
+        from worker.sandbox import Fault  # noqa: PLC0415
+
+        sandbox.inject(Fault(status=403, body='{"message": "add-on disabled", "code": 4021}'))
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(ROOM_JOB))
+        state = wait_for_json_state(result.stdout.strip(), env)
+        assert state["state"] == "failed"
+        assert state["error"]["reason"] == "upstream_rejected"
+        assert state["error"]["status"] == 403
+
+
+class TestWorkerCommand:
+    def test_a_worker_without_credentials_stops_with_a_message(self, env):
+        """`recq worker` with no VideoSDK key exits 2 and says which variables to set."""
+        bare = {k: v for k, v in env.items() if not k.startswith("VIDEOSDK_")}
+        result = recq("worker", env=bare, timeout=30)
+        assert result.returncode == 2
+        assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_celery_run_worker_without_credentials_stops_too(self, env):
+        """`celery -A worker.app worker` with no VideoSDK key exits 2 with the same message."""
+        bare = {k: v for k, v in env.items() if not k.startswith("VIDEOSDK_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads"],
+            env=bare,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
+
+    def test_malformed_settings_are_named(self, env):
+        """A broker URL that is not one is named, with exit code 2."""
+        result = recq("status", "x", env={**env, "CELERY_BROKER_URL": "kafka://nope"})
+        assert result.returncode == 2
+        assert "CELERY_BROKER_URL='kafka://nope'" in result.stderr
+
+    def test_celery_can_run_the_app_its_own_way(self, env, sandbox):
+        """`celery -A worker.app worker` consumes and runs jobs like `recq worker`."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            result = recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(ROOM_JOB))
+            assert wait_for_json_state(result.stdout.strip(), env)["state"] == "succeeded"
+        finally:
+            stop(process)
+
+
+class TestFakeApiAndDev:
+    def test_fake_api_serves_the_sandbox_on_the_given_port(self, env):
+        """`recq fake-api --port N` answers on N until it is stopped."""
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "fake-api", "--port", str(port)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()
+            assert f"127.0.0.1:{port}" in banner
+            health = requests.get(f"http://127.0.0.1:{port}/_sandbox/health", timeout=5)
+            assert health.status_code == 200
+        finally:
+            stop(process)
+            if process.stdout:
+                process.stdout.close()
+
+    def test_dev_runs_the_examples_to_their_events(self, env, tmp_path: Path):
+        """`recq dev --once` starts everything, and both example recordings are accepted."""
+        bare = {k: v for k, v in env.items() if not k.startswith(("VIDEOSDK_", "CELERY_"))}
+        result = recq("dev", "--once", env=bare, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "recording.started" in result.stdout
+        assert "track_recording.started" in result.stdout
+        assert "sandbox VideoSDK API at http://127.0.0.1:" in result.stdout
