@@ -37,6 +37,7 @@ class Endpoints:
 
 MAX_BODY_CHARS = 2000
 _ALREADY_RUNNING_CODE = 4011
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²"
 _ALREADY_RUNNING_TEXT = re.compile(r"already\s+(running|started|starting|in progress|active)", re.I)
 
 
@@ -107,7 +108,10 @@ class VideoSDKClient:
 def classify(path: str, answer: Answer) -> UpstreamError:
     """The error an unsuccessful answer stands for: transient (429, 5xx) or permanent."""
     message = f"VideoSDK answered {answer.status} to {path}: {answer.body[:200]}"
-    if answer.status == 429 or answer.status >= 500:  # noqa: PLR2004 - HTTP's own numbers
+    if answer.status == 429:  # noqa: PLR2004 - HTTP's own number
+        # Too many requests: refused before any work, so it cannot have started a recording.
+        return UpstreamUnavailable(message, endpoint=path, answer=answer, maybe_applied=False)
+    if answer.status >= 500:  # noqa: PLR2004
         return UpstreamUnavailable(message, endpoint=path, answer=answer)
     return UpstreamRejected(message, endpoint=path, answer=answer)
 
@@ -162,7 +166,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS.fullmatch(value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)

@@ -1,0 +1,192 @@
+"""The job runner without Celery: validation, the retry policy, reconciliation, state and events.
+
+Each runner calls the sandbox over real HTTP, keeps states in a real Redis, and publishes to a
+sink that records events; retry waits are recorded by ``sleeps``, not spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from worker.errors import Target
+from worker.events import Event, Events
+from worker.jobs import START_RECORDING
+from worker.retry import RetryPolicy
+from worker.runner import JobRunner
+from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, Fault
+from worker.settings import Credentials, Secret
+from worker.state import JobStore, State
+from worker.tokens import TokenSigner
+from worker.videosdk import VideoSDKClient, build_session
+
+START = START_RECORDING.endpoint
+CREDENTIALS = Credentials(api_key=DEFAULT_API_KEY, secret=Secret(DEFAULT_SECRET))
+JOB = {"roomId": "r1", "metadata": {"meeting": "board"}}
+
+
+class Sink:
+    """Keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @property
+    def types(self) -> list[str]:
+        return [event["type"] for event in self.events]
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def store(redis_client, namespace) -> JobStore:
+    return JobStore(redis_client, namespace=namespace)
+
+
+@pytest.fixture
+def make_client(sandbox_server) -> Iterator[Callable[..., VideoSDKClient]]:
+    """Clients of the sandbox on sessions of their own, closed after the test."""
+    sessions = []
+
+    def make(read_timeout: float = 2.0) -> VideoSDKClient:
+        session = build_session()
+        sessions.append(session)
+        tokens = TokenSigner(CREDENTIALS)
+        return VideoSDKClient(
+            session, endpoint=sandbox_server.url, tokens=tokens, read_timeout=read_timeout
+        )
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def policy(sleeps) -> RetryPolicy:
+    return RetryPolicy(sleep=sleeps)
+
+
+@pytest.fixture
+def make_runner(make_client, store, sink, policy) -> Callable[..., JobRunner]:
+    def make(read_timeout: float = 2.0) -> JobRunner:
+        client = make_client(read_timeout=read_timeout)
+        return JobRunner(client=client, store=store, events=Events([sink]), policy=policy)
+
+    return make
+
+
+@pytest.fixture
+def runner(make_runner) -> JobRunner:
+    return make_runner()
+
+
+class TestJobRunner:
+    def test_a_valid_job_succeeds_at_the_first_attempt(self, runner, sandbox, store, sink):
+        """One call starts the recording; the state and a started event say so."""
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts, outcome.reconciled) == (State.SUCCEEDED, 1, False)
+        assert [call.body for call in sandbox.calls] == [{"roomId": "r1"}]
+        record = store.get("j1")
+        assert [h["state"] for h in record.history] == ["running", "succeeded"]
+        assert sink.types == ["recording.started"]
+        assert sink.events[0]["data"]["attempt"] == 1
+        assert sink.events[0]["data"]["metadata"] == {"meeting": "board"}
+
+    def test_an_invalid_job_fails_without_calling_videosdk(self, runner, sandbox, store, sink):
+        """A grid of five fails as invalid_job, naming the field, and nothing is sent."""
+        bad = {"roomId": "r1", "config": {"layout": {"gridSize": 5}}}
+        outcome = runner.run(START_RECORDING, bad, job_id="j1")
+        assert (outcome.state, outcome.attempts) == (State.FAILED, 0)
+        assert outcome.error.reason == "invalid_job"
+        assert sandbox.calls == []
+        assert store.get("j1").error["violations"][0]["field"] == "config.layout.gridSize"
+        assert sink.types == ["recording.failed"]
+
+    def test_transient_errors_are_retried_until_success(self, runner, sandbox, store, sink, sleeps):
+        """Two 503s, then success: three calls, two waits, retrying events with the last error."""
+        sandbox.inject(Fault(status=503, times=2))
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts) == (State.SUCCEEDED, 3)
+        assert [call.status for call in sandbox.calls] == [503, 503, 200]
+        assert len(sleeps.waits) == 2
+        assert sink.types == ["recording.retrying", "recording.retrying", "recording.started"]
+        for attempt, retrying in zip((2, 3), sink.events[:2], strict=True):
+            assert retrying["data"]["attempt"] == attempt
+            assert retrying["data"]["state"] == "retrying"
+            assert retrying["data"]["error"]["reason"] == "upstream_unavailable"
+            assert retrying["data"]["error"]["status"] == 503
+        states = [h["state"] for h in store.get("j1").history]
+        assert states == ["running", "retrying", "retrying", "succeeded"]
+
+    def test_an_outage_fails_after_the_policys_attempts(self, runner, sandbox, policy, store):
+        """503 on every call: exactly policy.attempts calls, then failed upstream_unavailable."""
+        sandbox.inject(Fault(status=503, times=policy.attempts))
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts) == (State.FAILED, policy.attempts)
+        assert outcome.error.reason == "upstream_unavailable"
+        assert len(sandbox.calls) == policy.attempts
+        assert store.get("j1").error["status"] == 503
+
+    def test_a_dropped_answer_that_applied_is_reconciled(self, runner, sandbox, store, sink):
+        """The start happens but its answer is lost; the retry's refusal is that success."""
+        sandbox.inject(Fault(drop_answer=True, applies=True))
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts, outcome.reconciled) == (State.SUCCEEDED, 2, True)
+        assert [call.status for call in sandbox.calls] == [0, 400]
+        assert sandbox.recording_running("r1")
+        assert store.get("j1").reconciled
+        assert sink.events[-1]["data"]["reconciled"] is True
+
+    def test_a_timed_out_start_that_applied_is_reconciled(self, make_runner, sandbox):
+        """A read timeout on a start that happened is reconciled by the retry's refusal."""
+        sandbox.inject(Fault(latency=0.5, applies=True))
+        runner = make_runner(read_timeout=0.1)
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts, outcome.reconciled) == (State.SUCCEEDED, 2, True)
+        assert sandbox.recording_running("r1")
+        assert len(sandbox.wait_for_calls(2, timeout=5)) == 2
+
+    def test_a_redelivered_job_already_running_is_reconciled(
+        self, runner, make_client, sandbox, store
+    ):
+        """An earlier delivery's call started it: the refusal counts as success, attempts add up."""
+        make_client().post(START, {"roomId": "r1"})  # the earlier delivery's call
+        store.transition("j1", State.RUNNING, kind="start-recording", attempt=1)
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts, outcome.reconciled) == (State.SUCCEEDED, 2, True)
+        assert store.get("j1").attempts == 2
+        assert [call.status for call in sandbox.calls] == [200, 400]
+
+    def test_already_running_without_an_earlier_attempt_fails(
+        self, runner, make_client, sandbox, store, sink
+    ):
+        """A recording someone else started is not this job's: it fails, naming the refusal."""
+        make_client().post(START, {"roomId": "r1"})
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts, outcome.reconciled) == (State.FAILED, 1, False)
+        assert outcome.error.reason == "upstream_rejected"
+        assert "4011" in outcome.error.body
+        assert not store.get("j1").reconciled
+        assert sink.types == ["recording.failed"]
+
+    def test_a_429_before_already_running_is_not_reconciled(
+        self, runner, make_client, sandbox, store, sink
+    ):
+        """A 429 was refused unprocessed, so the next "already running" is someone else's."""
+        make_client().post(START, {"roomId": "r1"})
+        sandbox.inject(Fault(status=429))
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts, outcome.reconciled) == (State.FAILED, 2, False)
+        assert outcome.error.reason == "upstream_rejected"
+
+    def test_the_target_names_the_room(self, runner, sandbox, store):
+        """The state records what the job is about."""
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert store.get("j1").target == Target(room_id="r1").to_json()

@@ -1,0 +1,207 @@
+"""The VideoSDK client against the sandbox over real HTTP: one attempt, every outcome classified."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import jwt
+import pytest
+
+from worker.errors import Answer, UpstreamRejected, UpstreamUnavailable
+from worker.redis_server import free_port
+from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, Fault
+from worker.settings import Credentials, Secret
+from worker.tokens import TokenSigner
+from worker.videosdk import (
+    Endpoints,
+    VideoSDKClient,
+    build_session,
+    parse_retry_after,
+    refused_as_already_running,
+)
+
+START = Endpoints.START_RECORDING
+CREDENTIALS = Credentials(api_key=DEFAULT_API_KEY, secret=Secret(DEFAULT_SECRET))
+PRE_SIGNED = "https://bucket.s3.amazonaws.com/rec.mp4?X-Amz-Signature=abc"
+
+ClientFactory = Callable[..., VideoSDKClient]
+
+
+@pytest.fixture
+def make_client(sandbox_server) -> Iterator[ClientFactory]:
+    """Build clients on fresh sessions (pointed at the sandbox unless told); all closed after."""
+    sessions = []
+
+    def make(endpoint: str | None = None, read_timeout: float = 2.0) -> VideoSDKClient:
+        session = build_session()
+        sessions.append(session)
+        return VideoSDKClient(
+            session,
+            endpoint=endpoint or sandbox_server.url,
+            tokens=TokenSigner(CREDENTIALS),
+            connect_timeout=2.0,
+            read_timeout=read_timeout,
+        )
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def client(make_client) -> VideoSDKClient:
+    return make_client()
+
+
+def rejected(status: int, body: str) -> UpstreamRejected:
+    return UpstreamRejected("no", endpoint=START, answer=Answer(status=status, body=body))
+
+
+class TestVideoSDKClient:
+    def test_a_success_returns_the_answer(self, client, sandbox):
+        """A 2xx comes back as an Answer with its status, body and request id."""
+        answer = client.post(START, {"roomId": "r1"})
+        assert isinstance(answer, Answer)
+        assert answer.status == 200
+        assert "Recording started" in answer.body
+        assert answer.request_id is not None
+        assert sandbox.recording_running("r1")
+
+    def test_the_raw_token_and_a_json_content_type_are_sent(self, client, sandbox):
+        """Authorization holds the bare JWT with the worker's claims; the body is JSON."""
+        client.post(START, {"roomId": "r1"})
+        [call] = sandbox.calls
+        assert call.auth_prefix is None
+        assert call.claims is not None
+        assert call.claims["apikey"] == DEFAULT_API_KEY
+        assert call.claims["roles"] == ["crawler"]
+        assert call.content_type == "application/json"
+
+    def test_the_body_sent_is_the_body_given(self, client, sandbox):
+        """Every field reaches VideoSDK unchanged, nested objects included."""
+        body = {"roomId": "r1", "config": {"layout": {"type": "GRID", "gridSize": 4}}}
+        client.post(START, body)
+        assert sandbox.calls[0].body == body
+
+    def test_a_429_is_unavailable_with_its_retry_after(self, client, sandbox):
+        """Too Many Requests is transient and carries the seconds VideoSDK asked for."""
+        sandbox.inject(Fault(status=429, retry_after="3"))
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.post(START, {"roomId": "r1"})
+        assert caught.value.status == 429
+        assert caught.value.retry_after == 3
+
+    def test_a_503_is_unavailable(self, client, sandbox):
+        """A 5xx is transient, with no Retry-After when none was sent."""
+        sandbox.inject(Fault(status=503))
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.post(START, {"roomId": "r1"})
+        assert caught.value.status == 503
+        assert caught.value.retry_after is None
+
+    def test_a_400_is_rejected_with_status_body_and_request_id(self, client, sandbox):
+        """A refused body is permanent and keeps what VideoSDK said, to quote to support."""
+        with pytest.raises(UpstreamRejected) as caught:
+            client.post(START, {"templateUrl": "https://example.com/"})
+        info = caught.value.info()
+        assert info.reason == "upstream_rejected"
+        assert info.status == 400
+        assert "roomId" in (info.body or "")
+        assert (info.request_id or "").startswith("sandbox-")
+
+    def test_a_slow_answer_is_unavailable_and_may_have_applied(self, make_client, sandbox):
+        """A read timeout means the request left: VideoSDK may have acted on it."""
+        sandbox.inject(Fault(latency=0.5))
+        client = make_client(read_timeout=0.1)
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.post(START, {"roomId": "r1"})
+        assert caught.value.maybe_applied is True
+        assert caught.value.answer is None
+        assert len(sandbox.wait_for_calls(1, timeout=5)) == 1
+
+    def test_a_dropped_answer_is_unavailable_and_may_have_applied(self, client, sandbox):
+        """A connection closed without an answer may follow a start that happened."""
+        sandbox.inject(Fault(drop_answer=True))
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.post(START, {"roomId": "r1"})
+        assert caught.value.maybe_applied is True
+        assert len(sandbox.calls) == 1
+
+    def test_a_refused_connection_certainly_did_not_apply(self, make_client):
+        """Nothing listens on the port: the request never reached VideoSDK."""
+        client = make_client(endpoint=f"http://127.0.0.1:{free_port()}")
+        with pytest.raises(UpstreamUnavailable) as caught:
+            client.post(START, {"roomId": "r1"})
+        assert caught.value.maybe_applied is False
+
+    def test_the_session_makes_no_retries_of_its_own(self, client, sandbox):
+        """One 503 and one post: VideoSDK sees exactly one call; retrying is the policy's job."""
+        sandbox.inject(Fault(status=503))
+        with pytest.raises(UpstreamUnavailable):
+            client.post(START, {"roomId": "r1"})
+        assert [call.status for call in sandbox.calls] == [503]
+
+    def test_error_bodies_are_redacted(self, client, sandbox):
+        """An echoed JWT or pre-signed URL query is kept out of the error's body and message."""
+        token = jwt.encode({"sub": "someone"}, DEFAULT_SECRET, algorithm="HS256")
+        echo = json.dumps({"token": token, "url": PRE_SIGNED})
+        sandbox.inject(Fault(status=400, body=echo))
+        with pytest.raises(UpstreamRejected) as caught:
+            client.post(START, {"roomId": "r1"})
+        body = caught.value.info().body or ""
+        assert "https://bucket.s3.amazonaws.com/rec.mp4" in body
+        for secret in (token, "X-Amz-Signature"):
+            assert secret not in body
+            assert secret not in str(caught.value)
+
+
+class TestParseRetryAfter:
+    def test_delta_seconds_are_read_as_seconds(self):
+        """``Retry-After: 120`` means two minutes."""
+        assert parse_retry_after("120") == 120.0
+
+    def test_an_http_date_is_read_as_the_seconds_until_it(self):
+        """A date is turned into the wait from ``now``, never negative."""
+        now = datetime(2015, 10, 21, 7, 27, 30, tzinfo=UTC)
+        assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == 30.0
+        assert parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now=now) == 0.0
+
+    @pytest.mark.parametrize("value", [None, "", "soon", "-5", "1.5", "\u00b2", "\u0663"])
+    def test_anything_else_is_none(self, value):
+        """A missing or unreadable header asks for nothing."""
+        assert parse_retry_after(value) is None
+
+
+class TestRefusedAsAlreadyRunning:
+    def test_code_4011_is_already_running(self):
+        """The catalogue code alone is enough, whatever the wording."""
+        assert refused_as_already_running(rejected(400, '{"code": 4011, "message": "Nope"}'))
+
+    @pytest.mark.parametrize(
+        "body", ["Recording is already running", "track ALREADY started", "already  in progress"]
+    )
+    def test_the_wording_is_already_running(self, body):
+        """An undocumented body saying so, in any case, is enough."""
+        assert refused_as_already_running(rejected(400, body))
+
+    def test_another_400_is_not(self):
+        """A refusal for any other reason is not taken for a running recording."""
+        assert not refused_as_already_running(
+            rejected(400, '{"code": 4003, "message": "No session"}')
+        )
+        assert not refused_as_already_running(rejected(400, '{"code": 4012}'))
+
+    def test_an_unavailable_error_is_not(self):
+        """Only a rejection can say the recording runs, even if a 503's body mentions it."""
+        answer = Answer(status=503, body="already running")
+        error = UpstreamUnavailable("busy", endpoint=START, answer=answer)
+        assert not refused_as_already_running(error)
+
+    def test_a_real_second_start_is_already_running(self, client):
+        """The sandbox's refusal of a second start of the same room is recognised."""
+        client.post(START, {"roomId": "r1"})
+        with pytest.raises(UpstreamRejected) as caught:
+            client.post(START, {"roomId": "r1"})
+        assert refused_as_already_running(caught.value)
