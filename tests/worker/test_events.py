@@ -1,0 +1,186 @@
+"""Events: CloudEvents that match the published schema, the Redis log, fan-out and the exchange."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from typing import Any
+
+import kombu
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+import schemas
+from worker.errors import ErrorInfo, Target, Violation
+from worker.event_log import EventLog
+from worker.events import CONTENT_TYPE, EXCHANGE, Event, Events, ExchangeSink, build_event
+from worker.state import State
+
+ROOM = Target(room_id="r1")
+TRACK = Target(room_id="r1", participant_id="alice", kind="audio")
+UNAVAILABLE = ErrorInfo(reason="upstream_unavailable", message="VideoSDK answered 503", status=503)
+INVALID = ErrorInfo(
+    reason="invalid_job",
+    message="invalid job: config.layout.gridSize: must be at most 4 (got 5)",
+    violations=(Violation("config.layout.gridSize", "maximum", "must be at most 4 (got 5)"),),
+)
+
+
+def validator() -> Draft202012Validator:
+    registry: Registry[Any] = Registry().with_resources(
+        (uri, DRAFT202012.create_resource(schema)) for uri, schema in schemas.all_schemas().items()
+    )
+    return Draft202012Validator(schemas.load("events/event.v1.json"), registry=registry)
+
+
+def event(event_type: str = "recording.started", job_id: str = "j1", **data: Any) -> Event:
+    fields: dict[str, Any] = {
+        "kind": "start-recording",
+        "state": State.SUCCEEDED,
+        "target": ROOM,
+        "attempt": 1,
+        "metadata": {"meeting": "board"},
+    }
+    return build_event(event_type, job_id=job_id, **{**fields, **data})
+
+
+class Sink:
+    """Keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class BrokenSink:
+    """Fails on every event, like a broker that went away."""
+
+    def publish(self, event: Event) -> None:
+        raise ConnectionError("the broker is gone")
+
+
+class TestBuildEvent:
+    @pytest.mark.parametrize(
+        ("event_type", "data"),
+        [
+            ("recording.started", {}),
+            ("recording.started", {"attempt": 2, "reconciled": True}),
+            ("recording.retrying", {"state": State.RETRYING, "error": UNAVAILABLE}),
+            ("recording.failed", {"state": State.FAILED, "attempt": 0, "error": INVALID}),
+            ("track_recording.failed", {"state": State.FAILED, "target": TRACK, "error": INVALID}),
+        ],
+    )
+    def test_events_match_the_published_schema(self, event_type, data):
+        """Started, retrying and failed events (violations included) validate against event.v1."""
+        built = event(event_type, **data)
+        errors = [error.message for error in validator().iter_errors(built)]
+        assert errors == []
+
+    def test_a_failed_event_without_an_error_does_not_match(self):
+        """The schema check has teeth: a failure must say why."""
+        assert list(validator().iter_errors(event("recording.failed", state=State.FAILED)))
+
+    def test_the_type_is_the_routing_key_and_the_subject_the_job(self):
+        """type is what subscribers bind on; subject and data.jobId name the job."""
+        built = event("track_recording.failed", job_id="j9", state=State.FAILED, error=INVALID)
+        assert built["type"] == "track_recording.failed"
+        assert built["subject"] == built["data"]["jobId"] == "j9"
+        assert built["data"]["error"]["violations"] == [
+            {
+                "field": "config.layout.gridSize",
+                "code": "maximum",
+                "message": "must be at most 4 (got 5)",
+            }
+        ]
+
+    def test_each_event_has_its_own_id(self):
+        """Two events about the same job are told apart by their ids."""
+        assert event()["id"] != event()["id"]
+
+
+class TestEventLog:
+    def test_events_are_read_back_in_publishing_order(self, redis_client, namespace):
+        """The log returns every event, oldest first, as published."""
+        log = EventLog(redis_client, namespace=namespace)
+        published = [event(job_id=f"j{n}") for n in range(3)]
+        for each in published:
+            log.publish(each)
+        assert list(log.read()) == published
+
+    def test_follow_yields_an_event_published_after_the_read_started(self, redis_client, namespace):
+        """A follower sees the old events, then one published while it waits."""
+        log = EventLog(redis_client, namespace=namespace)
+        first, later = event(job_id="first"), event(job_id="later")
+        log.publish(first)
+        seen: queue.Queue[Event] = queue.Queue()
+
+        def follow() -> None:
+            for each in log.read(follow=True, block_ms=100):
+                seen.put(each)
+                if each["id"] == later["id"]:
+                    break
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        assert seen.get(timeout=5) == first  # the follower is reading now
+        log.publish(later)
+        assert seen.get(timeout=5) == later
+        follower.join(timeout=5)
+        assert not follower.is_alive()
+
+
+class TestEvents:
+    def test_every_sink_receives_every_event(self):
+        """Each event goes to each sink, in order."""
+        sinks = [Sink(), Sink()]
+        published = [event(job_id="a"), event(job_id="b")]
+        for each in published:
+            Events(sinks).publish(each)
+        assert [s.events for s in sinks] == [published, published]
+
+    def test_a_failing_sink_neither_stops_the_others_nor_raises(self, caplog):
+        """A broken sink is logged; the sinks after it still get the event."""
+        before, after = Sink(), Sink()
+        built = event()
+        Events([before, BrokenSink(), after]).publish(built)
+        assert before.events == after.events == [built]
+        assert "could not publish recording.started for job j1 to BrokenSink" in caplog.text
+
+
+@pytest.fixture
+def track_queue(app, namespace):
+    """A queue of this test's own, bound to track_recording.* on the recq.events exchange."""
+    bound = kombu.Queue(
+        f"{namespace}-track-events", EXCHANGE, routing_key="track_recording.*", auto_delete=True
+    )
+    with app.connection_for_write() as connection:
+        simple = connection.SimpleQueue(bound)
+        yield simple
+        simple.close()
+
+
+class TestExchangeSink:
+    def test_subscribers_receive_only_the_types_they_bound(self, app, track_queue):
+        """A track_recording.* queue gets track events as CloudEvents, and no room events."""
+        sink = ExchangeSink(app.producer_or_acquire)
+        track_started = event("track_recording.started", target=TRACK)
+        track_failed = event(
+            "track_recording.failed", state=State.FAILED, target=TRACK, error=INVALID
+        )
+        for each in (event("recording.started"), track_started, event("recording.failed")):
+            sink.publish(each)
+        sink.publish(track_failed)
+        received = []
+        for _ in range(2):
+            message = track_queue.get(timeout=10)
+            message.ack()
+            assert message.content_type == CONTENT_TYPE
+            received.append(json.loads(message.body))
+        assert received == [track_started, track_failed]
+        with pytest.raises(track_queue.Empty):
+            track_queue.get(timeout=0.5)

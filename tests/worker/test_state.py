@@ -1,0 +1,149 @@
+"""Job states in a real Redis: current state, a capped history, timestamps and a TTL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from worker.errors import ErrorInfo, Target
+from worker.state import HISTORY_LENGTH, JobStore, State
+
+START = datetime(2030, 1, 31, 9, 30, tzinfo=UTC)
+FAILURE = ErrorInfo(reason="upstream_rejected", message="VideoSDK answered 400", status=400)
+
+
+class Clock:
+    """A clock that moves one second forward each time it is read."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start - timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+@pytest.fixture
+def store(redis_client, namespace) -> JobStore:
+    return JobStore(redis_client, namespace=namespace, ttl=300, clock=Clock())
+
+
+class TestJobStore:
+    def test_transitions_accumulate_history_in_order(self, store):
+        """Each transition appends its state, attempt and time; a failure names its reason."""
+        store.transition("j1", State.QUEUED)
+        store.transition("j1", State.RUNNING, attempt=1)
+        store.transition("j1", State.RETRYING, attempt=2)
+        store.transition("j1", State.FAILED, attempt=2, error=FAILURE)
+        record = store.get("j1")
+        assert record.history == [
+            {"state": "queued", "at": "2030-01-31T09:30:00.000Z"},
+            {"state": "running", "at": "2030-01-31T09:30:01.000Z", "attempt": 1},
+            {"state": "retrying", "at": "2030-01-31T09:30:02.000Z", "attempt": 2},
+            {
+                "state": "failed",
+                "at": "2030-01-31T09:30:03.000Z",
+                "attempt": 2,
+                "reason": "upstream_rejected",
+            },
+        ]
+
+    def test_history_keeps_only_the_latest_transitions(self, store):
+        """Past HISTORY_LENGTH transitions, the oldest are dropped and the newest kept."""
+        total = HISTORY_LENGTH + 5
+        for attempt in range(1, total + 1):
+            store.transition("j1", State.RETRYING, attempt=attempt)
+        history = store.get("j1").history
+        assert len(history) == HISTORY_LENGTH
+        assert [h["attempt"] for h in history] == list(range(6, total + 1))
+
+    def test_the_clock_gives_the_timestamps(self, store):
+        """createdAt and updatedAt are the injected clock's times, in UTC with milliseconds."""
+        store.transition("j1", State.QUEUED)
+        record = store.get("j1")
+        assert record.created_at == "2030-01-31T09:30:00.000Z"
+        assert record.updated_at == "2030-01-31T09:30:00.000Z"
+
+    def test_created_at_is_set_once_and_kept(self, store):
+        """Later transitions move updatedAt but never createdAt."""
+        store.transition("j1", State.QUEUED)
+        store.transition("j1", State.RUNNING, attempt=1)
+        store.transition("j1", State.SUCCEEDED, attempt=1)
+        record = store.get("j1")
+        assert record.created_at == "2030-01-31T09:30:00.000Z"
+        assert record.updated_at == "2030-01-31T09:30:02.000Z"
+
+    def test_the_latest_fields_are_stored(self, store):
+        """Kind, attempts, target and metadata are the last ones given."""
+        target = Target(room_id="r1", participant_id="alice", kind="audio")
+        store.transition("j1", State.QUEUED, kind="start-track-recording", metadata={"case": 42})
+        store.transition("j1", State.RUNNING, attempt=1, target=target)
+        record = store.get("j1")
+        assert record.state is State.RUNNING
+        assert record.kind == "start-track-recording"
+        assert record.attempts == 1
+        assert record.target == {"roomId": "r1", "participantId": "alice", "kind": "audio"}
+        assert record.metadata == {"case": 42}
+
+    def test_a_failure_stores_its_error(self, store):
+        """A failed job keeps the error object of its ErrorInfo."""
+        store.transition("j1", State.FAILED, attempt=1, error=FAILURE)
+        assert store.get("j1").error == {
+            "reason": "upstream_rejected",
+            "message": "VideoSDK answered 400",
+            "status": 400,
+        }
+
+    def test_a_later_transition_clears_the_error(self, store):
+        """A job that failed and then runs again (a redelivery) no longer shows the old error."""
+        store.transition("j1", State.FAILED, attempt=1, error=FAILURE)
+        store.transition("j1", State.RUNNING, attempt=2)
+        assert store.get("j1").error is None
+
+    def test_both_keys_expire_after_the_ttl(self, store, redis_client):
+        """The state hash and its history list each carry the store's TTL."""
+        store.transition("j1", State.QUEUED)
+        for key in (store.key("j1"), store.key("j1") + ":history"):
+            assert 0 < redis_client.ttl(key) <= 300
+
+    def test_an_unknown_job_is_none(self, store):
+        """A job never recorded (or expired) reads as None."""
+        assert store.get("nobody") is None
+
+    def test_jobs_are_kept_under_the_namespace(self, store, namespace):
+        """The key names the namespace and the job, so namespaces never see each other."""
+        assert store.key("j1") == f"{namespace}:job:j1"
+
+
+class TestJobRecordJson:
+    def test_a_running_job_has_no_error_and_no_reconciled(self, store):
+        """The JSON carries every field, without error or reconciled when they do not apply."""
+        store.transition("j1", State.RUNNING, kind="start-recording", attempt=1)
+        data = store.get("j1").to_json()
+        assert data == {
+            "id": "j1",
+            "kind": "start-recording",
+            "state": "running",
+            "attempts": 1,
+            "createdAt": "2030-01-31T09:30:00.000Z",
+            "updatedAt": "2030-01-31T09:30:00.000Z",
+            "target": None,
+            "metadata": {},
+            "history": [{"state": "running", "at": "2030-01-31T09:30:00.000Z", "attempt": 1}],
+        }
+
+    def test_a_failed_job_carries_its_error(self, store):
+        """The error object appears once the job failed."""
+        store.transition("j1", State.FAILED, attempt=1, error=FAILURE)
+        data = store.get("j1").to_json()
+        assert data["state"] == "failed"
+        assert data["error"]["reason"] == "upstream_rejected"
+        assert "reconciled" not in data
+
+    def test_a_reconciled_job_says_so(self, store):
+        """reconciled appears, true, only for a success counted from an earlier attempt."""
+        store.transition("j1", State.SUCCEEDED, attempt=2, reconciled=True)
+        data = store.get("j1").to_json()
+        assert data["reconciled"] is True
+        assert "error" not in data
