@@ -1,7 +1,8 @@
 """The recording tasks: one keyword argument, ``job``, the JSON object a producer published.
 
-A task only finds the job's id and hands the job to the app's runner, which validates it again
-(producers are not trusted), calls VideoSDK and reports. Nothing here is business logic.
+A task hands its message's arguments and id to the app's runner, which checks them, validates
+the job again (producers are not trusted), calls VideoSDK and reports. Arguments of the wrong
+shape are recorded as an invalid job by the runner, like any other.
 """
 
 from __future__ import annotations
@@ -16,27 +17,20 @@ if TYPE_CHECKING:
     from worker.celery_app import RecqCelery
 
 
-def job_id_of(job: object, task_id: str) -> str:
-    """A job's id: its ``jobId`` when it names one, else the message's task id."""
-    if isinstance(job, dict):
-        given = job.get("jobId")
-        if isinstance(given, str) and given:
-            return given
-    return task_id
-
-
-def _run(task: Task[Any, Any], kind: JobKind, job: object) -> None:
+def _run(
+    task: Task[Any, Any], kind: JobKind, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
     app = cast("RecqCelery", task.app)
-    app.runner.run(kind, job, job_id=job_id_of(job, str(task.request.id)))
+    app.runner.run_message(kind, args, kwargs, task_id=str(task.request.id))
 
 
 @shared_task(name=START_RECORDING.task_name, bind=True)
-def start_recording(self: Task[Any, Any], job: object = None) -> None:
+def start_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
     """Start recording a room (``POST /v2/recordings/start``)."""
-    _run(self, START_RECORDING, job)
+    _run(self, START_RECORDING, args, kwargs)
 
 
 @shared_task(name=START_TRACK_RECORDING.task_name, bind=True)
-def start_track_recording(self: Task[Any, Any], job: object = None) -> None:
+def start_track_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
     """Start recording one participant's track (``POST /v2/recordings/participant/track/start``)."""
-    _run(self, START_TRACK_RECORDING, job)
+    _run(self, START_TRACK_RECORDING, args, kwargs)

@@ -19,24 +19,27 @@ from urllib.parse import urlsplit
 import redis
 from celery import Celery, signals
 
+from worker.claims import Claims
+from worker.dead_letters import DeadLetters
+from worker.dispatcher import DispatcherStep
 from worker.errors import SettingsError
 from worker.event_log import EventLog
 from worker.events import Events, ExchangeSink
+from worker.producer import PUBLISH_RETRY
 from worker.retry import RetryPolicy
-from worker.runner import JobRunner
+from worker.runner import JobRunner, Limits
+from worker.schedule import Delivery, Schedule
 from worker.settings import Settings
 from worker.state import JobStore
 from worker.tokens import TokenSigner
 from worker.videosdk import VideoSDKClient, build_session
 
-# Longer than the longest a job can hold a message: the in-process retry window plus one
-# attempt's timeouts, with a wide margin. Kombu redelivers an unacknowledged message after it.
-VISIBILITY_TIMEOUT = 3600
 TASK_MODULES = ("tasks.recording",)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration recq runs with (see the README's reliability notes)."""
+    # Delivery semantics, and why (see docs/reliability.md for the issues behind each choice).
     config: dict[str, Any] = {
         "task_serializer": "json",
         "result_serializer": "json",
@@ -45,10 +48,24 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Acknowledge after the work: a worker that dies mid-job leaves its message to be
         # redelivered, and the runner's reconciliation makes a second start harmless.
         "task_acks_late": True,
+        # A failure is terminal for the broker: the runner has already recorded it and kept a
+        # dead letter; redelivering would only repeat it.
         "task_acks_on_failure_or_timeout": True,
+        # A worker process lost mid-job (OOM, SIGKILL of a prefork child) re-queues its message
+        # instead of acknowledging it. The loop this can cause is cut by the claim's delivery
+        # count: past RECQ_MAX_DELIVERIES the job fails with reason too_many_deliveries.
+        "task_reject_on_worker_lost": True,
+        # One message reserved per process: jobs wait on the broker, not behind a busy thread.
         "worker_prefetch_multiplier": 1,
+        # Late-ack tasks cannot be acknowledged after the connection is lost; cancelling them
+        # lets the broker redeliver them instead of running them twice (celery#6654).
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # SIGTERM: finish running jobs for up to one job's budget, then re-queue what is left.
+        "worker_soft_shutdown_timeout": settings.job_budget,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_consumer": "worker.consumer:RecqConsumer",
         # Nobody reads task results: outcomes live in the job store and the events.
         "task_ignore_result": True,
         "result_backend": None,
@@ -57,8 +74,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
     }
     if urlsplit(settings.broker_url).scheme in ("redis", "rediss"):
+        # The visibility timeout must outlast a job's longest delivery (Settings checks it), and
+        # be set alike in all three places or the shortest wins (Celery's Redis caveats).
+        # The restore sweep runs every 10 s instead of every 100 s (kombu's default throttle),
+        # so a dead worker's messages come back within visibility_timeout + 10 s.
         transport = {
-            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
             "socket_timeout": 30,
             "socket_connect_timeout": 10,
             "socket_keepalive": True,
@@ -66,7 +89,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "retry_on_timeout": True,
         }
         config["broker_transport_options"] = transport
-        config["visibility_timeout"] = VISIBILITY_TIMEOUT
+        config["result_backend_transport_options"] = {
+            "visibility_timeout": settings.visibility_timeout
+        }
+        config["visibility_timeout"] = settings.visibility_timeout
     return config
 
 
@@ -94,6 +120,34 @@ class RecqCelery(Celery):
     @cached_property
     def store(self) -> JobStore:
         return JobStore(self.redis, namespace=self.settings.namespace, ttl=self.settings.state_ttl)
+
+    @cached_property
+    def claims(self) -> Claims:
+        settings = self.settings
+        return Claims(
+            self.redis,
+            namespace=settings.namespace,
+            lease=settings.claim_lease,
+            state_ttl=settings.state_ttl,
+        )
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        return Schedule(self.redis, namespace=self.settings.namespace)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.redis, namespace=self.settings.namespace)
+
+    def publish_delivery(self, delivery: Delivery) -> None:
+        """Publish a delivery the schedule says is due, under its job's id."""
+        self.send_task(
+            delivery.task,
+            kwargs={"job": delivery.job},
+            task_id=delivery.job_id,
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+        )
 
     @cached_property
     def event_log(self) -> EventLog:
@@ -125,7 +179,19 @@ class RecqCelery(Celery):
         policy = RetryPolicy(
             attempts=settings.retry_attempts, window=settings.retry_window, sleep=self._sleep
         )
-        return JobRunner(client=client, store=self.store, events=self.publisher, policy=policy)
+        limits = Limits(
+            outage_window=settings.outage_window, max_deliveries=settings.max_deliveries
+        )
+        return JobRunner(
+            client=client,
+            store=self.store,
+            events=self.publisher,
+            policy=policy,
+            claims=self.claims,
+            schedule=self.schedule,
+            dead_letters=self.dead_letters,
+            limits=limits,
+        )
 
 
 def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> RecqCelery:
@@ -133,6 +199,7 @@ def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.slee
     app = RecqCelery(settings, sleep=sleep)
     app.conf.update(celery_config(settings))
     app.conf.include = list(TASK_MODULES)
+    app.steps["worker"].add(DispatcherStep)
 
     def check_credentials(sender: Any, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:

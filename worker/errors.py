@@ -33,6 +33,20 @@ class ErrorInfo:
     request_id: str | None = None
     violations: tuple[Violation, ...] = ()
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorInfo:
+        """The inverse of :meth:`to_json`."""
+        return cls(
+            reason=data["reason"],
+            message=data["message"],
+            status=data.get("status"),
+            body=data.get("body"),
+            request_id=data.get("requestId"),
+            violations=tuple(
+                Violation(v["field"], v["code"], v["message"]) for v in data.get("violations", ())
+            ),
+        )
+
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"reason": self.reason, "message": self.message}
         if self.status is not None:

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import redis
 from kombu.exceptions import OperationalError
 
-from worker.errors import BrokerUnavailable, InvalidJob
-from worker.jobs import JobKind
-from worker.state import State
+from worker.errors import BrokerUnavailable, InvalidJob, Violation
+from worker.jobs import BY_TASK, JobKind
 from worker.validation import validate
 
 if TYPE_CHECKING:
@@ -67,23 +67,40 @@ class Producer:
             raise BatchRejected(rejected)
         return [self._publish(kind, job) for job in valid]
 
-    def _publish(self, kind: JobKind, job: dict[str, Any]) -> str:
-        job_id = job.get("jobId") or str(uuid.uuid4())
-        metadata = job.get("metadata") or {}
-        store = self._app.store
-        store.transition(
-            job_id, State.QUEUED, kind=kind.name, target=kind.target(job), metadata=metadata
-        )
+    def replay(self, job_id: str) -> str:
+        """Publish a dead letter's job again under the same id, after validating it again."""
+        letter = self._app.dead_letters.get(job_id)
+        if letter is None:
+            raise KeyError(f"no dead letter {job_id!r}")
+        kind = BY_TASK.get(letter.task or "")
+        if kind is None:
+            raise InvalidJob([Violation("", "unknown-task", f"no task is named {letter.task!r}")])
+        job = validate(kind.name, letter.job, job_id=job_id)
+        self._publish(kind, job, job_id=job_id, fresh=True)
+        self._app.dead_letters.remove(job_id)
+        return job_id
+
+    def _publish(
+        self, kind: JobKind, job: dict[str, Any], *, job_id: str | None = None, fresh: bool = False
+    ) -> str:
+        job_id = job_id or job.get("jobId") or str(uuid.uuid4())
         try:
-            self._app.send_task(
-                kind.task_name,
-                kwargs={"job": job},
-                task_id=job_id,
-                retry=True,
-                retry_policy=PUBLISH_RETRY,
+            ended = self._app.store.enqueue(
+                job_id,
+                kind=kind.name,
+                target=kind.target(job),
+                metadata=job.get("metadata") or {},
+                fresh=fresh,
             )
-        except OperationalError as exc:
-            error = BrokerUnavailable(f"the broker did not take job {job_id}: {exc}")
-            store.transition(job_id, State.FAILED, error=error.info())
-            raise error from None
-        return str(job_id)
+            if ended is None:
+                # A job that already ended is not published again: its outcome stands.
+                self._app.send_task(
+                    kind.task_name,
+                    kwargs={"job": job},
+                    task_id=job_id,
+                    retry=True,
+                    retry_policy=PUBLISH_RETRY,
+                )
+        except (OperationalError, redis.RedisError) as exc:
+            raise BrokerUnavailable(f"could not publish job {job_id}: {exc}") from None
+        return job_id

@@ -68,9 +68,22 @@ class Settings:
     state_ttl: int = 7 * 24 * 3600
     token_ttl: int = 600
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 20.0
     retry_attempts: int = 5
-    retry_window: float = 60.0
+    retry_window: float = 30.0
+    outage_window: float = 3600.0
+    max_deliveries: int = 5
+    visibility_timeout: int = 90
+
+    @property
+    def job_budget(self) -> float:
+        """The longest one delivery of a job can take: its retry window plus one last call."""
+        return self.retry_window + self.connect_timeout + self.read_timeout
+
+    @property
+    def claim_lease(self) -> float:
+        """How long a claim on a job outlives its holder: the job budget with a margin."""
+        return self.job_budget + 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -96,10 +109,20 @@ class Settings:
             state_ttl=reader.number("RECQ_STATE_TTL", 7 * 24 * 3600, int, minimum=60),
             token_ttl=reader.number("RECQ_TOKEN_TTL", 600, int, minimum=120),
             connect_timeout=reader.number("RECQ_CONNECT_TIMEOUT", 5.0, float, minimum=0.1),
-            read_timeout=reader.number("RECQ_READ_TIMEOUT", 30.0, float, minimum=0.1),
+            read_timeout=reader.number("RECQ_READ_TIMEOUT", 20.0, float, minimum=0.1),
             retry_attempts=reader.number("RECQ_RETRY_ATTEMPTS", 5, int, minimum=1),
-            retry_window=reader.number("RECQ_RETRY_WINDOW", 60.0, float, minimum=0),
+            retry_window=reader.number("RECQ_RETRY_WINDOW", 30.0, float, minimum=0),
+            outage_window=reader.number("RECQ_OUTAGE_WINDOW", 3600.0, float, minimum=0),
+            max_deliveries=reader.number("RECQ_MAX_DELIVERIES", 5, int, minimum=1),
+            visibility_timeout=reader.number("RECQ_VISIBILITY_TIMEOUT", 90, int, minimum=10),
         )
+        if not reader.problems and settings.visibility_timeout < settings.claim_lease + 10:
+            reader.problems.append(
+                f"RECQ_VISIBILITY_TIMEOUT={settings.visibility_timeout} must exceed a job's "
+                f"longest delivery ({settings.claim_lease:.0f} s: RECQ_RETRY_WINDOW + "
+                "RECQ_CONNECT_TIMEOUT + RECQ_READ_TIMEOUT + 5) by at least 10 s, or the broker "
+                "would hand a running job to a second worker"
+            )
         if reader.problems:
             raise SettingsError(reader.problems)
         return settings

@@ -62,6 +62,10 @@ class JobRecord:
     metadata: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     reconciled: bool = False
+    deliveries: int = 0
+    outage_since: float | None = None
+    requeues: int = 0
+    retry_at: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -80,6 +84,8 @@ class JobRecord:
             data["error"] = self.error
         if self.reconciled:
             data["reconciled"] = True
+        if self.retry_at is not None and self.state is State.RETRYING:
+            data["retryAt"] = iso(datetime.fromtimestamp(self.retry_at, UTC))
         return data
 
 
@@ -113,10 +119,77 @@ class JobStore:
         metadata: Mapping[str, Any] | None = None,
         error: ErrorInfo | None = None,
         reconciled: bool = False,
+        extra: Mapping[str, float | int] | None = None,
     ) -> None:
         """Record that ``job_id`` is now in ``state``, with whatever else is known."""
+        pipe = self._redis.pipeline(transaction=False)
+        self._write(
+            pipe,
+            job_id,
+            state,
+            kind=kind,
+            attempt=attempt,
+            target=target,
+            metadata=metadata,
+            error=error,
+            reconciled=reconciled,
+            extra=extra,
+        )
+        pipe.execute()
+
+    def enqueue(
+        self,
+        job_id: str,
+        *,
+        kind: str,
+        target: Target,
+        metadata: Mapping[str, Any],
+        fresh: bool = False,
+    ) -> State | None:
+        """Record a job as queued, unless it already ended: then return its terminal state.
+
+        With ``fresh`` (a replay) the job is queued again whatever its state, and its delivery
+        and outage counters start over.
+        """
+        key = self.key(job_id)
+
+        def write(pipe: redis.client.Pipeline) -> State | None:
+            current = pipe.hget(key, "state")
+            if not fresh and current is not None and State(_text(current)).terminal:
+                return State(_text(current))
+            pipe.multi()
+            if fresh:
+                pipe.hdel(key, "deliveries", "outageSince", "requeues", "retryAt", "reconciled")
+            self._write(
+                pipe, job_id, State.QUEUED, kind=kind, attempt=0, target=target, metadata=metadata
+            )
+            return None
+
+        # redis-py types transaction()'s callable as returning None; it returns its value.
+        transaction: Any = self._redis.transaction
+        result: State | None = transaction(write, key, value_from_callable=True)
+        return result
+
+    def _write(
+        self,
+        pipe: redis.client.Pipeline,
+        job_id: str,
+        state: State,
+        *,
+        kind: str | None,
+        attempt: int | None,
+        target: Target | None,
+        metadata: Mapping[str, Any] | None,
+        error: ErrorInfo | None = None,
+        reconciled: bool = False,
+        extra: Mapping[str, float | int] | None = None,
+    ) -> None:
         now = iso(self._clock())
-        fields: dict[Any, str | int] = {"id": job_id, "state": state.value, "updatedAt": now}
+        fields: dict[Any, str | int | float] = {
+            "id": job_id,
+            "state": state.value,
+            "updatedAt": now,
+        }
         if kind is not None:
             fields["kind"] = kind
         if attempt is not None:
@@ -129,22 +202,21 @@ class JobStore:
             fields["error"] = json.dumps(error.to_json())
         if reconciled:
             fields["reconciled"] = "true"
+        fields.update(extra or {})
         entry: dict[str, Any] = {"state": state.value, "at": now}
         if attempt is not None:
             entry["attempt"] = attempt
         if error is not None:
             entry["reason"] = error.reason
         key, history = self.key(job_id), self.key(job_id) + ":history"
-        pipe = self._redis.pipeline(transaction=False)
         pipe.hsetnx(key, "createdAt", now)
         pipe.hset(key, mapping=fields)
-        if state is not State.FAILED and error is None:
+        if error is None:
             pipe.hdel(key, "error")
         pipe.rpush(history, json.dumps(entry))
         pipe.ltrim(history, -HISTORY_LENGTH, -1)
         pipe.expire(key, self._ttl)
         pipe.expire(history, self._ttl)
-        pipe.execute()
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job's record, or None when it is unknown (or expired)."""
@@ -158,7 +230,8 @@ class JobStore:
         fields = {_text(k): _text(v) for k, v in raw.items()}
         return JobRecord(
             id=fields.get("id", job_id),
-            state=State(fields["state"]),
+            # A claim may count a delivery before the job's first state is written.
+            state=State(fields.get("state", State.QUEUED.value)),
             kind=fields.get("kind"),
             attempts=int(fields.get("attempts", 0)),
             created_at=fields.get("createdAt"),
@@ -167,12 +240,20 @@ class JobStore:
             metadata=_json(fields.get("metadata")),
             error=_json(fields.get("error")),
             reconciled=fields.get("reconciled") == "true",
+            deliveries=int(fields.get("deliveries", 0)),
+            outage_since=_float(fields.get("outageSince")),
+            requeues=int(fields.get("requeues", 0)),
+            retry_at=_float(fields.get("retryAt")),
             history=[json.loads(_text(h)) for h in history],
         )
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _float(value: str | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _json(value: str | None) -> Any:

@@ -6,85 +6,15 @@ sink that records events; retry waits are recorded by ``sleeps``, not spent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-import pytest
-
 from worker.errors import Target
-from worker.events import Event, Events
 from worker.jobs import START_RECORDING
-from worker.retry import RetryPolicy
-from worker.runner import JobRunner
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, Fault
 from worker.settings import Credentials, Secret
-from worker.state import JobStore, State
-from worker.tokens import TokenSigner
-from worker.videosdk import VideoSDKClient, build_session
+from worker.state import State
 
 START = START_RECORDING.endpoint
 CREDENTIALS = Credentials(api_key=DEFAULT_API_KEY, secret=Secret(DEFAULT_SECRET))
 JOB = {"roomId": "r1", "metadata": {"meeting": "board"}}
-
-
-class Sink:
-    """Keeps every event it is given."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @property
-    def types(self) -> list[str]:
-        return [event["type"] for event in self.events]
-
-    def publish(self, event: Event) -> None:
-        self.events.append(event)
-
-
-@pytest.fixture
-def sink() -> Sink:
-    return Sink()
-
-
-@pytest.fixture
-def store(redis_client, namespace) -> JobStore:
-    return JobStore(redis_client, namespace=namespace)
-
-
-@pytest.fixture
-def make_client(sandbox_server) -> Iterator[Callable[..., VideoSDKClient]]:
-    """Clients of the sandbox on sessions of their own, closed after the test."""
-    sessions = []
-
-    def make(read_timeout: float = 2.0) -> VideoSDKClient:
-        session = build_session()
-        sessions.append(session)
-        tokens = TokenSigner(CREDENTIALS)
-        return VideoSDKClient(
-            session, endpoint=sandbox_server.url, tokens=tokens, read_timeout=read_timeout
-        )
-
-    yield make
-    for session in sessions:
-        session.close()
-
-
-@pytest.fixture
-def policy(sleeps) -> RetryPolicy:
-    return RetryPolicy(sleep=sleeps)
-
-
-@pytest.fixture
-def make_runner(make_client, store, sink, policy) -> Callable[..., JobRunner]:
-    def make(read_timeout: float = 2.0) -> JobRunner:
-        client = make_client(read_timeout=read_timeout)
-        return JobRunner(client=client, store=store, events=Events([sink]), policy=policy)
-
-    return make
-
-
-@pytest.fixture
-def runner(make_runner) -> JobRunner:
-    return make_runner()
 
 
 class TestJobRunner:
@@ -125,14 +55,22 @@ class TestJobRunner:
         states = [h["state"] for h in store.get("j1").history]
         assert states == ["running", "retrying", "retrying", "succeeded"]
 
-    def test_an_outage_fails_after_the_policys_attempts(self, runner, sandbox, policy, store):
-        """503 on every call: exactly policy.attempts calls, then failed upstream_unavailable."""
+    def test_a_spent_retry_budget_puts_the_job_back_on_the_schedule(
+        self, runner, sandbox, policy, store, schedule, clock
+    ):
+        """503 on every call: policy.attempts calls, then the job waits on the schedule."""
         sandbox.inject(Fault(status=503, times=policy.attempts))
         outcome = runner.run(START_RECORDING, JOB, job_id="j1")
-        assert (outcome.state, outcome.attempts) == (State.FAILED, policy.attempts)
-        assert outcome.error.reason == "upstream_unavailable"
+        assert (outcome.state, outcome.attempts, outcome.deferred) == (
+            State.RETRYING,
+            policy.attempts,
+            True,
+        )
         assert len(sandbox.calls) == policy.attempts
         assert store.get("j1").error["status"] == 503
+        [delivery] = schedule.pending()
+        assert (delivery.job_id, delivery.job) == ("j1", JOB)
+        assert delivery.due == clock.now + 15
 
     def test_a_dropped_answer_that_applied_is_reconciled(self, runner, sandbox, store, sink):
         """The start happens but its answer is lost; the retry's refusal is that success."""

@@ -1,0 +1,124 @@
+"""Fixtures for the runner's tests: a runner on the sandbox, real Redis and a recording sink."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from worker.claims import Claims
+from worker.dead_letters import DeadLetters
+from worker.events import Event, Events
+from worker.retry import RetryPolicy
+from worker.runner import JobRunner, Limits
+from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
+from worker.schedule import Schedule
+from worker.settings import Credentials, Secret
+from worker.state import JobStore
+from worker.tokens import TokenSigner
+from worker.videosdk import VideoSDKClient, build_session
+
+CREDENTIALS = Credentials(api_key=DEFAULT_API_KEY, secret=Secret(DEFAULT_SECRET))
+
+
+class Sink:
+    """Keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @property
+    def types(self) -> list[str]:
+        return [event["type"] for event in self.events]
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def store(redis_client, namespace) -> JobStore:
+    return JobStore(redis_client, namespace=namespace)
+
+
+@pytest.fixture
+def make_client(sandbox_server) -> Iterator[Callable[..., VideoSDKClient]]:
+    """Clients of the sandbox on sessions of their own, closed after the test."""
+    sessions = []
+
+    def make(read_timeout: float = 2.0) -> VideoSDKClient:
+        session = build_session()
+        sessions.append(session)
+        tokens = TokenSigner(CREDENTIALS)
+        return VideoSDKClient(
+            session, endpoint=sandbox_server.url, tokens=tokens, read_timeout=read_timeout
+        )
+
+    yield make
+    for session in sessions:
+        session.close()
+
+
+@pytest.fixture
+def policy(sleeps) -> RetryPolicy:
+    return RetryPolicy(sleep=sleeps)
+
+
+@pytest.fixture
+def claims(redis_client, namespace) -> Claims:
+    return Claims(redis_client, namespace=namespace, lease=30, state_ttl=3600)
+
+
+@pytest.fixture
+def schedule(redis_client, namespace, clock) -> Schedule:
+    return Schedule(redis_client, namespace=namespace, clock=clock)
+
+
+@pytest.fixture
+def dead_letters(redis_client, namespace) -> DeadLetters:
+    return DeadLetters(redis_client, namespace=namespace)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_runner(
+    make_client, store, sink, policy, claims, schedule, dead_letters, clock
+) -> Callable[..., JobRunner]:
+    def make(read_timeout: float = 2.0, limits: Limits | None = None) -> JobRunner:
+        client = make_client(read_timeout=read_timeout)
+        return JobRunner(
+            client=client,
+            store=store,
+            events=Events([sink]),
+            policy=policy,
+            claims=claims,
+            schedule=schedule,
+            dead_letters=dead_letters,
+            limits=limits or Limits(),
+            clock=clock,
+        )
+
+    return make
+
+
+@pytest.fixture
+def runner(make_runner) -> JobRunner:
+    return make_runner()

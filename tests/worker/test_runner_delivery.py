@@ -1,0 +1,131 @@
+"""The runner across deliveries: duplicates, concurrent deliveries, long outages, dead letters."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.claims import ClaimStatus
+from worker.jobs import START_RECORDING, START_TRACK_RECORDING
+from worker.runner import Limits
+from worker.sandbox import Fault
+from worker.state import State
+
+JOB = {"roomId": "r1", "metadata": {"meeting": "board"}}
+
+
+class TestIdempotency:
+    def test_a_duplicate_of_a_finished_job_makes_no_call(self, runner, sandbox, sink):
+        """A second delivery of a succeeded job reports the original outcome, without a call."""
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        again = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (again.state, again.attempts, again.duplicate) == (State.SUCCEEDED, 1, True)
+        assert len(sandbox.calls) == 1
+        assert sink.types == ["recording.started"]
+
+    def test_a_duplicate_of_a_failed_job_reports_its_error(self, runner, sandbox):
+        """A rejected job stays rejected: a redelivery returns the same error and makes no call."""
+        sandbox.inject(Fault(status=400))
+        first = runner.run(START_RECORDING, JOB, job_id="j1")
+        again = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert again.duplicate
+        assert again.error == first.error
+        assert len(sandbox.calls) == 1
+
+    def test_a_delivery_while_another_holds_the_claim_is_deferred(
+        self, runner, sandbox, claims, schedule, clock
+    ):
+        """A job being run elsewhere is not called again: it waits until that claim's lease ends."""
+        held = claims.acquire("j1")
+        assert held.status is ClaimStatus.CLAIMED
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert outcome.deferred
+        assert sandbox.calls == []
+        [delivery] = schedule.pending()
+        assert clock.now + 29 < delivery.due <= clock.now + 31
+
+    def test_too_many_deliveries_fail_the_job(self, make_runner, sandbox, claims, dead_letters):
+        """A job delivered more often than allowed (a crash loop) fails without a call."""
+        runner = make_runner(limits=Limits(max_deliveries=2))
+        for _ in range(2):
+            claims.release("j1", claims.acquire("j1"))
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert outcome.error.reason == "too_many_deliveries"
+        assert sandbox.calls == []
+        assert dead_letters.get("j1").error["reason"] == "too_many_deliveries"
+
+
+class TestLongOutages:
+    def test_requeue_delays_grow_and_honour_retry_after(
+        self, make_runner, sandbox, store, schedule, clock
+    ):
+        """Each spent budget doubles the delay; a longer Retry-After wins."""
+        runner = make_runner()
+        sandbox.inject(Fault(status=503, times=5))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert schedule.pending()[0].due == clock.now + 15
+        schedule.cancel("j1")
+        sandbox.inject(Fault(status=503, times=4), Fault(status=429, retry_after="100"))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert schedule.pending()[0].due == clock.now + 100
+        assert store.get("j1").requeues == 2
+
+    def test_the_outage_window_ends_in_failure(self, make_runner, sandbox, dead_letters, clock):
+        """Past the outage window the job fails upstream_unavailable and becomes a dead letter."""
+        runner = make_runner(limits=Limits(outage_window=60))
+        sandbox.inject(Fault(status=503, times=5))
+        first = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert first.state is State.RETRYING
+        clock.now += 50
+        sandbox.inject(Fault(status=503, times=5))
+        last = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert last.state is State.FAILED
+        assert last.error.reason == "upstream_unavailable"
+        assert "60 s outage window" in last.error.message
+        assert last.attempts == 10
+        assert dead_letters.get("j1").attempts == 10
+
+    def test_a_job_that_recovers_after_a_requeue_succeeds(self, runner, sandbox, store):
+        """A requeued job delivered again after the outage succeeds, its attempts counted."""
+        sandbox.inject(Fault(status=503, times=5))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts) == (State.SUCCEEDED, 6)
+
+
+class TestDeadLettersAndMessages:
+    def test_a_rejected_job_is_kept_as_a_dead_letter(self, runner, sandbox, dead_letters):
+        """The dead letter keeps the job as received, the reason and the attempts."""
+        sandbox.inject(Fault(status=400))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        letter = dead_letters.get("j1")
+        assert (letter.job, letter.attempts, letter.task) == (JOB, 1, "recq.start_recording")
+        assert letter.error["reason"] == "upstream_rejected"
+
+    def test_a_succeeded_job_leaves_no_dead_letter(self, runner, dead_letters):
+        """Only failures are kept."""
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert dead_letters.list() == []
+
+    @pytest.mark.parametrize(
+        ("args", "kwargs", "named"),
+        [
+            ((JOB,), {}, "1 positional"),
+            ((), {}, "no keyword 'job'"),
+            ((), {"job": JOB, "extra": 1}, "keyword 'extra'"),
+        ],
+    )
+    def test_a_message_with_the_wrong_arguments_fails_by_name(
+        self, runner, sandbox, store, args, kwargs, named
+    ):
+        """A task called with anything but job=... is recorded as invalid, naming what it got."""
+        outcome = runner.run_message(START_TRACK_RECORDING, args, kwargs, task_id="t1")
+        assert outcome.error.reason == "invalid_job"
+        assert named in outcome.error.message
+        assert store.get("t1").state is State.FAILED
+        assert sandbox.calls == []
+
+    def test_a_refused_message_of_an_unknown_task_is_recorded(self, runner, store, dead_letters):
+        """A message the consumer refused is failed and kept under its id."""
+        runner.refuse("m1", "recq.nope", reason="unknown_task", message="no task is named")
+        assert store.get("m1").error["reason"] == "unknown_task"
+        assert dead_letters.get("m1").task == "recq.nope"

@@ -1,0 +1,90 @@
+"""Claims: a job id runs to completion once, and never in two places at the same time.
+
+Before a delivery may call VideoSDK it claims its job id: one Lua script, atomic in Redis, that
+
+- answers ``done`` when the job already reached a terminal state (a duplicate delivery: the
+  caller acknowledges it and reports the original outcome, without calling VideoSDK);
+- otherwise sets ``<ns>:claim:<id>`` to a fresh token with a lease (``SET NX PX``) and counts the
+  delivery, answering ``claimed``;
+- or answers ``busy`` with the lease's remaining time when another delivery holds the claim.
+
+The lease expires on its own if its holder dies, so a redelivered job is never blocked for longer
+than a job's longest delivery. Releasing checks the token, so a holder whose lease expired
+cannot release a claim that someone else has since taken.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+_ACQUIRE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  return {'done', 0, 0}
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return {'claimed', deliveries, 0}
+end
+return {'busy', 0, redis.call('PTTL', KEYS[2])}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class ClaimStatus(StrEnum):
+    CLAIMED = "claimed"
+    DONE = "done"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to a claim: its status, the token to release it, and what else is known."""
+
+    status: ClaimStatus
+    token: str
+    deliveries: int = 0
+    retry_in: float = 0.0
+    """For a busy claim: seconds until its lease runs out."""
+
+
+class Claims:
+    """Takes and releases claims on job ids."""
+
+    def __init__(
+        self, client: redis.Redis, *, namespace: str, lease: float, state_ttl: int
+    ) -> None:
+        self._namespace = namespace
+        self._lease_ms = int(lease * 1000)
+        self._state_ttl = state_ttl
+        self._acquire: Any = client.register_script(_ACQUIRE)
+        self._release: Any = client.register_script(_RELEASE)
+
+    def _keys(self, job_id: str) -> tuple[str, str]:
+        return f"{self._namespace}:job:{job_id}", f"{self._namespace}:claim:{job_id}"
+
+    def acquire(self, job_id: str) -> Claim:
+        """Try to claim ``job_id`` for this delivery."""
+        token = uuid.uuid4().hex
+        status, deliveries, pttl = self._acquire(
+            keys=self._keys(job_id), args=[token, self._lease_ms, self._state_ttl]
+        )
+        name = status.decode() if isinstance(status, bytes) else status
+        return Claim(ClaimStatus(name), token, int(deliveries), max(int(pttl), 0) / 1000)
+
+    def release(self, job_id: str, claim: Claim) -> None:
+        """Give the claim back, if it is still ours."""
+        if claim.status is ClaimStatus.CLAIMED:
+            self._release(keys=[self._keys(job_id)[1]], args=[claim.token])

@@ -1,0 +1,58 @@
+"""The worker's message consumer: every message it cannot run still ends in a recorded state.
+
+Celery logs and drops a message it cannot decode (a pickled body, broken JSON), one that is not a
+task message, one naming an unknown task, or one whose protocol fields are malformed. recq keeps
+that behaviour (the message is never retried, so it cannot loop) and adds the record: wherever the
+message names an id, the job is marked ``failed`` with a reason and kept as a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+logger = logging.getLogger(__name__)
+
+
+def _headers(message: Any) -> dict[str, Any]:
+    headers = getattr(message, "headers", None)
+    return headers if isinstance(headers, dict) else {}
+
+
+class RecqConsumer(Consumer):
+    """Celery's consumer, recording each refused message as a failed job."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        super().on_decode_error(message, exc)
+        content_type = getattr(message, "content_type", None)
+        self._refused(message, "undecodable_message", f"cannot decode a {content_type} body: {exc}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        super().on_unknown_message(body, message)
+        self._refused(message, "malformed_message", "the message is not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_unknown_task(body, message, exc)
+        task = _headers(message).get("task")
+        self._refused(message, "unknown_task", f"no task is named {task!r}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        super().on_invalid_task(body, message, exc)
+        self._refused(message, "malformed_message", f"the task message is malformed: {exc}")
+
+    def _refused(self, message: Any, reason: str, detail: str) -> None:
+        headers = _headers(message)
+        job_id, task = headers.get("id"), headers.get("task")
+        if not isinstance(job_id, str) or not job_id:
+            logger.error("refused a message without an id (%s): %s", reason, detail)
+            return
+        try:
+            app: Any = self.app  # a RecqCelery: it carries the runner
+            app.runner.refuse(
+                job_id, task if isinstance(task, str) else None, reason=reason, message=detail
+            )
+        except Exception:
+            # Recording is best effort here: the message itself is already dropped and logged.
+            logger.exception("could not record refused message %s", job_id)

@@ -1,0 +1,143 @@
+"""A durable schedule of future deliveries in Redis, instead of Celery ETA/countdown.
+
+ETA messages on the Redis broker are held in a worker's memory, unacknowledged, and are handed to
+another worker once the visibility timeout passes, so a long countdown runs twice (celery#2481,
+#7009, #9882; kombu#337). recq keeps what must happen later here instead, and every worker runs a
+small dispatcher (:mod:`worker.dispatcher`) that publishes what is due.
+
+Layout for namespace ``recq``:
+
+- ``recq:schedule`` a sorted set of job ids scored by the time they are due;
+- ``recq:schedule:inflight`` job ids a dispatcher has taken, scored by when its lease ends;
+- ``recq:schedule:deliveries`` a hash of job id to the delivery (task name and job).
+
+Taking due deliveries moves them atomically from the schedule to the in-flight set, so one
+dispatcher gets each however many run. Once published, a delivery is marked done; if its
+dispatcher died first, the lease runs out and it goes back on the schedule. A delivery can thus be
+published twice in a crash, never lost: the job's claim makes the second one harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+_TAKE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZADD', KEYS[2], ARGV[3], id)
+end
+return ids
+"""
+
+_DONE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
+"""
+
+_RECOVER = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZADD', KEYS[1], ARGV[1], id)
+end
+return #ids
+"""
+
+_CANCEL = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return removed
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A job to publish at a given time."""
+
+    job_id: str
+    task: str
+    job: dict[str, Any]
+    due: float
+
+
+class Schedule:
+    """Adds, takes and cancels future deliveries."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        lease: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._keys = [
+            f"{namespace}:schedule",
+            f"{namespace}:schedule:inflight",
+            f"{namespace}:schedule:deliveries",
+        ]
+        self._lease = lease
+        self._clock = clock
+        self._take: Any = client.register_script(_TAKE)
+        self._done: Any = client.register_script(_DONE)
+        self._recover: Any = client.register_script(_RECOVER)
+        self._cancel: Any = client.register_script(_CANCEL)
+
+    def add(self, delivery: Delivery) -> None:
+        """Schedule ``delivery`` (replacing any earlier one of the same job)."""
+        payload = json.dumps({"task": delivery.task, "job": delivery.job, "due": delivery.due})
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._keys[2], delivery.job_id, payload)
+        pipe.zadd(self._keys[0], {delivery.job_id: delivery.due})
+        pipe.execute()
+
+    def cancel(self, job_id: str) -> bool:
+        """Remove a pending delivery; True if there was one."""
+        return bool(self._cancel(keys=self._keys, args=[job_id]))
+
+    def take_due(self, limit: int = 100) -> list[Delivery]:
+        """Take the deliveries due now, leased to the caller until published or expired."""
+        now = self._clock()
+        ids = self._take(keys=self._keys, args=[now, limit, now + self._lease])
+        if not ids:
+            return []
+        payloads = self._redis.hmget(self._keys[2], ids)
+        return [
+            _delivery(job_id, payload)
+            for job_id, payload in zip(ids, payloads, strict=True)
+            if payload is not None
+        ]
+
+    def done(self, job_id: str) -> None:
+        """A taken delivery was published: forget it (unless it was scheduled again)."""
+        self._done(keys=self._keys, args=[job_id])
+
+    def recover(self) -> int:
+        """Put back deliveries whose dispatcher's lease ran out; return how many."""
+        return int(self._recover(keys=self._keys, args=[self._clock()]))
+
+    def pending(self) -> list[Delivery]:
+        """Every scheduled delivery, soonest first."""
+        entries: list[bytes] = self._redis.zrange(self._keys[0], 0, -1)  # type: ignore[assignment]
+        payloads = self._redis.hmget(self._keys[2], entries) if entries else []
+        return [
+            _delivery(job_id, payload)
+            for job_id, payload in zip(entries, payloads, strict=True)
+            if payload is not None
+        ]
+
+
+def _delivery(job_id: bytes | str, payload: bytes | str) -> Delivery:
+    data = json.loads(payload)
+    name = job_id.decode() if isinstance(job_id, bytes) else job_id
+    return Delivery(job_id=name, task=data["task"], job=data["job"], due=float(data["due"]))
