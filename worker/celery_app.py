@@ -180,7 +180,9 @@ class RecqCelery(Celery):
             attempts=settings.retry_attempts, window=settings.retry_window, sleep=self._sleep
         )
         limits = Limits(
-            outage_window=settings.outage_window, max_deliveries=settings.max_deliveries
+            outage_window=settings.outage_window,
+            max_deliveries=settings.max_deliveries,
+            requeue_delay=settings.requeue_delay,
         )
         return JobRunner(
             client=client,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from worker.errors import BrokerUnavailable, SettingsError
+from worker.errors import BrokerUnavailable, InvalidJob, SettingsError
 from worker.jobs import BY_COMMAND
 from worker.settings import Settings
 
@@ -58,6 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     events = commands.add_parser("events", help="print events as JSON lines")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.set_defaults(handler=_events)
+
+    dead = commands.add_parser(
+        "dead",
+        help="inspect and replay jobs that ended failed",
+        description="Jobs that ended failed (invalid, rejected by VideoSDK, or unavailable past "
+        "the outage window) are kept as dead letters with the job, the reason and the attempts. "
+        "A replay validates the job again and publishes it under the same id.",
+    )
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    dead_list = dead_commands.add_parser("list", help="one line a dead letter, newest first")
+    dead_list.add_argument("--json", action="store_true", help="JSON lines instead")
+    dead_show = dead_commands.add_parser("show", help="a dead letter in full, as JSON")
+    dead_show.add_argument("id")
+    replay = dead_commands.add_parser("replay", help="publish dead jobs again, same ids")
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="the job to replay")
+    which.add_argument("--all", action="store_true", help="replay every dead letter")
+    dead.set_defaults(handler=_dead)
 
     fake = commands.add_parser(
         "fake-api", help="run the VideoSDK sandbox", description="Serve the VideoSDK sandbox."
@@ -191,6 +209,40 @@ def _events(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
     for event in _app(settings).event_log.read(follow=args.follow):
         print(json.dumps(event), flush=True)
     return 0
+
+
+def _dead(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    from worker.producer import Producer  # noqa: PLC0415
+
+    app = _app(settings)
+    letters = app.dead_letters
+    if args.dead_command == "list":
+        for letter in letters.list():
+            if args.json:
+                print(json.dumps(letter.to_json()))
+            else:
+                print(
+                    f"{letter.job_id}  {letter.task}  {letter.error['reason']}: "
+                    f"{letter.error['message'][:120]}"
+                )
+        return 0
+    if args.dead_command == "show":
+        letter = letters.get(args.id)
+        if letter is None:
+            print(f"recq dead show: no dead letter {args.id!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(letter.to_json(), indent=2))
+        return 0
+    producer = Producer(app)
+    ids = [letter.job_id for letter in letters.list()] if args.all else [args.id]
+    failed = 0
+    for job_id in ids:
+        try:
+            print(producer.replay(job_id))
+        except (KeyError, InvalidJob, BrokerUnavailable) as exc:
+            failed += 1
+            print(f"recq dead replay: {job_id}: {exc}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _fake_api(_settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:

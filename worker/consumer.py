@@ -12,6 +12,8 @@ import logging
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
+from vine import promise
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +25,36 @@ def _headers(message: Any) -> dict[str, Any]:
 
 class RecqConsumer(Consumer):
     """Celery's consumer, recording each refused message as a failed job."""
+
+    # Set by Consumer.__init__ from the broker connection; celery-types does not declare them.
+    connection_errors: tuple[type[BaseException], ...]
+    channel_errors: tuple[type[BaseException], ...]
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        """Celery's handler, guarded: a malformed message must never stop the worker.
+
+        Celery catches the errors it expects from a bad message, but not all: a JSON body that is
+        not an ``[args, kwargs, embed]`` triple raises ValueError out of the consumer, and the
+        worker stops with "Unrecoverable error". Connection errors still propagate, so that the
+        consumer reconnects as usual.
+        """
+        handle = super().create_task_handler(promise)
+        fatal = tuple(self.connection_errors) + tuple(self.channel_errors)
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                return handle(message)
+            except fatal:
+                raise
+            except Exception as exc:
+                logger.exception("refusing a malformed task message")
+                message.reject_log_error(logger, self.connection_errors)
+                self._refused(
+                    message, "malformed_message", f"the task message is malformed: {exc!r}"
+                )
+                return None
+
+        return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         super().on_decode_error(message, exc)
@@ -40,6 +72,12 @@ class RecqConsumer(Consumer):
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         super().on_invalid_task(body, message, exc)
+        if isinstance(exc, ContentDisallowed):
+            # A pickled (or any non-JSON) body is refused before it is ever deserialised.
+            content_type = getattr(message, "content_type", None)
+            detail = f"content type {content_type} is refused: recq accepts JSON only"
+            self._refused(message, "undecodable_message", detail)
+            return
         self._refused(message, "malformed_message", f"the task message is malformed: {exc}")
 
     def _refused(self, message: Any, reason: str, detail: str) -> None:

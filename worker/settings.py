@@ -72,6 +72,7 @@ class Settings:
     retry_attempts: int = 5
     retry_window: float = 30.0
     outage_window: float = 3600.0
+    requeue_delay: float = 15.0
     max_deliveries: int = 5
     visibility_timeout: int = 90
 
@@ -113,6 +114,7 @@ class Settings:
             retry_attempts=reader.number("RECQ_RETRY_ATTEMPTS", 5, int, minimum=1),
             retry_window=reader.number("RECQ_RETRY_WINDOW", 30.0, float, minimum=0),
             outage_window=reader.number("RECQ_OUTAGE_WINDOW", 3600.0, float, minimum=0),
+            requeue_delay=reader.number("RECQ_REQUEUE_DELAY", 15.0, float, minimum=0.1),
             max_deliveries=reader.number("RECQ_MAX_DELIVERIES", 5, int, minimum=1),
             visibility_timeout=reader.number("RECQ_VISIBILITY_TIMEOUT", 90, int, minimum=10),
         )

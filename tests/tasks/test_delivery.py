@@ -1,0 +1,148 @@
+"""Delivery guarantees on a real worker: duplicates, outages, dead letters, refused messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+
+from worker.celery_app import create_app
+from worker.errors import BrokerUnavailable
+from worker.jobs import START_RECORDING
+from worker.producer import Producer
+from worker.redis_server import free_port
+from worker.sandbox import Fault
+from worker.state import State
+
+pytestmark = pytest.mark.integration
+
+JOB = {"roomId": "room-d", "metadata": {"case": "delivery"}}
+
+
+def wait_for(app, job_id, *states, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    record = None
+    while time.monotonic() < deadline:
+        record = app.store.get(job_id)
+        if record is not None and record.state in states:
+            return record
+        time.sleep(0.05)
+    pytest.fail(f"job {job_id} did not reach {states}; last seen {record}")
+
+
+@pytest.fixture
+def settings(settings):
+    """Re-queued jobs come back within a second, so an outage fits in a test."""
+    return settings.replace(requeue_delay=0.5, retry_attempts=2)
+
+
+class TestIdempotentDelivery:
+    def test_a_finished_job_enqueued_again_is_not_published(self, app, sandbox, running_worker):
+        """A producer retrying a succeeded jobId gets its id back; nothing runs again."""
+        producer = Producer(app)
+        producer.enqueue(START_RECORDING, {**JOB, "jobId": "once"})
+        wait_for(app, "once", State.SUCCEEDED)
+        assert producer.enqueue(START_RECORDING, {**JOB, "jobId": "once"}) == "once"
+        assert app.redis.llen(app.settings.queue) == 0
+        assert app.store.get("once").state is State.SUCCEEDED
+        assert len(sandbox.calls) == 1
+
+    def test_two_deliveries_at_once_call_videosdk_once(self, app, sandbox, running_worker):
+        """The same job published twice while the first is slow: one start reaches VideoSDK."""
+        sandbox.inject(Fault(latency=1.0))
+        for _ in range(2):
+            app.send_task(START_RECORDING.task_name, kwargs={"job": JOB}, task_id="twice")
+        wait_for(app, "twice", State.SUCCEEDED)
+        time.sleep(1.5)  # the second delivery waits out the claim, then finds the job done
+        assert len(sandbox.calls_to(START_RECORDING.endpoint)) == 1
+        assert app.schedule.pending() == [] or app.schedule.pending()[0].job_id == "twice"
+
+
+class TestOutages:
+    def test_a_long_outage_requeues_and_the_job_succeeds_after_it(
+        self, app, sandbox, running_worker
+    ):
+        """Budget spent on 503s: the job waits on the schedule, then a later delivery succeeds."""
+        sandbox.inject(Fault(status=503, times=4))
+        job_id = Producer(app).enqueue(START_RECORDING, JOB)
+        record = wait_for(app, job_id, State.SUCCEEDED, State.FAILED, timeout=30)
+        assert record.state is State.SUCCEEDED
+        assert record.attempts == 5
+        assert record.requeues == 2
+        assert [c.status for c in sandbox.calls] == [503, 503, 503, 503, 200]
+
+    def test_a_producer_facing_a_down_broker_fails_fast_and_clearly(self, settings):
+        """Nothing listens on the broker's port: BrokerUnavailable within seconds, no hang."""
+        down = f"redis://127.0.0.1:{free_port()}/0"
+        app = create_app(settings.replace(broker_url=down, redis_url=down))
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="could not publish"):
+            Producer(app).enqueue(START_RECORDING, JOB)
+        assert time.monotonic() - started < 10
+        app.close()
+
+
+class TestDeadLetters:
+    def test_a_rejected_job_is_replayed_under_its_id(self, app, sandbox, running_worker):
+        """Rejected once, kept as a dead letter, replayed: it succeeds with the same id."""
+        sandbox.inject(Fault(status=403, body='{"code": 4021}'))
+        job_id = Producer(app).enqueue(START_RECORDING, JOB)
+        wait_for(app, job_id, State.FAILED)
+        [letter] = app.dead_letters.list()
+        assert (letter.job_id, letter.error["status"]) == (job_id, 403)
+        assert Producer(app).replay(job_id) == job_id
+        assert wait_for(app, job_id, State.SUCCEEDED).attempts == 1
+        assert app.dead_letters.list() == []
+
+
+def raw_message(queue, task, job_id, body: bytes, content_type="application/json"):
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8"
+            if content_type != "application/x-python-serialize"
+            else "binary",
+            "content-type": content_type,
+            "headers": {"lang": "py", "task": task, "id": job_id, "root_id": job_id},
+            "properties": {
+                "correlation_id": job_id,
+                "delivery_mode": 2,
+                "delivery_tag": str(uuid.uuid4()),
+                "body_encoding": "base64",
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+            },
+        }
+    )
+
+
+class TestRefusedMessages:
+    @pytest.mark.parametrize(
+        ("task", "body", "content_type", "reason"),
+        [
+            ("recq.nope", b'[[], {"job": {}}, {}]', "application/json", "unknown_task"),
+            ("recq.start_recording", b"{not json", "application/json", "undecodable_message"),
+            (
+                "recq.start_recording",
+                b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00}\x94.",
+                "application/x-python-serialize",
+                "undecodable_message",
+            ),
+            ("recq.start_recording", b'"just a string"', "application/json", "malformed_message"),
+        ],
+        ids=["unknown-task", "broken-json", "pickle", "not-a-call"],
+    )
+    def test_a_refused_message_is_recorded_and_the_worker_goes_on(
+        self, app, sandbox, running_worker, redis_client, task, body, content_type, reason
+    ):
+        """The message is failed with a reason under its id; a good job after it still runs."""
+        queue = app.settings.queue
+        redis_client.lpush(queue, raw_message(queue, task, "bad-1", body, content_type))
+        record = wait_for(app, "bad-1", State.FAILED)
+        assert record.error["reason"] == reason
+        assert sandbox.calls == []
+        good = Producer(app).enqueue(START_RECORDING, JOB)
+        assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
