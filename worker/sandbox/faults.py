@@ -24,6 +24,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "drop_answer": (bool,),
     "applies": (bool,),
     "path": (str, type(None)),
+    "room": (str, type(None)),
     "times": (int,),
     "body": (str, type(None)),
 }
@@ -40,6 +41,8 @@ class Fault:
     - ``status``: answer this status, with ``Retry-After: retry_after`` when given and ``body``
       (or a JSON error) as the body.
     - ``path``: only calls to this exact path take the fault (None: any call).
+    - ``room``: only calls about this ``roomId`` (in the body or the query) take the fault, so a
+      test can script each job's faults while many jobs run at once.
     - ``times``: how many calls the fault answers before it is used up.
     """
 
@@ -49,6 +52,7 @@ class Fault:
     drop_answer: bool = False
     applies: bool = False
     path: str | None = None
+    room: str | None = None
     times: int = 1
     body: str | None = None
 
@@ -84,9 +88,9 @@ class Fault:
         """Whether the fault answers instead of the API (else it only slows the answer)."""
         return self.status is not None or self.drop_answer
 
-    def matches(self, path: str) -> bool:
-        """Whether a call to ``path`` takes this fault."""
-        return self.path is None or self.path == path
+    def matches(self, path: str, room: str | None = None) -> bool:
+        """Whether a call to ``path`` about ``room`` takes this fault."""
+        return (self.path is None or self.path == path) and (self.room is None or self.room == room)
 
     def reply(self) -> Reply:
         """The answer the fault gives in place of the API's (none at all without a status)."""
@@ -138,11 +142,11 @@ class FaultQueue:
         with self._lock:
             self._queue.extend(_Queued(fault, fault.times) for fault in faults)
 
-    def take(self, path: str) -> Fault | None:
-        """The first queued fault matching ``path``, using up one of its times."""
+    def take(self, path: str, room: str | None = None) -> Fault | None:
+        """The first queued fault matching ``path`` and ``room``, using up one of its times."""
         with self._lock:
             for index, entry in enumerate(self._queue):
-                if entry.fault.matches(path):
+                if entry.fault.matches(path, room):
                     entry.left -= 1
                     if entry.left == 0:
                         del self._queue[index]

@@ -82,7 +82,7 @@ class Sandbox:
         if path == "/_sandbox" or path.startswith("/_sandbox/"):
             return control.handle(self, request)
         arrived = self._clock()
-        fault = self._faults.take(path)
+        fault = self._faults.take(path, _room_of(request)) if self._faults.pending() else None
         reply, real = self._answer(request, fault)
         self._record(request, reply, fault.describe(real) if fault else None, arrived)
         return reply
@@ -189,3 +189,15 @@ def _parsed(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return None
+
+
+def _room_of(request: Request) -> str | None:
+    """The roomId a call is about, from its query or JSON body; None when it names none."""
+    room = request.query.get("roomId")
+    if room is None and request.body:
+        try:
+            parsed = json.loads(request.body)
+        except ValueError:
+            return None
+        room = parsed.get("roomId") if isinstance(parsed, dict) else None
+    return room if isinstance(room, str) else None

@@ -36,6 +36,13 @@ class TestStatusFaults:
         statuses = [api.post(START, {"roomId": "r1"}).status_code for _ in range(3)]
         assert statuses == [502, 504, 200]
 
+    def test_a_fault_for_one_room_leaves_other_rooms_alone(self, api, sandbox):
+        """A fault with a room waits for a call about that room, whatever comes first."""
+        sandbox.inject(Fault(status=503, room="r2"))
+        statuses = [api.post(START, {"roomId": room}).status_code for room in ("r1", "r2")]
+        assert statuses == [200, 503]
+        assert sandbox.pending_faults == []
+
     def test_a_fault_for_one_path_leaves_other_paths_alone(self, api, sandbox):
         """A fault with a path waits for a call to that exact path."""
         sandbox.inject(Fault(status=500, path=END))
