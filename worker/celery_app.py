@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import redis
 from celery import Celery, signals
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from worker.claims import Claims
 from worker.dead_letters import DeadLetters
@@ -108,13 +110,16 @@ class RecqCelery(Celery):
 
     @cached_property
     def redis(self) -> redis.Redis:
+        # A short outage (a Redis restart, a failover) is ridden over: about 15 s of retries
+        # with backoff, before a state write gives up and the job's message is redelivered.
         return redis.Redis.from_url(
             self.settings.redis_url,
             socket_timeout=30,
-            socket_connect_timeout=10,
+            socket_connect_timeout=5,
             socket_keepalive=True,
             health_check_interval=25,
-            retry_on_timeout=True,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
 
     @cached_property
