@@ -115,7 +115,6 @@ def app(settings: Settings, sleeps: Sleeps) -> Iterator[RecqCelery]:
     application = create_app(settings, sleep=sleeps)
     yield application
     application.close()
-    application.redis.close()
 
 
 @pytest.fixture

@@ -106,21 +106,41 @@ class RecqCelery(Celery):
         self.settings = settings
         self._sleep = sleep
         self._runner: JobRunner | None = None
+        self._clients: list[redis.Redis] = []
         self._lock = threading.Lock()
 
-    @cached_property
-    def redis(self) -> redis.Redis:
-        # A short outage (a Redis restart, a failover) is ridden over: about 15 s of retries
-        # with backoff, before a state write gives up and the job's message is redelivered.
-        return redis.Redis.from_url(
+    def redis_client(self, *, retries: int) -> redis.Redis:
+        """A client of the state store that retries connection errors ``retries`` times."""
+        client = redis.Redis.from_url(
             self.settings.redis_url,
             socket_timeout=30,
             socket_connect_timeout=5,
             socket_keepalive=True,
             health_check_interval=25,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10),
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=retries),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Close the broker connections and every Redis client this app opened."""
+        super().close()
+        for client in self._clients:
+            client.close()
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        # A worker rides over a short outage (a Redis restart, a failover): about 15 s of
+        # retries with backoff, before a state write gives up and the message is redelivered.
+        return self.redis_client(retries=10)
+
+    @cached_property
+    def producer_store(self) -> JobStore:
+        """The job store as producers use it: a down Redis is reported within about a second."""
+        settings = self.settings
+        client = self.redis_client(retries=2)
+        return JobStore(client, namespace=settings.namespace, ttl=settings.state_ttl)
 
     @cached_property
     def store(self) -> JobStore:

@@ -85,7 +85,7 @@ class Producer:
     ) -> str:
         job_id = job_id or job.get("jobId") or str(uuid.uuid4())
         try:
-            ended = self._app.store.enqueue(
+            ended = self._app.producer_store.enqueue(
                 job_id,
                 kind=kind.name,
                 target=kind.target(job),
