@@ -1,0 +1,193 @@
+"""Crashes with real processes: a worker SIGKILLed mid-run, and Redis restarted mid-run.
+
+Workers run as `recq worker` subprocesses with the shipped defaults (visibility timeout, claim
+lease, restore sweep), against the sandbox with a 50 ms answer latency so that jobs are in flight
+when the crash comes. Each test prints its figures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from worker.celery_app import create_app
+from worker.jobs import START_RECORDING
+from worker.producer import Producer
+from worker.redis_server import RedisServer
+from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
+from worker.state import State
+
+pytestmark = pytest.mark.integration
+
+START = START_RECORDING.endpoint
+
+
+def worker_env(settings: Any) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "RECQ_"))}
+    return {
+        **clean,
+        "CELERY_BROKER_URL": settings.broker_url,
+        "RECQ_NAMESPACE": settings.namespace,
+        "RECQ_QUEUE": settings.queue,
+        "VIDEOSDK_API_KEY": DEFAULT_API_KEY,
+        "VIDEOSDK_SECRET": DEFAULT_SECRET,
+        "VIDEOSDK_API_ENDPOINT": settings.api_endpoint,
+    }
+
+
+class Workers:
+    """`recq worker` subprocesses, all stopped when the test ends."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def slow_sandbox(sandbox):
+    """The sandbox answering every call after 50 ms, like a real API far away."""
+    sandbox.latency = 0.05
+    return sandbox
+
+
+def enqueue_rooms(app: Any, count: int, prefix: str) -> list[str]:
+    jobs = [{"roomId": f"{prefix}-{n}", "jobId": f"{prefix}-{n}"} for n in range(count)]
+    return Producer(app).enqueue_many(START_RECORDING, jobs)
+
+
+def wait_until_all_end(app: Any, job_ids: list[str], timeout: float) -> dict[str, Any]:
+    ended: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(ended) < len(job_ids) and time.monotonic() < deadline:
+        for job_id in set(job_ids) - ended.keys():
+            record = app.store.get(job_id)
+            if record is not None and record.state.terminal:
+                ended[job_id] = record
+        time.sleep(0.25)
+    return ended
+
+
+def accepted_per_room(sandbox: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for call in sandbox.accepted(START):
+        counts[call.body["roomId"]] = counts.get(call.body["roomId"], 0) + 1
+    return counts
+
+
+def test_a_worker_killed_mid_run_loses_nothing_and_starts_nothing_twice(
+    settings, slow_sandbox, namespace
+):
+    """SIGKILL one of two workers mid-run: every job succeeds, each room is started once."""
+    app = create_app(settings)
+    workers = Workers(worker_env(settings))
+    try:
+        victim, _survivor = workers.start(), workers.start()
+        job_ids = enqueue_rooms(app, 300, "kill")
+        slow_sandbox.wait_for_calls(60, timeout=60, path=START)
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        unfinished = sum(1 for j in job_ids if not (r := app.store.get(j)) or not r.state.terminal)
+        ended = wait_until_all_end(app, job_ids, timeout=240)
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        workers.stop_all()
+        app.close()
+    states = [record.state for record in ended.values()]
+    reconciled = sum(1 for record in ended.values() if record.reconciled)
+    print(
+        f"\nSIGKILL: 300 jobs, {unfinished} unfinished at the kill, all ended "
+        f"{recovered_in:.0f} s after it; {reconciled} reconciled as already running"
+    )
+    assert len(ended) == 300
+    assert states.count(State.SUCCEEDED) == 300
+    assert set(accepted_per_room(slow_sandbox).values()) == {1}
+    assert len(accepted_per_room(slow_sandbox)) == 300
+    assert recovered_in < 120, "the killed worker's jobs were picked up within 2 minutes"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A throwaway Redis with append-only persistence, that this test may restart."""
+    server = RedisServer(appendonly=True)
+    server.start()
+    yield server
+    server.close()
+
+
+def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis):
+    """Stop and restart the broker and state store mid-run: every job ends succeeded."""
+    settings = settings.replace(broker_url=own_redis.url, redis_url=own_redis.url)
+    app = create_app(settings)
+    workers = Workers(worker_env(settings))
+    try:
+        workers.start()
+        job_ids = enqueue_rooms(app, 200, "restart")
+        slow_sandbox.wait_for_calls(40, timeout=60, path=START)
+        own_redis.stop()
+        stopped_at = time.monotonic()
+        time.sleep(2)
+        own_redis.start()
+        ended = wait_until_all_end(app, job_ids, timeout=240)
+        recovered_in = time.monotonic() - stopped_at
+    finally:
+        workers.stop_all()
+        app.close()
+    states = [record.state for record in ended.values()]
+    print(f"\nRedis restart: 200 jobs, all ended {recovered_in:.0f} s after the stop")
+    assert len(ended) == 200
+    assert states.count(State.SUCCEEDED) == 200
+    assert set(accepted_per_room(slow_sandbox).values()) == {1}
+
+
+def test_sigterm_finishes_or_returns_in_flight_jobs(settings, sandbox):
+    """SIGTERM mid-run: the worker exits, and a new worker ends every job well before the
+    visibility timeout would have brought any back."""
+    sandbox.latency = 0.5
+    app = create_app(settings)
+    workers = Workers(worker_env(settings))
+    try:
+        first = workers.start(concurrency=4)
+        job_ids = enqueue_rooms(app, 40, "term")
+        sandbox.wait_for_calls(4, timeout=30, path=START)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=90)
+        stopped_at = time.monotonic()
+        workers.start(concurrency=8)
+        ended = wait_until_all_end(app, job_ids, timeout=60)
+        finished_in = time.monotonic() - stopped_at
+    finally:
+        workers.stop_all()
+        app.close()
+    print(f"\nSIGTERM: exit code {first.returncode}; 40 jobs ended {finished_in:.0f} s after it")
+    assert first.returncode == 0
+    assert [r.state for r in ended.values()].count(State.SUCCEEDED) == 40
+    assert finished_in < settings.visibility_timeout
+    assert set(accepted_per_room(sandbox).values()) == {1}
