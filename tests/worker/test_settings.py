@@ -77,6 +77,14 @@ class TestFromEnv:
         with pytest.raises(SettingsError, match="RECQ_TOKEN_TTL='30' must be at least 120"):
             Settings.from_env({"RECQ_TOKEN_TTL": "30"})
 
+    def test_a_visibility_timeout_shorter_than_a_delivery_is_refused(self):
+        """The broker must not hand a job that may still be running to a second worker."""
+        env = {"RECQ_VISIBILITY_TIMEOUT": "60", "RECQ_RETRY_WINDOW": "30"}
+        with pytest.raises(SettingsError, match="RECQ_VISIBILITY_TIMEOUT=60 must exceed"):
+            Settings.from_env(env)
+        longer = Settings.from_env({**env, "RECQ_VISIBILITY_TIMEOUT": "70"})
+        assert longer.visibility_timeout >= longer.claim_lease + 10
+
     def test_the_endpoint_loses_its_trailing_slash(self):
         """Paths are joined to the endpoint without doubling the slash."""
         settings = Settings.from_env({"VIDEOSDK_API_ENDPOINT": "http://127.0.0.1:9/"})
