@@ -98,6 +98,23 @@ class TestDeadLetters:
         assert app.dead_letters.list() == []
 
 
+class TestRawArguments:
+    def test_an_oversized_job_fails_as_too_large(self, app, sandbox, running_worker):
+        """A job of 100 KB published raw is failed by size, without a call."""
+        job = {"roomId": "big", "metadata": {"blob": "x" * 100_000}}
+        app.send_task(START_RECORDING.task_name, kwargs={"job": job}, task_id="big-1")
+        record = wait_for(app, "big-1", State.FAILED)
+        assert record.error["violations"][0]["code"] == "too-large"
+        assert sandbox.calls == []
+
+    def test_a_positional_job_fails_naming_the_arguments(self, app, sandbox, running_worker):
+        """A producer that sends the job positionally is told the task takes job=... only."""
+        app.send_task(START_RECORDING.task_name, args=[JOB], task_id="pos-1")
+        record = wait_for(app, "pos-1", State.FAILED)
+        assert "exactly one keyword argument, job" in record.error["message"]
+        assert sandbox.calls == []
+
+
 def raw_message(queue, task, job_id, body: bytes, content_type="application/json"):
     return json.dumps(
         {

@@ -184,6 +184,31 @@ class TestStatusAndEvents:
         assert state["error"]["status"] == 403
 
 
+class TestDeadCommands:
+    def test_dead_letters_are_listed_shown_and_replayed(self, env, worker_process, sandbox):
+        """A rejected job shows in `recq dead list`; `replay` runs it again under its id."""
+        from worker.sandbox import Fault  # noqa: PLC0415
+
+        sandbox.inject(Fault(status=400, body='{"message": "no such room"}'))
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(ROOM_JOB))
+        job_id = result.stdout.strip()
+        assert wait_for_json_state(job_id, env)["state"] == "failed"
+        listed = recq("dead", "list", env=env)
+        assert f"{job_id}  recq.start_recording  upstream_rejected" in listed.stdout
+        shown = json.loads(recq("dead", "show", job_id, env=env).stdout)
+        assert (shown["job"], shown["attempts"]) == (ROOM_JOB, 1)
+        replayed = recq("dead", "replay", job_id, env=env)
+        assert replayed.stdout.split() == [job_id]
+        assert wait_for_json_state(job_id, env)["state"] == "succeeded"
+        assert recq("dead", "list", env=env).stdout == ""
+
+    def test_showing_an_unknown_dead_letter_is_an_error(self, env):
+        """`recq dead show` of an id with no letter exits 1 and says so."""
+        result = recq("dead", "show", "nope", env=env)
+        assert result.returncode == 1
+        assert "no dead letter 'nope'" in result.stderr
+
+
 class TestWorkerCommand:
     def test_a_worker_without_credentials_stops_with_a_message(self, env):
         """`recq worker` with no VideoSDK key exits 2 and says which variables to set."""
