@@ -8,7 +8,6 @@ call log, the job's state, and the events on the ``recq.events`` exchange.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import jwt
 import kombu
 import pytest
 
+from worker import testing
 from worker.events import EXCHANGE
 from worker.jobs import START_RECORDING, START_TRACK_RECORDING
 from worker.producer import BatchRejected, Producer
@@ -52,15 +52,7 @@ TRACK_JOB = {
 
 
 def wait_for_state(app: Any, job_id: str, *states: State, timeout: float = 20.0) -> Any:
-    """The job's record once it reaches one of ``states``; fails the test on timeout."""
-    deadline = time.monotonic() + timeout
-    record = None
-    while time.monotonic() < deadline:
-        record = app.store.get(job_id)
-        if record is not None and record.state in states:
-            return record
-        time.sleep(0.05)
-    pytest.fail(f"job {job_id} did not reach {states}; last seen {record}")
+    return testing.wait_for_state(app.store, job_id, *states, timeout=timeout)
 
 
 @pytest.fixture
