@@ -5,7 +5,8 @@ Before a delivery may call VideoSDK it claims its job id: one Lua script, atomic
 - answers ``done`` when the job already reached a terminal state (a duplicate delivery: the
   caller acknowledges it and reports the original outcome, without calling VideoSDK);
 - otherwise sets ``<ns>:claim:<id>`` to a fresh token with a lease (``SET NX PX``) and counts the
-  delivery, answering ``claimed``;
+  delivery, answering ``claimed`` with what earlier deliveries left in the job's state (attempts
+  made, when an outage began, how often it was re-queued), so the delivery needs no second read;
 - or answers ``busy`` with the lease's remaining time when another delivery holds the claim.
 
 The lease expires on its own if its holder dies, so a redelivered job is never blocked for longer
@@ -15,6 +16,7 @@ cannot release a claim that someone else has since taken.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,14 +25,15 @@ from typing import Any
 import redis
 
 _ACQUIRE = """
-local state = redis.call('HGET', KEYS[1], 'state')
+local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'outageSince', 'requeues')
+local state = job[1]
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
   return {'done', 0, 0}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return {'claimed', deliveries, 0}
+  return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0'}
 end
 return {'busy', 0, redis.call('PTTL', KEYS[2])}
 """
@@ -58,6 +61,10 @@ class Claim:
     deliveries: int = 0
     retry_in: float = 0.0
     """For a busy claim: seconds until its lease runs out."""
+    attempts: int = 0
+    """Calls earlier deliveries of the job made to VideoSDK."""
+    outage_since: float | None = None
+    requeues: int = 0
 
 
 class Claims:
@@ -78,13 +85,26 @@ class Claims:
     def acquire(self, job_id: str) -> Claim:
         """Try to claim ``job_id`` for this delivery."""
         token = uuid.uuid4().hex
-        status, deliveries, pttl = self._acquire(
+        status, deliveries, pttl, *job = self._acquire(
             keys=self._keys(job_id), args=[token, self._lease_ms, self._state_ttl]
         )
         name = status.decode() if isinstance(status, bytes) else status
-        return Claim(ClaimStatus(name), token, int(deliveries), max(int(pttl), 0) / 1000)
+        claim = Claim(ClaimStatus(name), token, int(deliveries), max(int(pttl), 0) / 1000)
+        if not job:
+            return claim
+        attempts, since, requeues = (_text(v) for v in job)
+        return dataclasses.replace(
+            claim,
+            attempts=int(attempts),
+            outage_since=float(since) if since else None,
+            requeues=int(requeues),
+        )
 
     def release(self, job_id: str, claim: Claim) -> None:
         """Give the claim back, if it is still ours."""
         if claim.status is ClaimStatus.CLAIMED:
             self._release(keys=[self._keys(job_id)[1]], args=[claim.token])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

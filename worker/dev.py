@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from worker.celery_app import create_app
 from worker.jobs import START_RECORDING, START_TRACK_RECORDING
+from worker.processes import stop_process
 from worker.producer import Producer
 from worker.redis_server import throwaway_redis
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, Sandbox, SandboxServer
@@ -98,12 +99,7 @@ def _worker_process(env: Mapping[str, str]) -> Iterator[Path]:
             try:
                 yield log_path
             finally:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process)
 
 
 def _describe(event: Mapping[str, Any]) -> str:

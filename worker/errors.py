@@ -18,7 +18,7 @@ kept, only the answer's status, text and request id.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -142,7 +142,6 @@ class Answer:
     body: str
     request_id: str | None = None
     retry_after: float | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class UpstreamError(RecqError):

@@ -21,9 +21,3 @@ def redact(text: str) -> str:
     """``text`` with tokens and URL query strings replaced by ``[redacted]``."""
     text = _JWT.sub(REDACTED, text)
     return _URL_QUERY.sub(lambda m: f"{m.group('url')}?{REDACTED}", text)
-
-
-def redact_url(url: str) -> str:
-    """A URL without its query string, safe to show (pre-signed URLs are secrets)."""
-    base, sep, _query = url.partition("?")
-    return f"{base}?{REDACTED}" if sep else url

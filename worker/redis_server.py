@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from worker.processes import stop_process
+
 
 def redis_server_binary() -> str:
     """Where a ``redis-server`` binary is, or a RuntimeError saying how to get one."""
@@ -81,14 +83,8 @@ class RedisServer:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, grace=10)
 
     def kill(self) -> None:
         """Kill the server at once, as a crash would."""

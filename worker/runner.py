@@ -32,7 +32,7 @@ from worker.jobs import BY_TASK, JobKind
 from worker.messages import job_from_arguments, job_id_of
 from worker.retry import RetryPolicy
 from worker.schedule import Delivery, Schedule
-from worker.state import JobRecord, JobStore, State
+from worker.state import JobStore, State
 from worker.validation import validate
 from worker.videosdk import VideoSDKClient, refused_as_already_running
 
@@ -158,10 +158,8 @@ class JobRunner:
         self._finish(_Job(job_id, kind, {}), _Attempts(before=0), error=error)
 
     def _deliver(self, job: _Job, claim: Claim) -> Outcome:
-        previous = self._store.get(job.id)
-        earlier = previous.attempts if previous else 0
         # An earlier delivery that made a call may have started the recording.
-        attempts = _Attempts(before=earlier, maybe_applied=earlier > 0)
+        attempts = _Attempts(before=claim.attempts, maybe_applied=claim.attempts > 0)
         if claim.deliveries > self._limits.max_deliveries:
             error = ErrorInfo(
                 reason="too_many_deliveries",
@@ -175,7 +173,7 @@ class JobRunner:
                 before=lambda _state: self._before_attempt(job, attempts),
             )
         except UpstreamUnavailable as exc:
-            return self._requeue_or_fail(job, attempts, previous, exc)
+            return self._requeue_or_fail(job, attempts, claim, exc)
         except UpstreamError as exc:
             if attempts.maybe_applied and refused_as_already_running(exc):
                 return self._finish(job, attempts, reconciled=True)
@@ -202,12 +200,12 @@ class JobRunner:
         self,
         job: _Job,
         attempts: _Attempts,
-        previous: JobRecord | None,
+        claim: Claim,
         error: UpstreamUnavailable,
     ) -> Outcome:
         now = self._clock()
-        since = previous.outage_since if previous and previous.outage_since else now
-        requeues = previous.requeues if previous else 0
+        since = claim.outage_since or now
+        requeues = claim.requeues
         delay = min(self._limits.requeue_delay * 2**requeues, self._limits.max_requeue_delay)
         delay = max(delay, error.retry_after or 0.0)
         info = error.info()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from worker.processes import stop_process
 from worker.redis_server import free_port
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 
@@ -68,12 +68,7 @@ def worker_process(env) -> Iterator[subprocess.Popen[str]]:
 
 
 def stop(process: subprocess.Popen[Any]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process, grace=30)
     if process.stderr:
         process.stderr.close()
 
