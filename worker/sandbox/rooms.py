@@ -109,8 +109,8 @@ class Rooms:
     def sessions(self, room_id: str) -> list[dict[str, Any]]:
         """The room's sessions that have begun, newest first, as JSON objects."""
         with self._lock:
+            room = self._room(room_id)  # first: it may begin the room's session now
             now = self._clock()
-            room = self._room(room_id)
             return [s.to_json() for s in reversed(room.sessions) if s.start <= now]
 
     def make_live(self, room_id: str, at: float | None) -> None:
