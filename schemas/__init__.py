@@ -9,6 +9,22 @@
     schemas/examples/<kind>/invalid/*.json   each breaks exactly one rule, named by the file:
                                              ``<field-path>__<code>[--<variant>].json``
 
+The job kinds (:data:`JOB_KINDS`), each with the VideoSDK call it makes:
+
+``start-recording``
+    start recording a room, ``POST /v2/recordings/start``;
+``start-track-recording``
+    start recording one participant's track, ``POST /v2/recordings/participant/track/start``;
+``stop-recording``
+    stop a room's recording, ``POST /v2/recordings/end``;
+``stop-track-recording``
+    stop a track's recording, ``POST /v2/recordings/participant/track/stop``.
+
+Start jobs take the scheduling fields ``startAt``, ``stopAt`` and ``startDeadline``; stop jobs
+take ``stopAt`` only. recq makes a stop job itself (id ``<jobId>:stop``) for a start job that has
+a ``stopAt``, once the start has succeeded. A stop VideoSDK refuses because nothing is running
+(code 4012) or the meeting has no live session any more (4003) succeeds, as ``reconciled``.
+
 Every schema is identified by its ``$id`` (``urn:recq:schema:jobs:start-recording:v1``); a
 ``$ref`` between schemas names that ``$id``, never a file, so the files can be served anywhere.
 The files ship in the wheel and are read through :mod:`importlib.resources`.
@@ -21,7 +37,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, Literal
 
-JOB_KINDS = ("start-recording", "start-track-recording")
+JOB_KINDS = ("start-recording", "start-track-recording", "stop-recording", "stop-track-recording")
 """The job kinds, each the name of a schema ``jobs/<kind>.v1.json`` and of an examples folder."""
 
 _ROOT = files(__name__)

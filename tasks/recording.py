@@ -1,4 +1,5 @@
-"""The recording tasks: one keyword argument, ``job``, the JSON object a producer published.
+"""The recording tasks, to start and to stop: one keyword argument, ``job``, the JSON object a
+producer published.
 
 A task hands its message's arguments and id to the app's runner, which checks them, validates
 the job again (producers are not trusted), calls VideoSDK and reports. Arguments of the wrong
@@ -11,7 +12,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 from celery import Task, shared_task
 
-from worker.jobs import START_RECORDING, START_TRACK_RECORDING, JobKind
+from worker.jobs import (
+    START_RECORDING,
+    START_TRACK_RECORDING,
+    STOP_RECORDING,
+    STOP_TRACK_RECORDING,
+    JobKind,
+)
 
 if TYPE_CHECKING:
     from worker.celery_app import RecqCelery
@@ -34,3 +41,15 @@ def start_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
 def start_track_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
     """Start recording one participant's track (``POST /v2/recordings/participant/track/start``)."""
     _run(self, START_TRACK_RECORDING, args, kwargs)
+
+
+@shared_task(name=STOP_RECORDING.task_name, bind=True)
+def stop_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
+    """Stop recording a room (``POST /v2/recordings/end``)."""
+    _run(self, STOP_RECORDING, args, kwargs)
+
+
+@shared_task(name=STOP_TRACK_RECORDING.task_name, bind=True)
+def stop_track_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
+    """Stop recording one participant's track (``POST /v2/recordings/participant/track/stop``)."""
+    _run(self, STOP_TRACK_RECORDING, args, kwargs)

@@ -28,15 +28,18 @@ from worker.errors import SettingsError
 from worker.event_log import EventLog
 from worker.events import Events, ExchangeSink
 from worker.producer import PUBLISH_RETRY
+from worker.reporter import Reporter
 from worker.retry import RetryPolicy
 from worker.runner import JobRunner, Limits
 from worker.schedule import Delivery, Schedule
+from worker.scheduler import Scheduler
 from worker.settings import Settings
 from worker.state import JobStore
 from worker.tokens import TokenSigner
 from worker.videosdk import VideoSDKClient, build_session
 
 TASK_MODULES = ("tasks.recording",)
+RedisClient = redis.Redis  # the app has a property named ``redis``
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -136,11 +139,31 @@ class RecqCelery(Celery):
         return self.redis_client(retries=10)
 
     @cached_property
+    def producer_redis(self) -> RedisClient:
+        """Redis as producers use it: a down Redis is reported within about a second."""
+        return self.redis_client(retries=2)
+
+    @cached_property
     def producer_store(self) -> JobStore:
-        """The job store as producers use it: a down Redis is reported within about a second."""
         settings = self.settings
-        client = self.redis_client(retries=2)
-        return JobStore(client, namespace=settings.namespace, ttl=settings.state_ttl)
+        return JobStore(self.producer_redis, namespace=settings.namespace, ttl=settings.state_ttl)
+
+    @cached_property
+    def producer_scheduler(self) -> Scheduler:
+        """The scheduler as producers and the command line use it (quick to report a down Redis)."""
+        return self._scheduler(self.producer_store, self.producer_redis)
+
+    @cached_property
+    def scheduler(self) -> Scheduler:
+        return self._scheduler(self.store, self.redis)
+
+    def _scheduler(self, store: JobStore, client: RedisClient) -> Scheduler:
+        return Scheduler(
+            schedule=Schedule(client, namespace=self.settings.namespace),
+            reporter=Reporter(store, self.publisher, self.dead_letters),
+            claim_key=self.claims.key,
+            grace=self.settings.start_grace,
+        )
 
     @cached_property
     def store(self) -> JobStore:
@@ -208,15 +231,16 @@ class RecqCelery(Celery):
             outage_window=settings.outage_window,
             max_deliveries=settings.max_deliveries,
             requeue_delay=settings.requeue_delay,
+            start_grace=settings.start_grace,
+            live_poll=settings.live_poll_interval,
         )
         return JobRunner(
             client=client,
-            store=self.store,
-            events=self.publisher,
+            reporter=Reporter(self.store, self.publisher, self.dead_letters),
             policy=policy,
             claims=self.claims,
             schedule=self.schedule,
-            dead_letters=self.dead_letters,
+            scheduler=self.scheduler,
             limits=limits,
         )
 

@@ -6,7 +6,8 @@ Before a delivery may call VideoSDK it claims its job id: one Lua script, atomic
   caller acknowledges it and reports the original outcome, without calling VideoSDK);
 - otherwise sets ``<ns>:claim:<id>`` to a fresh token with a lease (``SET NX PX``) and counts the
   delivery, answering ``claimed`` with what earlier deliveries left in the job's state (attempts
-  made, when an outage began, how often it was re-queued), so the delivery needs no second read;
+  made, when an outage began, how often it was re-queued, its state), so the delivery needs no
+  second read;
 - or answers ``busy`` with the lease's remaining time when another delivery holds the claim.
 
 The lease expires on its own if its holder dies, so a redelivered job is never blocked for longer
@@ -33,7 +34,7 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0'}
+  return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0', state or ''}
 end
 return {'busy', 0, redis.call('PTTL', KEYS[2])}
 """
@@ -65,6 +66,8 @@ class Claim:
     """Calls earlier deliveries of the job made to VideoSDK."""
     outage_since: float | None = None
     requeues: int = 0
+    state: str | None = None
+    """The job's recorded state when it was claimed (None before its first record)."""
 
 
 class Claims:
@@ -80,7 +83,11 @@ class Claims:
         self._release: Any = client.register_script(_RELEASE)
 
     def _keys(self, job_id: str) -> tuple[str, str]:
-        return f"{self._namespace}:job:{job_id}", f"{self._namespace}:claim:{job_id}"
+        return f"{self._namespace}:job:{job_id}", self.key(job_id)
+
+    def key(self, job_id: str) -> str:
+        """The claim's key: it exists while a delivery of the job runs."""
+        return f"{self._namespace}:claim:{job_id}"
 
     def acquire(self, job_id: str) -> Claim:
         """Try to claim ``job_id`` for this delivery."""
@@ -92,12 +99,13 @@ class Claims:
         claim = Claim(ClaimStatus(name), token, int(deliveries), max(int(pttl), 0) / 1000)
         if not job:
             return claim
-        attempts, since, requeues = (_text(v) for v in job)
+        attempts, since, requeues, state = (_text(v) for v in job)
         return dataclasses.replace(
             claim,
             attempts=int(attempts),
             outage_since=float(since) if since else None,
             requeues=int(requeues),
+            state=state or None,
         )
 
     def release(self, job_id: str, claim: Claim) -> None:

@@ -13,9 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from worker.errors import BrokerUnavailable, InvalidJob, SettingsError
-from worker.jobs import BY_COMMAND
+from worker.errors import BrokerUnavailable, InvalidJob, JobConflict, SettingsError, UnknownJob
+from worker.jobs import BY_COMMAND, BY_TASK
 from worker.settings import Settings
+from worker.state import epoch_iso
 
 WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "16", "--loglevel", "INFO")
 
@@ -49,6 +50,47 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("kind", choices=sorted(BY_COMMAND), help="what the jobs ask for")
     enqueue.add_argument("file", help="a file of jobs, or - for standard input")
     enqueue.set_defaults(handler=_enqueue)
+
+    cancel = commands.add_parser(
+        "cancel",
+        help="cancel a job that has not run yet",
+        description="Cancel a scheduled, waiting or queued job: it never runs and ends "
+        "`cancelled`. Given a start that already succeeded and has a pending stop (its stopAt), "
+        "cancels that stop, leaving the recording running. A job being run at this moment "
+        "cannot be cancelled.",
+    )
+    cancel.add_argument("id", help="the job id")
+    cancel.set_defaults(handler=_cancel)
+
+    reschedule = commands.add_parser(
+        "reschedule",
+        help="move a scheduled job to new times",
+        description="Move a job that still waits on the schedule. Times are RFC 3339 with a time "
+        "zone, such as 2030-01-31T09:30:00Z; the job is validated again as a whole (stopAt must "
+        "be after startAt). For a start that already succeeded, --stop-at alone moves its "
+        "pending stop.",
+    )
+    reschedule.add_argument("id", help="the job id")
+    reschedule.add_argument("--start-at", metavar="TIME", help="the new startAt")
+    reschedule.add_argument("--stop-at", metavar="TIME", help="the new stopAt")
+    reschedule.add_argument("--start-deadline", metavar="TIME", help="the new startDeadline")
+    reschedule.set_defaults(handler=_reschedule)
+
+    schedule = commands.add_parser(
+        "schedule",
+        help="show what is scheduled",
+        description="Everything on the schedule, soonest first: scheduled starts and stops, "
+        "starts waiting for their meeting, and jobs re-queued after an outage.",
+    )
+    schedule_commands = schedule.add_subparsers(
+        dest="schedule_command", required=True, metavar="ACTION"
+    )
+    schedule_list = schedule_commands.add_parser("list", help="one line a job, soonest first")
+    schedule_list.add_argument("--json", action="store_true", help="JSON lines instead")
+    schedule_list.add_argument(
+        "--limit", type=int, default=100, help="show at most this many (default 100; 0: all)"
+    )
+    schedule.set_defaults(handler=_schedule)
 
     status = commands.add_parser("status", help="show a job's state")
     status.add_argument("id", help="the job id that `recq enqueue` printed")
@@ -187,6 +229,64 @@ def read_jobs(stream: IO[str]) -> list[tuple[int, Any]]:
     return jobs
 
 
+def _cancel(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    try:
+        job = _app(settings).producer_scheduler.cancel(args.id)
+    except (UnknownJob, JobConflict) as exc:
+        print(f"recq cancel: {exc}", file=sys.stderr)
+        return 1
+    if job.id != args.id:
+        print(f"{job.id}: cancelled (the pending stop of {args.id}; its recording keeps running)")
+    else:
+        print(f"{job.id}: cancelled")
+    return 0
+
+
+def _reschedule(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    times = {
+        "start_at": args.start_at,
+        "stop_at": args.stop_at,
+        "start_deadline": args.start_deadline,
+    }
+    if not any(times.values()):
+        print(
+            "recq reschedule: give at least one of --start-at, --stop-at, --start-deadline",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        job, timing = _app(settings).producer_scheduler.reschedule(args.id, **times)
+    except (UnknownJob, JobConflict, InvalidJob) as exc:
+        print(f"recq reschedule: {exc}", file=sys.stderr)
+        return 1
+    due = "now" if timing.due is None else epoch_iso(timing.due)
+    print(f"{job.id}: scheduled for {due}")
+    return 0
+
+
+def _schedule(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    entries = _app(settings).producer_scheduler.upcoming()
+    if args.limit > 0:
+        entries = entries[: args.limit]
+    for delivery, record in entries:
+        kind = BY_TASK[delivery.task].name if delivery.task in BY_TASK else delivery.task
+        state = record.state.value if record else "unknown"
+        target = (record.target if record else None) or {}
+        if args.json:
+            line = {
+                "id": delivery.job_id,
+                "dueAt": epoch_iso(delivery.due),
+                "kind": kind,
+                "state": state,
+                "target": target,
+            }
+            print(json.dumps(line))
+        else:
+            where = " ".join(f"{k}={v}" for k, v in target.items())
+            print(f"{epoch_iso(delivery.due)}  {delivery.job_id}  {kind}  {state}  {where}")
+    return 0
+
+
 def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
     record = _app(settings).store.get(args.id)
     if record is None:
@@ -200,6 +300,10 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
     print(
         f"  attempts: {record.attempts}; created {record.created_at}; updated {record.updated_at}"
     )
+    times = record.to_json()
+    for field, label in (("dueAt", "due"), ("deadline", "deadline"), ("stopJobId", "stop job")):
+        if field in times:
+            print(f"  {label}: {times[field]}")
     if record.error:
         print(f"  error: {record.error.get('reason')}: {record.error.get('message')}")
     return 0

@@ -6,6 +6,8 @@
     ├── SettingsError          the environment is wrong: stop at start, say which variable and why
     ├── InvalidJob             the job breaks its schema: permanent, VideoSDK is never called
     ├── BrokerUnavailable      a producer could not publish within its short retry budget
+    ├── UnknownJob             no job has that id (never known, or its state expired)
+    ├── JobConflict            the job is not in a state that allows it (cancel a finished job...)
     └── UpstreamError          VideoSDK answered badly, or not at all (carries status, body, ids)
         ├── UpstreamRejected   a 4xx other than 429: permanent, never retried
         └── UpstreamUnavailable  connection error, timeout, 429 or 5xx: transient, retried
@@ -115,6 +117,22 @@ class BrokerUnavailable(RecqError):
     """The broker did not take a message within the producer's short retry budget."""
 
     reason = "broker_unavailable"
+
+
+class UnknownJob(RecqError):
+    """No job has this id: it was never enqueued, or its state expired."""
+
+    reason = "unknown_job"
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r} (unknown, or its state expired)")
+
+
+class JobConflict(RecqError):
+    """The job's state does not allow what was asked (cancelling a finished job...)."""
+
+    reason = "job_conflict"
 
 
 @dataclass(frozen=True, slots=True)

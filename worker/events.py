@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import kombu
 
 from worker.errors import ErrorInfo, Target
-from worker.state import State, iso, utc_now
+from worker.state import State, epoch_iso, iso, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ def build_event(
     metadata: Mapping[str, Any] | None,
     error: ErrorInfo | None = None,
     reconciled: bool = False,
+    due_at: float | None = None,
+    deadline: float | None = None,
     source: str | None = None,
 ) -> Event:
     """A CloudEvent describing what happened to one job."""
@@ -58,6 +60,10 @@ def build_event(
         data["error"] = error.to_json()
     if reconciled:
         data["reconciled"] = True
+    if due_at is not None:
+        data["dueAt"] = epoch_iso(due_at)
+    if deadline is not None:
+        data["deadline"] = epoch_iso(deadline)
     return {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),

@@ -3,6 +3,9 @@
 A job is a JSON object in VideoSDK's own field names plus a few envelope fields of ours
 (``jobId``, ``metadata``, ``startAt``...). The envelope never reaches VideoSDK:
 :meth:`JobKind.request_body` strips it.
+
+Starts and stops: a start job with ``stopAt`` is followed, once it succeeded, by a stop job of
+the matching stop kind (:func:`stop_job_for`), whose id is the start's followed by ``:stop``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.errors import Target
+from worker.errors import Target, UpstreamError
+from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import ENVELOPE_FIELDS
-from worker.videosdk import Endpoints
+from worker.videosdk import Endpoints, refused_as_already_running, refused_as_not_running
+
+STOP_SUFFIX = ":stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,27 @@ class JobKind:
     event_prefix: str
     """Events are ``<prefix>.started``, ``<prefix>.failed``..."""
     track: bool = False
+    stops: bool = False
+    """A stop job (it ends a recording) rather than a start job."""
+
+    @property
+    def succeeded_outcome(self) -> str:
+        """The event outcome of success: ``started`` or ``stopped``."""
+        return "stopped" if self.stops else "started"
+
+    def timing(self, job: Mapping[str, Any], *, grace: float = DEFAULT_GRACE) -> Timing:
+        """When a valid job of this kind is due, and until when it may start."""
+        return Timing.of_stop(job) if self.stops else Timing.of_start(job, grace=grace)
+
+    def reconciles(self, error: UpstreamError, *, maybe_applied: bool) -> bool:
+        """Whether a refusal means the job's aim already holds, so it counts as success.
+
+        A start refused as already running succeeded if an earlier attempt of it may have
+        reached VideoSDK. A stop refused because nothing is recording has what it asked for.
+        """
+        if self.stops:
+            return refused_as_not_running(error)
+        return maybe_applied and refused_as_already_running(error)
 
     def request_body(self, job: Mapping[str, Any]) -> dict[str, Any]:
         """Exactly the VideoSDK fields of ``job``, in the order the producer gave them."""
@@ -51,6 +78,24 @@ class JobKind:
         return f"{self.event_prefix}.{outcome}"
 
 
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job with its id and kind, and the parts every record and event repeats."""
+
+    id: str
+    kind: JobKind
+    body: Mapping[str, Any]
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        metadata = self.body.get("metadata")
+        return dict(metadata) if isinstance(metadata, Mapping) else {}
+
+    @property
+    def target(self) -> Target:
+        return self.kind.target(self.body)
+
+
 START_RECORDING = JobKind(
     name="start-recording",
     command="start-recording",
@@ -67,6 +112,49 @@ START_TRACK_RECORDING = JobKind(
     track=True,
 )
 
-KINDS: tuple[JobKind, ...] = (START_RECORDING, START_TRACK_RECORDING)
+STOP_RECORDING = JobKind(
+    name="stop-recording",
+    command="stop-recording",
+    task_name="recq.stop_recording",
+    endpoint=Endpoints.STOP_RECORDING,
+    event_prefix="recording",
+    stops=True,
+)
+STOP_TRACK_RECORDING = JobKind(
+    name="stop-track-recording",
+    command="stop-track-recording",
+    task_name="recq.stop_track_recording",
+    endpoint=Endpoints.STOP_TRACK_RECORDING,
+    event_prefix="track_recording",
+    track=True,
+    stops=True,
+)
+
+KINDS: tuple[JobKind, ...] = (
+    START_RECORDING,
+    START_TRACK_RECORDING,
+    STOP_RECORDING,
+    STOP_TRACK_RECORDING,
+)
+BY_NAME: Mapping[str, JobKind] = {k.name: k for k in KINDS}
 BY_COMMAND: Mapping[str, JobKind] = {k.command: k for k in KINDS}
 BY_TASK: Mapping[str, JobKind] = {k.task_name: k for k in KINDS}
+_STOP_OF = {START_RECORDING: STOP_RECORDING, START_TRACK_RECORDING: STOP_TRACK_RECORDING}
+
+
+def stop_job_for(job: Job) -> Job:
+    """The stop job that ends what the start ``job`` started, at its ``stopAt``.
+
+    Its body names the same target, metadata and ``stopAt`` and no ``jobId``: its id,
+    ``<start id>:stop``, travels as the task id.
+    """
+    kind = _STOP_OF[job.kind]
+    body: dict[str, Any] = {
+        "roomId": job.body["roomId"],
+        "stopAt": job.body["stopAt"],
+        "metadata": job.metadata,
+    }
+    if kind.track:
+        body["participantId"] = job.body["participantId"]
+        body["kind"] = job.body["kind"]
+    return Job(job.id + STOP_SUFFIX, kind, body)

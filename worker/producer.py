@@ -3,10 +3,15 @@
 Bad jobs fail here first, before anything is published: :meth:`Producer.enqueue_many` checks
 every job of a batch and publishes none of them if one is invalid. A job's id is its ``jobId``
 when it names one (the idempotency key), else a fresh UUID; it becomes the Celery task id.
+
+A job due later (``startAt``, or a stop job's ``stopAt``) is not published yet: it is recorded
+``scheduled`` and put on the durable schedule in Redis, from which the workers publish it when it
+comes due (see :mod:`worker.scheduler`).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +21,8 @@ import redis
 from kombu.exceptions import OperationalError
 
 from worker.errors import BrokerUnavailable, InvalidJob, Violation
-from worker.jobs import BY_TASK, JobKind
+from worker.jobs import BY_TASK, Job, JobKind
+from worker.timing import EARLY_TOLERANCE
 from worker.validation import validate
 
 if TYPE_CHECKING:
@@ -84,7 +90,11 @@ class Producer:
         self, kind: JobKind, job: dict[str, Any], *, job_id: str | None = None, fresh: bool = False
     ) -> str:
         job_id = job_id or job.get("jobId") or str(uuid.uuid4())
+        timing = kind.timing(job, grace=self._app.settings.start_grace)
         try:
+            if timing.due is not None and timing.due - time.time() > EARLY_TOLERANCE:
+                self._app.producer_scheduler.hold(Job(job_id, kind, job), timing, fresh=fresh)
+                return job_id
             ended = self._app.producer_store.enqueue(
                 job_id,
                 kind=kind.name,

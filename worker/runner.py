@@ -4,16 +4,27 @@ This is the whole life of a delivered job, free of Celery: the task hands it the
 its id. Every path ends in a recorded state and an event:
 
 - an invalid job fails at once (no call is made) and becomes a dead letter;
-- a duplicate of a finished job is acknowledged without a call, reporting the original outcome;
+- a duplicate of a finished (or cancelled) job is acknowledged without a call, reporting the
+  original outcome;
 - a job another delivery is running is put back on the schedule until that claim's lease ends;
+- a job delivered before its time (from a producer that does not schedule) goes on the schedule;
+- a scheduled start first checks that its room has a live session; while it has none, the job
+  waits on the schedule, checked every ``live_poll`` seconds, until its deadline, and then fails
+  with reason ``meeting_not_live``; one that arrives after its deadline fails with
+  ``start_deadline_passed`` without a call;
 - a job whose in-process retries are spent on an outage goes back on the schedule with a growing
   delay, so it does not pin a worker slot, until the outage window closes and it fails;
-- a job VideoSDK rejects fails and becomes a dead letter.
+- a job VideoSDK rejects fails and becomes a dead letter;
+- a start with ``stopAt`` that succeeded puts its stop job on the schedule.
 
 Reconciling "already running": VideoSDK has no idempotency key and a start returns no id. When an
 attempt of this job may have reached VideoSDK without its answer reaching us (a timeout, a dropped
 connection, a 5xx, or an earlier delivery that made a call), a later refusal saying the recording
 is already running is that earlier attempt's success, and is recorded as such (``reconciled``).
+A stop refused because nothing is recording is reconciled likewise: what it asked for holds.
+
+A delivery that ends by handing the job back to the schedule (early, waiting, re-queued) resets
+the job's delivery count: the count guards against workers dying on a job, not against waiting.
 """
 
 from __future__ import annotations
@@ -25,16 +36,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.claims import Claim, Claims, ClaimStatus
-from worker.dead_letters import DeadLetters
 from worker.errors import ErrorInfo, InvalidJob, UpstreamError, UpstreamUnavailable
-from worker.events import Events, build_event
-from worker.jobs import BY_TASK, JobKind
+from worker.jobs import BY_TASK, Job, JobKind, stop_job_for
 from worker.messages import job_from_arguments, job_id_of
+from worker.reporter import Report, Reporter
 from worker.retry import RetryPolicy
 from worker.schedule import Delivery, Schedule
-from worker.state import JobStore, State
+from worker.scheduler import Scheduler
+from worker.state import Extra, State, epoch_iso
+from worker.timing import DEFAULT_GRACE, EARLY_TOLERANCE, Timing
 from worker.validation import validate
-from worker.videosdk import VideoSDKClient, refused_as_already_running
+from worker.videosdk import Endpoints, VideoSDKClient, last_page, ongoing_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +72,10 @@ class Limits:
     max_deliveries: int = 5
     requeue_delay: float = 15.0
     max_requeue_delay: float = 300.0
+    start_grace: float = DEFAULT_GRACE
+    """How long a scheduled start waits for its meeting when the job names no deadline."""
+    live_poll: float = 10.0
+    """How often a waiting start checks whether its meeting is live."""
 
 
 @dataclass(slots=True)
@@ -76,20 +92,6 @@ class _Attempts:
         return self.before + self.made
 
 
-@dataclass(frozen=True, slots=True)
-class _Job:
-    """A valid job with its id, kind and the parts every record and event repeats."""
-
-    id: str
-    kind: JobKind
-    body: Mapping[str, Any]
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        metadata = self.body.get("metadata")
-        return dict(metadata) if isinstance(metadata, Mapping) else {}
-
-
 class JobRunner:
     """Runs delivered jobs against VideoSDK."""
 
@@ -97,22 +99,21 @@ class JobRunner:
         self,
         *,
         client: VideoSDKClient,
-        store: JobStore,
-        events: Events,
+        reporter: Reporter,
         policy: RetryPolicy,
         claims: Claims,
         schedule: Schedule,
-        dead_letters: DeadLetters,
+        scheduler: Scheduler,
         limits: Limits = Limits(),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
-        self._store = store
-        self._events = events
+        self._reporter = reporter
+        self._store = reporter.store
         self._policy = policy
         self._claims = claims
         self._schedule = schedule
-        self._dead = dead_letters
+        self._scheduler = scheduler
         self._limits = limits
         self._clock = clock
 
@@ -124,7 +125,7 @@ class JobRunner:
             raw = job_from_arguments(args, kwargs)
         except InvalidJob as exc:
             received = {"args": list(args), "kwargs": kwargs}
-            job = _Job(task_id, kind, {})
+            job = Job(task_id, kind, {})
             return self._finish(job, _Attempts(before=0), error=exc.info(), received=received)
         return self.run(kind, raw, job_id=job_id_of(raw, task_id))
 
@@ -134,9 +135,9 @@ class JobRunner:
             body = validate(kind.name, raw, job_id=job_id)
         except InvalidJob as exc:
             partial = raw if isinstance(raw, Mapping) else {}
-            job = _Job(job_id, kind, partial)
+            job = Job(job_id, kind, partial)
             return self._finish(job, _Attempts(before=0), error=exc.info(), received=raw)
-        job = _Job(job_id, kind, body)
+        job = Job(job_id, kind, body)
         claim = self._claims.acquire(job_id)
         if claim.status is ClaimStatus.DONE:
             return self._duplicate(job_id)
@@ -153,11 +154,11 @@ class JobRunner:
         kind = BY_TASK.get(task or "")
         if kind is None:
             self._store.transition(job_id, State.FAILED, error=error)
-            self._dead.add(job_id, task=task, job=None, error=error.to_json(), attempts=0)
+            self._reporter.dead_letter(job_id, task=task, job=None, error=error, attempts=0)
             return
-        self._finish(_Job(job_id, kind, {}), _Attempts(before=0), error=error)
+        self._finish(Job(job_id, kind, {}), _Attempts(before=0), error=error)
 
-    def _deliver(self, job: _Job, claim: Claim) -> Outcome:
+    def _deliver(self, job: Job, claim: Claim) -> Outcome:
         # An earlier delivery that made a call may have started the recording.
         attempts = _Attempts(before=claim.attempts, maybe_applied=claim.attempts > 0)
         if claim.deliveries > self._limits.max_deliveries:
@@ -167,7 +168,19 @@ class JobRunner:
                 f"(at most {self._limits.max_deliveries}): a worker may be dying on it",
             )
             return self._finish(job, attempts, error=error)
+        timing = job.kind.timing(job.body, grace=self._limits.start_grace)
+        if timing.due is not None and timing.due - self._clock() > EARLY_TOLERANCE:
+            self._scheduler.hold(job, timing)
+            return Outcome(job.id, State.SCHEDULED, attempts.total, deferred=True)
+        return self._attempt(job, timing, claim, attempts)
+
+    def _attempt(self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts) -> Outcome:
+        """Make the job's call, with retries, once it is due (and its meeting is live)."""
         try:
+            if not job.kind.stops:
+                held = self._unless_ready(job, timing, claim, attempts)
+                if held is not None:
+                    return held
             self._policy.call(
                 lambda: self._call(job, attempts),
                 before=lambda _state: self._before_attempt(job, attempts),
@@ -175,12 +188,71 @@ class JobRunner:
         except UpstreamUnavailable as exc:
             return self._requeue_or_fail(job, attempts, claim, exc)
         except UpstreamError as exc:
-            if attempts.maybe_applied and refused_as_already_running(exc):
-                return self._finish(job, attempts, reconciled=True)
+            if job.kind.reconciles(exc, maybe_applied=attempts.maybe_applied):
+                return self._succeed(job, timing, attempts, reconciled=True)
             return self._finish(job, attempts, error=exc.info())
-        return self._finish(job, attempts)
+        return self._succeed(job, timing, attempts)
 
-    def _call(self, job: _Job, attempts: _Attempts) -> None:
+    def _unless_ready(
+        self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts
+    ) -> Outcome | None:
+        """None when a start may go ahead: before its deadline and, for a scheduled start, in a
+        live meeting. Else how this delivery ended instead (failed, or waiting)."""
+        deadline = timing.deadline if timing.deadline is not None else float("inf")
+        waited = claim.state == State.WAITING
+        if self._clock() > deadline and not waited:
+            shown = epoch_text(deadline)
+            error = ErrorInfo(
+                reason="start_deadline_passed",
+                message=f"the job arrived after its start deadline ({shown}); it was not started",
+            )
+            return self._finish(job, attempts, error=error)
+        if not timing.scheduled:
+            return None
+        before_stop = timing.stop_at is None or self._clock() < timing.stop_at
+        if before_stop and self._policy.call(lambda: self._live(job)):
+            return None
+        now = self._clock()
+        if now >= deadline:
+            room = job.target.room_id
+            error = ErrorInfo(
+                reason="meeting_not_live",
+                message=f"room {room} had no live session by the job's deadline "
+                f"({epoch_text(deadline)}): a recording needs a live meeting",
+            )
+            return self._finish(job, attempts, error=error)
+        due = min(now + self._limits.live_poll, deadline)
+        report = Report(State.WAITING, attempt=attempts.total, due_at=due, deadline=deadline)
+        self._reporter.record(job, report, extra={"deliveries": 0})
+        self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
+        if not waited:
+            self._reporter.announce(job, "waiting", report)
+        return Outcome(job.id, State.WAITING, attempts.total, deferred=True)
+
+    def _live(self, job: Job) -> bool:
+        """Whether the job's room has an ongoing session (the first and last listing pages)."""
+        params = {"roomId": job.target.room_id}
+        first = self._client.get(Endpoints.SESSIONS, params)
+        if ongoing_session(first):
+            return True
+        last = last_page(first)
+        if last == 1:
+            return False
+        return ongoing_session(self._client.get(Endpoints.SESSIONS, {**params, "page": str(last)}))
+
+    def _succeed(
+        self, job: Job, timing: Timing, attempts: _Attempts, *, reconciled: bool = False
+    ) -> Outcome:
+        extra: dict[str, float | int | str] = {}
+        if timing.stop_at is not None and not job.kind.stops:
+            # Before the start is recorded: a crash in between redelivers the start, which is
+            # reconciled and holds the stop again, never leaving a recording without its stop.
+            stop = stop_job_for(job)
+            self._scheduler.hold(stop, stop.kind.timing(stop.body))
+            extra["stopJobId"] = stop.id
+        return self._finish(job, attempts, reconciled=reconciled, extra=extra)
+
+    def _call(self, job: Job, attempts: _Attempts) -> None:
         attempts.made += 1
         try:
             self._client.post(job.kind.endpoint, job.kind.request_body(job.body))
@@ -189,16 +261,17 @@ class JobRunner:
             attempts.last_error = exc
             raise
 
-    def _before_attempt(self, job: _Job, attempts: _Attempts) -> None:
+    def _before_attempt(self, job: Job, attempts: _Attempts) -> None:
         number = attempts.total + 1
         state = State.RUNNING if attempts.made == 0 else State.RETRYING
-        self._record(job, state, attempt=number)
+        self._reporter.record(job, Report(state, attempt=number))
         if attempts.last_error is not None:
-            self._announce(job, "retrying", state, number, error=attempts.last_error.info())
+            report = Report(state, attempt=number, error=attempts.last_error.info())
+            self._reporter.announce(job, "retrying", report)
 
     def _requeue_or_fail(
         self,
-        job: _Job,
+        job: Job,
         attempts: _Attempts,
         claim: Claim,
         error: UpstreamUnavailable,
@@ -213,18 +286,19 @@ class JobRunner:
             window = f"VideoSDK stayed unavailable beyond the {self._limits.outage_window:.0f} s"
             final = dataclasses.replace(info, message=f"{info.message} ({window} outage window)")
             return self._finish(job, attempts, error=final)
-        self._record(
-            job,
-            State.RETRYING,
-            attempt=attempts.total,
-            error=info,
-            extra={"outageSince": since, "requeues": requeues + 1, "retryAt": now + delay},
-        )
+        report = Report(State.RETRYING, attempt=attempts.total, error=info)
+        extra = {
+            "outageSince": since,
+            "requeues": requeues + 1,
+            "retryAt": now + delay,
+            "deliveries": 0,
+        }
+        self._reporter.record(job, report, extra=extra)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), now + delay))
-        self._announce(job, "retrying", State.RETRYING, attempts.total, error=info)
+        self._reporter.announce(job, "retrying", report)
         return Outcome(job.id, State.RETRYING, attempts.total, error=info, deferred=True)
 
-    def _defer(self, job: _Job, delay: float) -> Outcome:
+    def _defer(self, job: Job, delay: float) -> Outcome:
         due = self._clock() + delay
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         record = self._store.get(job.id)
@@ -242,69 +316,26 @@ class JobRunner:
 
     def _finish(
         self,
-        job: _Job,
+        job: Job,
         attempts: _Attempts,
         *,
         error: ErrorInfo | None = None,
         reconciled: bool = False,
         received: object = None,
+        extra: Extra | None = None,
     ) -> Outcome:
         state = State.FAILED if error else State.SUCCEEDED
-        self._record(job, state, attempt=attempts.total, error=error, reconciled=reconciled)
+        report = Report(state, attempt=attempts.total, error=error, reconciled=reconciled)
+        self._reporter.record(job, report, extra=extra)
         if error is not None:
-            self._dead.add(
-                job.id,
-                task=job.kind.task_name,
-                job=received if received is not None else dict(job.body),
-                error=error.to_json(),
-                attempts=attempts.total,
+            kept = received if received is not None else dict(job.body)
+            self._reporter.dead_letter(
+                job.id, task=job.kind.task_name, job=kept, error=error, attempts=attempts.total
             )
-        outcome = "failed" if error else "started"
-        self._announce(job, outcome, state, attempts.total, error=error, reconciled=reconciled)
+        outcome = "failed" if error else job.kind.succeeded_outcome
+        self._reporter.announce(job, outcome, report)
         return Outcome(job.id, state, attempts.total, error=error, reconciled=reconciled)
 
-    def _record(
-        self,
-        job: _Job,
-        state: State,
-        *,
-        attempt: int,
-        error: ErrorInfo | None = None,
-        reconciled: bool = False,
-        extra: Mapping[str, float | int] | None = None,
-    ) -> None:
-        self._store.transition(
-            job.id,
-            state,
-            kind=job.kind.name,
-            attempt=attempt,
-            target=job.kind.target(job.body),
-            metadata=job.metadata,
-            error=error,
-            reconciled=reconciled,
-            extra=extra,
-        )
 
-    def _announce(
-        self,
-        job: _Job,
-        outcome: str,
-        state: State,
-        attempt: int,
-        *,
-        error: ErrorInfo | None = None,
-        reconciled: bool = False,
-    ) -> None:
-        self._events.publish(
-            build_event(
-                job.kind.event_type(outcome),
-                job_id=job.id,
-                kind=job.kind.name,
-                state=state,
-                target=job.kind.target(job.body),
-                attempt=attempt,
-                metadata=job.metadata,
-                error=error,
-                reconciled=reconciled,
-            )
-        )
+def epoch_text(epoch: float) -> str:
+    return epoch_iso(epoch) if epoch != float("inf") else "never"

@@ -54,8 +54,18 @@ return #ids
 
 _CANCEL = """
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return removed
+"""
+
+# Replace a delivery still waiting on the schedule, if it is unchanged since it was read.
+_REPLACE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+return 1
 """
 
 
@@ -77,7 +87,7 @@ class Schedule:
         client: redis.Redis,
         *,
         namespace: str,
-        lease: float = 30.0,
+        lease: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
@@ -92,14 +102,36 @@ class Schedule:
         self._done: Any = client.register_script(_DONE)
         self._recover: Any = client.register_script(_RECOVER)
         self._cancel: Any = client.register_script(_CANCEL)
+        self._replace: Any = client.register_script(_REPLACE)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    @property
+    def keys(self) -> tuple[str, str, str]:
+        """The schedule's keys: the pending set, the in-flight set and the deliveries hash."""
+        return self._keys[0], self._keys[1], self._keys[2]
 
     def add(self, delivery: Delivery) -> None:
         """Schedule ``delivery`` (replacing any earlier one of the same job)."""
-        payload = json.dumps({"task": delivery.task, "job": delivery.job, "due": delivery.due})
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._keys[2], delivery.job_id, payload)
+        pipe.hset(self._keys[2], delivery.job_id, _encode(delivery))
         pipe.zadd(self._keys[0], {delivery.job_id: delivery.due})
         pipe.execute()
+
+    def get(self, job_id: str) -> Delivery | None:
+        """The job's delivery while it waits on the schedule (not once a dispatcher took it)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zscore(self._keys[0], job_id)
+        pipe.hget(self._keys[2], job_id)
+        score, payload = pipe.execute()
+        return None if score is None or payload is None else _delivery(job_id, payload)
+
+    def replace(self, old: Delivery, new: Delivery) -> bool:
+        """Swap ``old`` for ``new`` (same job) if it still waits unchanged; True if done."""
+        args = [old.job_id, _encode(old), _encode(new), new.due]
+        return bool(self._replace(keys=self._keys, args=args))
 
     def cancel(self, job_id: str) -> bool:
         """Remove a pending delivery; True if there was one."""
@@ -112,11 +144,13 @@ class Schedule:
         if not ids:
             return []
         payloads = self._redis.hmget(self._keys[2], ids)
-        return [
-            _delivery(job_id, payload)
-            for job_id, payload in zip(ids, payloads, strict=True)
-            if payload is not None
-        ]
+        taken = []
+        for job_id, payload in zip(ids, payloads, strict=True):
+            if payload is None:  # cancelled while being taken: nothing to publish
+                self.done(_text(job_id))
+            else:
+                taken.append(_delivery(job_id, payload))
+        return taken
 
     def done(self, job_id: str) -> None:
         """A taken delivery was published: forget it (unless it was scheduled again)."""
@@ -137,7 +171,14 @@ class Schedule:
         ]
 
 
+def _encode(delivery: Delivery) -> str:
+    return json.dumps({"task": delivery.task, "job": delivery.job, "due": delivery.due})
+
+
 def _delivery(job_id: bytes | str, payload: bytes | str) -> Delivery:
     data = json.loads(payload)
-    name = job_id.decode() if isinstance(job_id, bytes) else job_id
-    return Delivery(job_id=name, task=data["task"], job=data["job"], due=float(data["due"]))
+    return Delivery(_text(job_id), task=data["task"], job=data["job"], due=float(data["due"]))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

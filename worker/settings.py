@@ -75,6 +75,10 @@ class Settings:
     requeue_delay: float = 15.0
     max_deliveries: int = 5
     visibility_timeout: int = 90
+    start_grace: float = 900.0
+    """How long a scheduled start waits for its meeting when the job names no startDeadline."""
+    live_poll_interval: float = 10.0
+    """How often a scheduled start checks whether its meeting is live."""
 
     @property
     def job_budget(self) -> float:
@@ -117,6 +121,8 @@ class Settings:
             requeue_delay=reader.number("RECQ_REQUEUE_DELAY", 15.0, float, minimum=0.1),
             max_deliveries=reader.number("RECQ_MAX_DELIVERIES", 5, int, minimum=1),
             visibility_timeout=reader.number("RECQ_VISIBILITY_TIMEOUT", 90, int, minimum=10),
+            start_grace=reader.number("RECQ_START_GRACE", 900.0, float, minimum=0),
+            live_poll_interval=reader.number("RECQ_LIVE_POLL_INTERVAL", 10.0, float, minimum=0.1),
         )
         if not reader.problems and settings.visibility_timeout < settings.claim_lease + 10:
             reader.problems.append(

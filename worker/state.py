@@ -30,14 +30,21 @@ class State(StrEnum):
     """Where a job is in its life."""
 
     QUEUED = "queued"
+    """Accepted, on the broker, waiting for a worker."""
+    SCHEDULED = "scheduled"
+    """On the schedule until its ``startAt`` (or a stop job's ``stopAt``)."""
+    WAITING = "waiting"
+    """Due, but its room has no live session yet: checked again until the deadline."""
     RUNNING = "running"
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    """Cancelled before it ran; it never will."""
 
     @property
     def terminal(self) -> bool:
-        return self in (State.SUCCEEDED, State.FAILED)
+        return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
 
 
 def utc_now() -> datetime:
@@ -46,6 +53,14 @@ def utc_now() -> datetime:
 
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch_iso(epoch: float) -> str:
+    return iso(datetime.fromtimestamp(epoch, UTC))
+
+
+Extra = Mapping[str, float | int | str]
+"""Further fields of a job's record, such as ``dueAt`` (epoch seconds) or ``stopJobId``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +81,11 @@ class JobRecord:
     outage_since: float | None = None
     requeues: int = 0
     retry_at: float | None = None
+    due_at: float | None = None
+    """When a scheduled or waiting job runs next."""
+    deadline: float | None = None
+    stop_job_id: str | None = None
+    """The stop job a start with ``stopAt`` scheduled when it succeeded."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -85,7 +105,13 @@ class JobRecord:
         if self.reconciled:
             data["reconciled"] = True
         if self.retry_at is not None and self.state is State.RETRYING:
-            data["retryAt"] = iso(datetime.fromtimestamp(self.retry_at, UTC))
+            data["retryAt"] = epoch_iso(self.retry_at)
+        if self.due_at is not None and self.state in (State.SCHEDULED, State.WAITING):
+            data["dueAt"] = epoch_iso(self.due_at)
+        if self.deadline is not None and not self.state.terminal:
+            data["deadline"] = epoch_iso(self.deadline)
+        if self.stop_job_id is not None:
+            data["stopJobId"] = self.stop_job_id
         return data
 
 
@@ -119,7 +145,7 @@ class JobStore:
         metadata: Mapping[str, Any] | None = None,
         error: ErrorInfo | None = None,
         reconciled: bool = False,
-        extra: Mapping[str, float | int] | None = None,
+        extra: Extra | None = None,
     ) -> None:
         """Record that ``job_id`` is now in ``state``, with whatever else is known."""
         pipe = self._redis.pipeline(transaction=False)
@@ -145,8 +171,11 @@ class JobStore:
         target: Target,
         metadata: Mapping[str, Any],
         fresh: bool = False,
+        state: State = State.QUEUED,
+        extra: Extra | None = None,
     ) -> State | None:
-        """Record a job as queued, unless it already ended: then return its terminal state.
+        """Record a job as queued (or ``state``), unless it already ended: then return its
+        terminal state.
 
         With ``fresh`` (a replay) the job is queued again whatever its state, and its delivery
         and outage counters start over.
@@ -161,7 +190,14 @@ class JobStore:
             if fresh:
                 pipe.hdel(key, "deliveries", "outageSince", "requeues", "retryAt", "reconciled")
             self._write(
-                pipe, job_id, State.QUEUED, kind=kind, attempt=0, target=target, metadata=metadata
+                pipe,
+                job_id,
+                state,
+                kind=kind,
+                attempt=0,
+                target=target,
+                metadata=metadata,
+                extra=extra,
             )
             return None
 
@@ -182,7 +218,7 @@ class JobStore:
         metadata: Mapping[str, Any] | None,
         error: ErrorInfo | None = None,
         reconciled: bool = False,
-        extra: Mapping[str, float | int] | None = None,
+        extra: Extra | None = None,
     ) -> None:
         now = iso(self._clock())
         fields: dict[Any, str | int | float] = {
@@ -244,6 +280,9 @@ class JobStore:
             outage_since=_float(fields.get("outageSince")),
             requeues=int(fields.get("requeues", 0)),
             retry_at=_float(fields.get("retryAt")),
+            due_at=_float(fields.get("dueAt")),
+            deadline=_float(fields.get("deadline")),
+            stop_job_id=fields.get("stopJobId"),
             history=[json.loads(_text(h)) for h in history],
         )
 

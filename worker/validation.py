@@ -6,8 +6,14 @@ field path, as a :class:`~worker.errors.Violation`: the dotted path (``config.la
 ``""`` for the whole job), a stable code and a sentence. The codes:
 
 ``too-large``, ``not-json``, ``type``, ``required``, ``unknown-field``, ``enum``, ``const``,
-``minimum``, ``maximum``, ``minLength``, ``maxLength``, ``maxProperties``, ``pattern``, ``not``,
-``not-supported-yet``; any other schema keyword reports under its own name.
+``minimum``, ``maximum``, ``minLength``, ``maxLength``, ``maxProperties``, ``minItems``,
+``maxItems``, ``uniqueItems``, ``pattern``, ``not``,
+``date-time``, ``after``; any other schema keyword reports under its own name.
+
+The last two are rules the schemas cannot state (JSON Schema neither compares two fields nor, in
+most validators, asserts ``format``): a time must be a real date (not 30 February); ``stopAt``
+must be after ``startAt``, and ``startDeadline`` must not be before it. Validators in other
+languages accept such a job; recq refuses it (see :data:`RECQ_ONLY_CODES`).
 
 A field that breaks several rules reports only the most basic one (see ``_PRECEDENCE``): a number
 given for an enum is a ``type`` problem, an empty id a ``minLength`` one.
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
@@ -30,6 +36,7 @@ from referencing.jsonschema import DRAFT202012
 
 import schemas
 from worker.errors import InvalidJob, Violation
+from worker.timing import parse_time
 
 ENVELOPE_FIELDS = frozenset({"jobId", "metadata", "startAt", "stopAt", "startDeadline"})
 """recq's own job fields; every other field is VideoSDK's and is sent to it unchanged."""
@@ -37,10 +44,15 @@ ENVELOPE_FIELDS = frozenset({"jobId", "metadata", "startAt", "stopAt", "startDea
 MAX_JOB_BYTES = 64 * 1024
 """The largest job accepted, measured as compact UTF-8 JSON."""
 
-# --- Scheduling is not supported yet. ---------------------------------------------------------
-# Until it lands these fields are refused even when well-formed, so that a job meant for later is
-# never run at once. To support them, delete this constant and the loop that uses it.
-UNSUPPORTED_FIELDS = frozenset({"startAt", "stopAt", "startDeadline"})
+MAX_BULK_JOB_BYTES = 320 * 1024
+"""The largest bulk job: 1,000 participant ids can be long."""
+
+_MAX_BYTES = {"bulk-track-recording": MAX_BULK_JOB_BYTES}
+
+TIME_FIELDS = ("startAt", "stopAt", "startDeadline")
+
+RECQ_ONLY_CODES = frozenset({"after", "date-time"})
+"""Codes of the rules recq checks beyond what a plain schema validator does."""
 
 _PRECEDENCE = ("type", "const", "enum", "minLength", "maxLength", "minimum", "maximum", "pattern")
 _SHOWN_CHARS = 60
@@ -71,20 +83,43 @@ def validate(kind: str, job: object, *, job_id: str | None = None) -> dict[str, 
     An unknown ``kind`` raises :class:`KeyError`.
     """
     validator = _validator(kind)
-    problem = _size_problem(job)
+    problem = _size_problem(job, _MAX_BYTES.get(kind, MAX_JOB_BYTES))
     if problem is not None:
         raise InvalidJob([problem], job_id=job_id)
     if not isinstance(job, dict):
         message = f"a job must be a JSON object (got {_json_type(job)})"
         raise InvalidJob([Violation("", "type", message)], job_id=job_id)
     violations = _schema_violations(kind, validator.iter_errors(job))
-    for field in sorted(UNSUPPORTED_FIELDS & (job.keys() - violations.keys())):
-        violations[field] = Violation(field, "not-supported-yet", "scheduling is not supported yet")
+    for violation in _time_violations(job, violations.keys()):
+        violations[violation.path] = violation
     if violations:
         own_id = job.get("jobId") if "jobId" not in violations else None
         job_id = job_id or (own_id if isinstance(own_id, str) else None)
         raise InvalidJob(sorted(violations.values(), key=lambda v: v.path), job_id=job_id)
     return job
+
+
+def _time_violations(job: dict[str, Any], broken: Collection[str]) -> Iterator[Violation]:
+    """Real dates (the pattern lets 30 February through), ``stopAt`` after ``startAt``,
+    ``startDeadline`` not before it."""
+    times: dict[str, float] = {}
+    for field in TIME_FIELDS:
+        value = job.get(field)
+        if isinstance(value, str) and field not in broken:
+            try:
+                times[field] = parse_time(value)
+            except ValueError as error:
+                yield Violation(field, "date-time", f"must be a real date and time ({error})")
+    start = times.get("startAt")
+    if start is None:
+        return
+    shown = job["startAt"]
+    if times.get("stopAt", start + 1) <= start:
+        message = f"must be after startAt (got {job['stopAt']!r}, startAt is {shown!r})"
+        yield Violation("stopAt", "after", message)
+    if times.get("startDeadline", start) < start:
+        message = f"must not be before startAt (got {job['startDeadline']!r}, startAt is {shown!r})"
+        yield Violation("startDeadline", "after", message)
 
 
 @functools.cache
@@ -103,14 +138,14 @@ def _validator(kind: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=registry)
 
 
-def _size_problem(job: object) -> Violation | None:
+def _size_problem(job: object, limit: int) -> Violation | None:
     try:
         text = json.dumps(job, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as error:  # a set, a datetime, NaN, a cycle...
         return Violation("", "not-json", f"a job must hold only JSON values ({error})")
     size = len(text.encode())
-    if size > MAX_JOB_BYTES:
-        message = f"a job must be at most {MAX_JOB_BYTES} bytes of JSON (got {size})"
+    if size > limit:
+        message = f"a job must be at most {limit} bytes of JSON (got {size})"
         return Violation("", "too-large", message)
     return None
 
@@ -173,6 +208,11 @@ _MESSAGES: dict[str, Callable[[Any, Any], str]] = {
     "maxProperties": lambda want, got: (
         f"must have at most {_count(want, 'field')} (got {len(got)})"
     ),
+    "minItems": lambda want, got: f"must have at least {_count(want, 'item')} (got {len(got)})",
+    "maxItems": lambda want, got: f"must have at most {_count(want, 'item')} (got {len(got)})",
+    "uniqueItems": lambda _want, got: (
+        f"must not repeat an item ({_show(_repeated(got))} is there twice)"
+    ),
 }
 
 
@@ -184,6 +224,15 @@ def _message(error: ValidationError) -> str:
         # The schema says in its own words what the rule means ("must be an absolute https:// URL").
         return str(schema.get("x-message", "has an unexpected format"))
     return str(error.message)
+
+
+def _repeated(items: list[Any]) -> Any:
+    seen: list[Any] = []
+    for item in items:
+        if item in seen:
+            return item
+        seen.append(item)
+    return None
 
 
 def _type_names(expected: str | list[str]) -> str:

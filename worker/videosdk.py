@@ -36,9 +36,10 @@ class Endpoints:
 
 
 MAX_BODY_CHARS = 2000
-_ALREADY_RUNNING_CODE = 4011
+_ALREADY_RUNNING_CODE, _NOT_RUNNING_CODE, _NO_SESSION_CODE = 4011, 4012, 4003
 _DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²"
 _ALREADY_RUNNING_TEXT = re.compile(r"already\s+(running|started|starting|in progress|active)", re.I)
+_NOT_RUNNING_TEXT = re.compile(r"\b(not\s+|no\s+(\w+\s+){0,3})(running|active)\b", re.I)
 
 
 def build_session(pool_size: int = 32) -> requests.Session:
@@ -122,6 +123,38 @@ def refused_as_already_running(error: UpstreamError) -> bool:
     The error body is undocumented, so both the numeric code the client SDKs name (4011, start
     refused) and the wording are accepted.
     """
+    return _refused_for(error, {_ALREADY_RUNNING_CODE}, _ALREADY_RUNNING_TEXT)
+
+
+def refused_as_not_running(error: UpstreamError) -> bool:
+    """True when VideoSDK refused a stop because nothing is recording: the code the client SDKs
+    name (4012, stop refused), the sandbox's code for a room without a live session (4003, the
+    meeting ended and its recordings with it), or the wording."""
+    return _refused_for(error, {_NOT_RUNNING_CODE, _NO_SESSION_CODE}, _NOT_RUNNING_TEXT)
+
+
+def ongoing_session(answer: Answer) -> bool:
+    """True when a sessions listing shows a session whose ``status`` is ``ongoing``."""
+    try:
+        listing = json.loads(answer.body)
+    except ValueError:
+        return False
+    items = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(items, list):
+        return False
+    return any(isinstance(item, dict) and item.get("status") == "ongoing" for item in items)
+
+
+def last_page(answer: Answer) -> int:
+    """The listing's last page number (1 when it does not say)."""
+    try:
+        info = json.loads(answer.body).get("pageInfo") or {}
+        return max(1, int(info.get("lastPage") or 1))
+    except (ValueError, TypeError, AttributeError):
+        return 1
+
+
+def _refused_for(error: UpstreamError, codes: set[int], wording: re.Pattern[str]) -> bool:
     if not isinstance(error, UpstreamRejected) or error.answer is None:
         return False
     body = error.answer.body
@@ -129,9 +162,9 @@ def refused_as_already_running(error: UpstreamError) -> bool:
         parsed = json.loads(body)
     except ValueError:
         parsed = None
-    if isinstance(parsed, dict) and parsed.get("code") == _ALREADY_RUNNING_CODE:
+    if isinstance(parsed, dict) and parsed.get("code") in codes:
         return True
-    return bool(_ALREADY_RUNNING_TEXT.search(body))
+    return bool(wording.search(body))
 
 
 def _answer(response: requests.Response) -> Answer:

@@ -7,12 +7,9 @@ when the crash comes. Each test prints its figures.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,54 +18,12 @@ from worker.celery_app import create_app
 from worker.jobs import START_RECORDING
 from worker.producer import Producer
 from worker.redis_server import RedisServer
-from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.state import State
+from worker.testing import Workers, worker_env
 
 pytestmark = pytest.mark.integration
 
 START = START_RECORDING.endpoint
-
-
-def worker_env(settings: Any) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEOSDK_", "RECQ_"))}
-    return {
-        **clean,
-        "CELERY_BROKER_URL": settings.broker_url,
-        "RECQ_NAMESPACE": settings.namespace,
-        "RECQ_QUEUE": settings.queue,
-        "VIDEOSDK_API_KEY": DEFAULT_API_KEY,
-        "VIDEOSDK_SECRET": DEFAULT_SECRET,
-        "VIDEOSDK_API_ENDPOINT": settings.api_endpoint,
-    }
-
-
-class Workers:
-    """`recq worker` subprocesses, all stopped when the test ends."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.env = dict(env)
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.processes.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @pytest.fixture

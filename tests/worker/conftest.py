@@ -9,10 +9,12 @@ import pytest
 from worker.claims import Claims
 from worker.dead_letters import DeadLetters
 from worker.events import Event, Events
+from worker.reporter import Reporter
 from worker.retry import RetryPolicy
 from worker.runner import JobRunner, Limits
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.schedule import Schedule
+from worker.scheduler import Scheduler
 from worker.settings import Credentials, Secret
 from worker.state import JobStore
 from worker.tokens import TokenSigner
@@ -99,19 +101,30 @@ def clock() -> Clock:
 
 
 @pytest.fixture
+def reporter(store, sink, dead_letters) -> Reporter:
+    return Reporter(store, Events([sink]), dead_letters)
+
+
+@pytest.fixture
+def scheduler(schedule, reporter, claims, clock, sleeps) -> Scheduler:
+    return Scheduler(
+        schedule=schedule, reporter=reporter, claim_key=claims.key, clock=clock, sleep=sleeps
+    )
+
+
+@pytest.fixture
 def make_runner(
-    make_client, store, sink, policy, claims, schedule, dead_letters, clock
+    make_client, reporter, policy, claims, schedule, scheduler, clock
 ) -> Callable[..., JobRunner]:
     def make(read_timeout: float = 2.0, limits: Limits | None = None) -> JobRunner:
         client = make_client(read_timeout=read_timeout)
         return JobRunner(
             client=client,
-            store=store,
-            events=Events([sink]),
+            reporter=reporter,
             policy=policy,
             claims=claims,
             schedule=schedule,
-            dead_letters=dead_letters,
+            scheduler=scheduler,
             limits=limits or Limits(),
             clock=clock,
         )

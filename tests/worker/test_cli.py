@@ -91,7 +91,17 @@ class TestHelp:
         """`recq --help` lists the commands and the environment variables."""
         result = recq("--help", env=os.environ)
         assert result.returncode == 0
-        for word in ("worker", "enqueue", "status", "events", "fake-api", "dev"):
+        for word in (
+            "worker",
+            "enqueue",
+            "status",
+            "events",
+            "schedule",
+            "cancel",
+            "reschedule",
+            "fake-api",
+            "dev",
+        ):
             assert word in result.stdout
         assert "VIDEOSDK_API_KEY" in result.stdout
 
@@ -177,6 +187,71 @@ class TestStatusAndEvents:
         assert state["state"] == "failed"
         assert state["error"]["reason"] == "upstream_rejected"
         assert state["error"]["status"] == 403
+
+
+class TestSchedulingCommands:
+    def enqueue_later(self, env, job_id, start_at="2030-01-31T10:00:00+01:00"):
+        job = {**ROOM_JOB, "jobId": job_id, "startAt": start_at}
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(job))
+        assert result.returncode == 0, result.stderr
+
+    def test_a_job_due_later_is_scheduled_not_published(self, env, redis_client):
+        """Nothing waits on the broker; status shows the job scheduled with its due time."""
+        self.enqueue_later(env, "later-1")
+        assert redis_client.llen(env["RECQ_QUEUE"]) == 0
+        state = json.loads(recq("status", "later-1", "--json", env=env).stdout)
+        assert (state["state"], state["dueAt"]) == ("scheduled", "2030-01-31T09:00:00.000Z")
+        assert state["deadline"] == "2030-01-31T09:15:00.000Z"
+        human = recq("status", "later-1", env=env).stdout
+        assert "due: 2030-01-31T09:00:00.000Z" in human
+
+    def test_schedule_list_shows_what_is_coming_soonest_first(self, env):
+        """One line a job: due time, id, kind, state, target."""
+        self.enqueue_later(env, "second", "2030-02-01T10:00:00Z")
+        self.enqueue_later(env, "first", "2030-01-01T10:00:00Z")
+        result = recq("schedule", "list", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            "2030-01-01T10:00:00.000Z  first  start-recording  scheduled  roomId=cli-room",
+            "2030-02-01T10:00:00.000Z  second  start-recording  scheduled  roomId=cli-room",
+        ]
+        lines = recq("schedule", "list", "--json", env=env).stdout.splitlines()
+        assert json.loads(lines[0])["id"] == "first"
+
+    def test_cancel_drops_a_scheduled_job(self, env):
+        """It leaves the schedule and ends cancelled; cancelling again says it already ended."""
+        self.enqueue_later(env, "doomed")
+        result = recq("cancel", "doomed", env=env)
+        assert (result.returncode, result.stdout) == (0, "doomed: cancelled\n")
+        assert recq("schedule", "list", env=env).stdout == ""
+        again = recq("cancel", "doomed", env=env)
+        assert again.returncode == 1
+        assert "already ended (cancelled)" in again.stderr
+
+    def test_cancel_of_an_unknown_job_is_an_error(self, env):
+        result = recq("cancel", "ghost", env=env)
+        assert result.returncode == 1
+        assert "no job 'ghost'" in result.stderr
+
+    def test_reschedule_moves_the_job_and_validates_the_new_times(self, env):
+        """The new startAt takes effect; a stopAt before it is refused by name."""
+        self.enqueue_later(env, "moved")
+        result = recq("reschedule", "moved", "--start-at", "2030-03-01T08:00:00Z", env=env)
+        assert (result.returncode, result.stdout) == (
+            0,
+            "moved: scheduled for 2030-03-01T08:00:00.000Z\n",
+        )
+        bad = recq("reschedule", "moved", "--stop-at", "2030-03-01T07:00:00Z", env=env)
+        assert bad.returncode == 1
+        assert "stopAt: must be after startAt" in bad.stderr
+        assert recq("schedule", "list", env=env).stdout.startswith(
+            "2030-03-01T08:00:00.000Z  moved"
+        )
+
+    def test_reschedule_needs_a_time(self, env):
+        result = recq("reschedule", "moved", env=env)
+        assert result.returncode == 2
+        assert "--start-at" in result.stderr
 
 
 class TestDeadCommands:

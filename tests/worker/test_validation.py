@@ -11,7 +11,7 @@ import pytest
 
 import schemas
 from worker.errors import InvalidJob, Violation
-from worker.validation import ENVELOPE_FIELDS, MAX_JOB_BYTES, UNSUPPORTED_FIELDS, validate
+from worker.validation import ENVELOPE_FIELDS, MAX_JOB_BYTES, validate
 
 ROOM = "abcd-efgh-ijkl"
 
@@ -47,10 +47,16 @@ class TestValidJobs:
         assert validate("start-track-recording", job) is job
         assert "fileFormat" not in job
 
-    def test_every_envelope_field_but_the_unsupported_ones_is_accepted_on_every_kind(self):
-        """jobId and metadata are recq's own fields and are allowed beside VideoSDK's."""
-        envelope = {"jobId": "crm:42", "metadata": {"nested": {"any": ["json", 1, None]}}}
-        assert envelope.keys() == ENVELOPE_FIELDS - UNSUPPORTED_FIELDS
+    def test_every_envelope_field_is_accepted_on_every_start_kind(self):
+        """jobId, metadata and the times are recq's own fields, allowed beside VideoSDK's."""
+        envelope = {
+            "jobId": "crm:42",
+            "metadata": {"nested": {"any": ["json", 1, None]}},
+            "startAt": "2030-01-31T09:30:00+01:00",
+            "stopAt": "2030-01-31T09:30:00.5Z",
+            "startDeadline": "2030-01-31T08:45:00Z",
+        }
+        assert envelope.keys() == ENVELOPE_FIELDS
         validate("start-recording", room_job(**envelope))
         validate("start-track-recording", track_job(**envelope))
 
@@ -241,17 +247,44 @@ class TestSeveralViolations:
 
 
 class TestScheduling:
-    @pytest.mark.parametrize("field", sorted(UNSUPPORTED_FIELDS))
-    def test_a_well_formed_scheduling_field_is_refused_as_not_supported_yet(self, field):
-        """A job meant for later is never run at once while scheduling is missing."""
-        found = only("start-recording", room_job(**{field: "2030-01-31T09:30:00+01:00"}))
-        assert found == Violation(field, "not-supported-yet", "scheduling is not supported yet")
-
     def test_a_malformed_scheduling_field_reports_its_format(self):
         """The format problem is the one worth fixing first; a time zone is mandatory."""
         found = only("start-track-recording", track_job(startAt="2030-01-31T09:30:00"))
         assert (found.path, found.code) == ("startAt", "pattern")
         assert "time zone" in found.message
+
+    def test_a_time_that_is_not_a_real_date_is_refused(self):
+        """The pattern lets 30 February through; recq does not."""
+        found = only("start-recording", room_job(stopAt="2030-02-30T10:00:00Z"))
+        assert (found.path, found.code) == ("stopAt", "date-time")
+        assert "day is out of range" in found.message
+
+    @pytest.mark.parametrize(
+        "stop_at", ["2030-01-31T09:30:00Z", "2030-01-31T10:29:59+01:00", "2030-01-30T23:00:00Z"]
+    )
+    def test_stop_at_must_be_after_start_at_whatever_the_offsets(self, stop_at):
+        """Times compare as instants: 10:29:59+01:00 is before 09:30:00Z."""
+        job = room_job(startAt="2030-01-31T09:30:00Z", stopAt=stop_at)
+        found = only("start-recording", job)
+        assert found == Violation(
+            "stopAt",
+            "after",
+            f"must be after startAt (got {stop_at!r}, startAt is '2030-01-31T09:30:00Z')",
+        )
+
+    def test_the_start_deadline_must_not_be_before_start_at(self):
+        """A deadline equal to startAt is allowed (start on time or not at all)."""
+        start = "2030-01-31T09:30:00Z"
+        validate("start-recording", room_job(startAt=start, startDeadline=start))
+        found = only("start-recording", room_job(startAt=start, startDeadline="2030-01-31T09:29Z"))
+        assert (found.path, found.code) == ("startDeadline", "pattern")
+        late = room_job(startAt=start, startDeadline="2030-01-31T09:29:59Z")
+        assert only("start-recording", late).code == "after"
+
+    def test_the_order_is_not_checked_when_start_at_is_itself_broken(self):
+        """One problem at a time: the broken startAt, not a comparison with it."""
+        job = room_job(startAt="2030-02-30T09:30:00Z", stopAt="2030-01-01T00:00:00Z")
+        assert only("start-recording", job).path == "startAt"
 
 
 class TestJobId:

@@ -1,0 +1,383 @@
+"""Scheduled jobs in the runner, on an injected clock: due times, waiting for the meeting,
+deadlines, scheduled stops, and cancelling or moving a job before it runs.
+
+The sandbox answers over real HTTP with its own (real) clock for sessions; the runner's clock is
+the test's, so "now" for scheduling is whatever the test says.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.errors import InvalidJob, JobConflict, UnknownJob
+from worker.jobs import (
+    START_RECORDING,
+    START_TRACK_RECORDING,
+    STOP_RECORDING,
+    STOP_TRACK_RECORDING,
+)
+from worker.runner import Limits
+from worker.sandbox import Fault
+from worker.state import State, epoch_iso
+from worker.videosdk import Endpoints
+
+ROOM = "r1"
+
+
+def at(clock, seconds: float) -> str:
+    """The RFC 3339 time ``seconds`` after the test clock's now."""
+    return epoch_iso(clock.now + seconds)
+
+
+def room_job(**fields):
+    return {"roomId": ROOM, "metadata": {"meeting": "board"}, **fields}
+
+
+def posts(sandbox, path):
+    return [call.body for call in sandbox.calls_to(path)]
+
+
+class TestDueTimes:
+    def test_a_job_delivered_before_its_time_goes_on_the_schedule(
+        self, runner, sandbox, schedule, store, sink, clock
+    ):
+        """A producer that does not schedule (another language) cannot make it start early."""
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 3600)), job_id="j1")
+        assert (outcome.state, outcome.deferred) == (State.SCHEDULED, True)
+        assert sandbox.calls == []
+        [delivery] = schedule.pending()
+        assert (delivery.job_id, delivery.due) == ("j1", clock.now + 3600)
+        record = store.get("j1")
+        assert record.state is State.SCHEDULED
+        assert record.to_json()["dueAt"] == at(clock, 3600)
+        assert record.to_json()["deadline"] == at(clock, 3600 + 900)
+        [event] = sink.events
+        assert event["type"] == "recording.scheduled"
+        assert event["data"]["dueAt"] == at(clock, 3600)
+
+    def test_a_job_due_within_a_second_runs_at_once(self, runner, sandbox, clock):
+        """Clocks differ slightly between machines: a hair early is on time."""
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0.5)), job_id="j1")
+        assert outcome.state is State.SUCCEEDED
+
+    def test_a_scheduled_start_checks_the_meeting_is_live_before_starting(
+        self, runner, sandbox, sink, clock
+    ):
+        """The sessions listing for the room is read first; then the start is made."""
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
+        assert outcome.state is State.SUCCEEDED
+        [listing, start] = sandbox.calls
+        assert (listing.method, listing.path, listing.query) == (
+            "GET",
+            Endpoints.SESSIONS,
+            {"roomId": ROOM},
+        )
+        assert (start.path, start.body) == (Endpoints.START_RECORDING, {"roomId": ROOM})
+        assert sink.types == ["recording.started"]
+
+    def test_an_unscheduled_start_makes_no_sessions_call(self, runner, sandbox):
+        """Only scheduled starts wait for their meeting: a start now is just the start."""
+        runner.run(START_RECORDING, room_job(), job_id="j1")
+        assert [call.path for call in sandbox.calls] == [Endpoints.START_RECORDING]
+
+
+class TestLateJobs:
+    def test_a_late_job_starts_at_once(self, runner, sandbox, clock):
+        """Its startAt passed while it sat in a backlog, but its deadline has not."""
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, -600)), job_id="j1")
+        assert outcome.state is State.SUCCEEDED
+        assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 1
+
+    def test_a_job_past_its_deadline_fails_without_a_call(
+        self, runner, sandbox, dead_letters, sink, clock
+    ):
+        """Past the grace window (15 minutes by default) a recording would be too late."""
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, -901)), job_id="j1")
+        assert outcome.state is State.FAILED
+        assert outcome.error.reason == "start_deadline_passed"
+        assert at(clock, -1) in outcome.error.message
+        assert sandbox.calls == []
+        assert dead_letters.get("j1").error["reason"] == "start_deadline_passed"
+        assert sink.types == ["recording.failed"]
+
+    def test_an_explicit_start_deadline_replaces_the_grace_window(self, runner, sandbox, clock):
+        """startDeadline is the job's own limit, shorter or longer than the default."""
+        job = room_job(startAt=at(clock, -3600), startDeadline=at(clock, 60))
+        assert runner.run(START_RECORDING, job, job_id="late-ok").state is State.SUCCEEDED
+        job = room_job(startAt=at(clock, -30), startDeadline=at(clock, -10))
+        assert runner.run(START_RECORDING, job, job_id="too-late").state is State.FAILED
+
+    def test_a_deadline_without_start_at_limits_an_immediate_job(self, runner, sandbox, clock):
+        """A job for now that sat in a backlog past its startDeadline is not started."""
+        outcome = runner.run(START_RECORDING, room_job(startDeadline=at(clock, -1)), job_id="j1")
+        assert outcome.error.reason == "start_deadline_passed"
+        assert sandbox.calls == []
+
+
+class TestWaitingForTheMeeting:
+    def test_a_room_without_a_live_session_makes_the_job_wait(
+        self, runner, sandbox, schedule, store, sink, clock
+    ):
+        """No start is attempted; the job checks again after the poll interval."""
+        sandbox.end_session(ROOM)
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
+        assert (outcome.state, outcome.deferred) == (State.WAITING, True)
+        assert sandbox.calls_to(Endpoints.START_RECORDING) == []
+        [delivery] = schedule.pending()
+        assert delivery.due == clock.now + 10
+        assert store.get("j1").state is State.WAITING
+        assert sink.types == ["recording.waiting"]
+        assert sink.events[0]["data"]["deadline"] == at(clock, 900)
+
+    def test_the_job_starts_once_the_meeting_is_live(self, runner, sandbox, schedule, sink, clock):
+        """A meeting that begins late is recorded at the next check after it begins."""
+        sandbox.end_session(ROOM)
+        job = room_job(startAt=at(clock, 0))
+        runner.run(START_RECORDING, job, job_id="j1")
+        clock.now += 10
+        runner.run(START_RECORDING, job, job_id="j1")
+        sandbox.make_live(ROOM)
+        clock.now += 10
+        outcome = runner.run(START_RECORDING, job, job_id="j1")
+        assert outcome.state is State.SUCCEEDED
+        assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 1
+        assert sink.types == ["recording.waiting", "recording.started"]
+
+    def test_waiting_does_not_count_as_deliveries_of_a_crash_loop(
+        self, make_runner, sandbox, clock
+    ):
+        """Twenty checks are twenty clean hand-backs, not a worker dying on the job."""
+        runner = make_runner(limits=Limits(max_deliveries=2))
+        sandbox.end_session(ROOM)
+        job = room_job(startAt=at(clock, 0))
+        for _ in range(20):
+            assert runner.run(START_RECORDING, job, job_id="j1").state is State.WAITING
+            clock.now += 10
+        sandbox.make_live(ROOM)
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.SUCCEEDED
+
+    def test_no_live_session_by_the_deadline_fails_meeting_not_live(
+        self, runner, sandbox, schedule, dead_letters, sink, clock
+    ):
+        """The last check is made at the deadline itself; then the job fails."""
+        sandbox.end_session(ROOM)
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 25))
+        begin = clock.now
+        runner.run(START_RECORDING, job, job_id="j1")
+        checks = []
+        while (delivery := schedule.get("j1")) is not None:
+            checks.append(round(delivery.due - begin, 1))
+            clock.now = delivery.due + 0.3  # the dispatcher's small delay
+            schedule.cancel("j1")
+            outcome = runner.run(START_RECORDING, job, job_id="j1")
+        assert checks == [10, 20.3, 25]
+        assert outcome.state is State.FAILED
+        assert outcome.error.reason == "meeting_not_live"
+        assert sandbox.calls_to(Endpoints.START_RECORDING) == []
+        assert dead_letters.get("j1") is not None
+        assert sink.types == ["recording.waiting", "recording.failed"]
+
+    def test_a_meeting_live_at_the_last_check_is_still_recorded(self, runner, sandbox, clock):
+        """The check at the deadline counts: a meeting that just began is recorded."""
+        sandbox.end_session(ROOM)
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 5))
+        runner.run(START_RECORDING, job, job_id="j1")
+        sandbox.make_live(ROOM)
+        clock.now += 5.3
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.SUCCEEDED
+
+    def test_a_failing_sessions_listing_is_retried_like_any_call(
+        self, runner, sandbox, sleeps, clock
+    ):
+        """The listing goes through the same retry policy: a 503 is waited out."""
+        sandbox.inject(Fault(status=503, path=Endpoints.SESSIONS))
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
+        assert outcome.state is State.SUCCEEDED
+        assert len(sleeps.waits) == 1
+
+
+class TestScheduledStops:
+    def test_a_start_with_stop_at_schedules_its_stop_when_it_succeeds(
+        self, runner, schedule, store, sink, clock
+    ):
+        """The stop job is <id>:stop, due at stopAt, with the same target and metadata."""
+        job = room_job(startAt=at(clock, 0), stopAt=at(clock, 3600))
+        runner.run(START_RECORDING, job, job_id="j1")
+        [stop] = schedule.pending()
+        assert (stop.job_id, stop.task, stop.due) == (
+            "j1:stop",
+            "recq.stop_recording",
+            clock.now + 3600,
+        )
+        assert stop.job == {
+            "roomId": ROOM,
+            "stopAt": at(clock, 3600),
+            "metadata": {"meeting": "board"},
+        }
+        assert store.get("j1").to_json()["stopJobId"] == "j1:stop"
+        assert store.get("j1:stop").state is State.SCHEDULED
+        assert sink.types == ["recording.scheduled", "recording.started"]
+        assert sink.events[0]["data"]["kind"] == "stop-recording"
+
+    def test_a_failed_start_schedules_no_stop(self, runner, sandbox, schedule, clock):
+        """There is nothing to stop."""
+        sandbox.inject(Fault(status=400))
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        assert schedule.pending() == []
+
+    def test_the_stop_job_ends_the_room_recording(self, runner, sandbox, schedule, sink, clock):
+        """POST /v2/recordings/end with the room; the event is recording.stopped."""
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        [stop] = schedule.pending()
+        clock.now += 60
+        outcome = runner.run(STOP_RECORDING, stop.job, job_id=stop.job_id)
+        assert (outcome.state, outcome.reconciled) == (State.SUCCEEDED, False)
+        assert posts(sandbox, Endpoints.STOP_RECORDING) == [{"roomId": ROOM}]
+        assert not sandbox.recording_running(ROOM)
+        assert sink.types[-1] == "recording.stopped"
+
+    def test_a_track_stop_names_the_same_participant_and_kind(
+        self, runner, sandbox, schedule, clock
+    ):
+        """The track stop must carry the started kind, or VideoSDK would stop nothing."""
+        job = {"roomId": ROOM, "participantId": "p1", "kind": "audio", "stopAt": at(clock, 60)}
+        runner.run(START_TRACK_RECORDING, job, job_id="t1")
+        [stop] = schedule.pending()
+        clock.now += 60
+        runner.run(STOP_TRACK_RECORDING, stop.job, job_id=stop.job_id)
+        assert posts(sandbox, Endpoints.STOP_TRACK_RECORDING) == [
+            {"roomId": ROOM, "participantId": "p1", "kind": "audio"}
+        ]
+        assert not sandbox.track_running(ROOM, "p1", "audio")
+
+    def test_a_stop_with_nothing_recording_is_reconciled(self, runner, sandbox, sink):
+        """The meeting ended first (and its recording with it): the stop's aim already holds."""
+        sandbox.end_session(ROOM)
+        outcome = runner.run(STOP_RECORDING, {"roomId": ROOM}, job_id="s1")
+        assert (outcome.state, outcome.reconciled) == (State.SUCCEEDED, True)
+        assert sink.events[-1]["data"]["reconciled"] is True
+
+    def test_a_stop_due_later_waits_on_the_schedule(self, runner, sandbox, schedule, clock):
+        """A stop job's own time is its stopAt."""
+        outcome = runner.run(STOP_RECORDING, {"roomId": ROOM, "stopAt": at(clock, 60)}, job_id="s1")
+        assert outcome.state is State.SCHEDULED
+        assert sandbox.calls == []
+        assert schedule.pending()[0].due == clock.now + 60
+
+
+class TestCancel:
+    def test_a_cancelled_job_never_runs(
+        self, runner, scheduler, sandbox, schedule, store, sink, clock
+    ):
+        """It leaves the schedule and ends cancelled; a delivery already on its way does nothing."""
+        job = room_job(startAt=at(clock, 60))
+        runner.run(START_RECORDING, job, job_id="j1")
+        cancelled = scheduler.cancel("j1")
+        assert cancelled.id == "j1"
+        assert schedule.pending() == []
+        assert store.get("j1").state is State.CANCELLED
+        clock.now += 60
+        late = runner.run(START_RECORDING, job, job_id="j1")
+        assert (late.state, late.duplicate) == (State.CANCELLED, True)
+        assert sandbox.calls == []
+        assert sink.types == ["recording.scheduled", "recording.cancelled"]
+
+    def test_a_waiting_job_can_be_cancelled(self, runner, scheduler, sandbox, store, clock):
+        """Between two checks for its meeting."""
+        sandbox.end_session(ROOM)
+        runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
+        scheduler.cancel("j1")
+        assert store.get("j1").state is State.CANCELLED
+
+    def test_a_job_being_run_cannot_be_cancelled(self, runner, scheduler, claims, clock, sleeps):
+        """While a delivery holds its claim the call may be in flight: cancelling is refused."""
+        runner.run(START_RECORDING, room_job(startAt=at(clock, 60)), job_id="j1")
+        claims.acquire("j1")
+        with pytest.raises(JobConflict, match="being run right now"):
+            scheduler.cancel("j1")
+        assert sum(sleeps.waits) == pytest.approx(2.5)  # it tried again for a moment first
+
+    def test_a_finished_job_cannot_be_cancelled(self, runner, scheduler):
+        """Its outcome stands."""
+        runner.run(START_RECORDING, room_job(), job_id="j1")
+        with pytest.raises(JobConflict, match=r"already ended \(succeeded\)"):
+            scheduler.cancel("j1")
+
+    def test_a_cancelled_job_cannot_be_cancelled_again(self, runner, scheduler, sink, clock):
+        """The second cancel says the job already ended, and announces nothing."""
+        runner.run(START_RECORDING, room_job(startAt=at(clock, 60)), job_id="j1")
+        scheduler.cancel("j1")
+        with pytest.raises(JobConflict, match=r"already ended \(cancelled\)"):
+            scheduler.cancel("j1")
+        assert sink.types == ["recording.scheduled", "recording.cancelled"]
+
+    def test_an_unknown_job_is_named(self, scheduler):
+        with pytest.raises(UnknownJob, match="'nope'"):
+            scheduler.cancel("nope")
+
+    def test_cancelling_a_started_job_cancels_its_pending_stop(
+        self, runner, scheduler, schedule, store, clock
+    ):
+        """The recording keeps running; only the scheduled stop is dropped."""
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        assert scheduler.cancel("j1").id == "j1:stop"
+        assert store.get("j1:stop").state is State.CANCELLED
+        assert store.get("j1").state is State.SUCCEEDED
+        assert schedule.pending() == []
+
+
+class TestReschedule:
+    def test_a_scheduled_job_moves_to_its_new_time(
+        self, runner, scheduler, schedule, store, sink, clock
+    ):
+        """The schedule, the record and a new scheduled event all say the new time."""
+        runner.run(START_RECORDING, room_job(startAt=at(clock, 60)), job_id="j1")
+        _, timing = scheduler.reschedule("j1", start_at=at(clock, 7200), stop_at=at(clock, 9000))
+        [delivery] = schedule.pending()
+        assert delivery.due == clock.now + 7200
+        assert delivery.job["startAt"] == at(clock, 7200)
+        assert delivery.job["stopAt"] == at(clock, 9000)
+        assert timing.deadline == clock.now + 7200 + 900
+        assert store.get("j1").to_json()["dueAt"] == at(clock, 7200)
+        assert sink.types == ["recording.scheduled", "recording.scheduled"]
+
+    def test_new_times_are_validated_with_the_job(self, runner, scheduler, schedule, clock):
+        """A stop before the new start is refused, and the job keeps its old time."""
+        runner.run(
+            START_RECORDING, room_job(startAt=at(clock, 60), stopAt=at(clock, 120)), job_id="j1"
+        )
+        with pytest.raises(InvalidJob, match="stopAt: must be after startAt"):
+            scheduler.reschedule("j1", start_at=at(clock, 600))
+        assert schedule.pending()[0].due == clock.now + 60
+
+    def test_a_started_job_moves_its_pending_stop(self, runner, scheduler, schedule, clock):
+        """Only --stop-at makes sense once the recording runs."""
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        job, _ = scheduler.reschedule("j1", stop_at=at(clock, 600))
+        assert job.id == "j1:stop"
+        assert schedule.pending()[0].due == clock.now + 600
+
+    def test_a_job_no_longer_on_the_schedule_cannot_move(self, runner, scheduler):
+        """Finished, or due and being published: too late."""
+        runner.run(START_RECORDING, room_job(), job_id="j1")
+        with pytest.raises(JobConflict, match="too late"):
+            scheduler.reschedule("j1", start_at="2030-01-01T00:00:00Z")
+
+    def test_a_stop_job_takes_only_a_stop_time(self, runner, scheduler, clock):
+        runner.run(STOP_RECORDING, {"roomId": ROOM, "stopAt": at(clock, 60)}, job_id="s1")
+        with pytest.raises(JobConflict, match="--stop-at"):
+            scheduler.reschedule("s1", start_at=at(clock, 120))
+
+
+class TestOutageRequeues:
+    def test_requeues_after_an_outage_do_not_count_as_a_crash_loop(
+        self, make_runner, sandbox, schedule, clock
+    ):
+        """Each re-queue is a clean hand-back: more of them than max_deliveries is fine."""
+        runner = make_runner(limits=Limits(max_deliveries=2, outage_window=10_000))
+        for _ in range(4):
+            sandbox.inject(Fault(status=503, times=5))
+            assert runner.run(START_RECORDING, room_job(), job_id="j1").state is State.RETRYING
+            clock.now = schedule.pending()[0].due
+            schedule.cancel("j1")
+        assert runner.run(START_RECORDING, room_job(), job_id="j1").state is State.SUCCEEDED

@@ -1,0 +1,212 @@
+"""Scheduled jobs: holding a job until its time, and cancelling or moving it before then.
+
+A job due later (its ``startAt``, or a stop job's ``stopAt``) is not published on the broker,
+where a long countdown is redelivered and run twice (see :mod:`worker.schedule`): it is recorded
+``scheduled`` and put on the durable schedule, which the workers' dispatchers publish from when it
+comes due. The producer holds future jobs this way; so does a worker given a job early (from a
+producer in another language), and a start with ``stopAt`` holds its stop job once it succeeded.
+
+Cancelling is one Lua script over the job's state, its claim and the schedule, so it can never
+race a delivery: either the job is cancelled before any delivery claims it (a later delivery then
+finds it ended and makes no call), or a delivery holds it and the cancel is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from worker.errors import JobConflict, UnknownJob
+from worker.jobs import BY_NAME, BY_TASK, Job
+from worker.reporter import Report, Reporter
+from worker.schedule import Delivery, Schedule
+from worker.state import JobRecord, State
+from worker.timing import DEFAULT_GRACE, Timing
+from worker.validation import validate
+
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'unknown' end
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+  return 'ended:' .. state
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'cancelled')
+return 'cancelled'
+"""
+
+# A delivery holds its claim for a moment even when it only checks whether the meeting is live;
+# a cancel that meets one tries again for this long before saying the job is running.
+_BUSY_RETRY = (0.1, 0.2, 0.4, 0.8, 1.0)
+_REPLACE_TRIES = 3
+
+
+class Scheduler:
+    """Holds jobs until they are due; cancels and reschedules them."""
+
+    def __init__(
+        self,
+        *,
+        schedule: Schedule,
+        reporter: Reporter,
+        claim_key: Callable[[str], str],
+        grace: float = DEFAULT_GRACE,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._schedule = schedule
+        self._reporter = reporter
+        self._store = reporter.store
+        self._claim_key = claim_key
+        self._grace = grace
+        self._clock = clock
+        self._sleep = sleep
+        self._cancel: Any = schedule.redis.register_script(_CANCEL)
+
+    def hold(self, job: Job, timing: Timing, *, fresh: bool = False) -> State | None:
+        """Record ``job`` scheduled and put it on the schedule until ``timing.due``.
+
+        A job that already ended is left alone (unless ``fresh``, a replay): its terminal state
+        is returned instead.
+        """
+        if timing.due is None:
+            raise ValueError(f"job {job.id} names no time to hold it until")
+        report = Report(State.SCHEDULED, due_at=timing.due, deadline=timing.deadline)
+        extra: dict[str, float | int | str] = {"dueAt": timing.due, "deliveries": 0}
+        if timing.deadline is not None:
+            extra["deadline"] = timing.deadline
+        ended = self._store.enqueue(
+            job.id,
+            kind=job.kind.name,
+            target=job.target,
+            metadata=job.metadata,
+            state=State.SCHEDULED,
+            extra=extra,
+            fresh=fresh,
+        )
+        if ended is not None:
+            return ended
+        self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), timing.due))
+        self._reporter.announce(job, "scheduled", report)
+        return None
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job that has not run yet, or the pending stop of one that started.
+
+        Returns the job cancelled (the stop job, in the second case). Raises
+        :class:`~worker.errors.UnknownJob`, or :class:`~worker.errors.JobConflict` when the
+        job already ended or is being run right now.
+        """
+        record = self._get(job_id)
+        pending_stop = self._pending_stop(record)
+        if pending_stop is not None:
+            return self.cancel(pending_stop)
+        keys = [self._store.key(job_id), self._claim_key(job_id), *self._schedule.keys]
+        for pause in (*_BUSY_RETRY, None):
+            answer = _text(self._cancel(keys=keys, args=[job_id]))
+            if answer != "running" or pause is None:
+                break
+            self._sleep(pause)
+        if answer == "unknown":
+            raise UnknownJob(job_id)
+        if answer == "running":
+            raise JobConflict(
+                f"job {job_id} is being run right now and can no longer be cancelled; once its "
+                "recording started, end it with a stop job (recq enqueue stop-recording)"
+            )
+        if answer != "cancelled":
+            ended = answer.removeprefix("ended:")
+            raise JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
+        job = _job_of(record)
+        report = Report(State.CANCELLED, attempt=record.attempts)
+        self._reporter.record(job, report)
+        self._reporter.announce(job, "cancelled", report)
+        return job
+
+    def reschedule(
+        self,
+        job_id: str,
+        *,
+        start_at: str | None = None,
+        stop_at: str | None = None,
+        start_deadline: str | None = None,
+    ) -> tuple[Job, Timing]:
+        """Move a job that still waits on the schedule to new times (validated as a whole job).
+
+        A start that already succeeded can have its pending stop moved with ``stop_at`` alone.
+        Returns the job as rescheduled and its new times.
+        """
+        record = self._get(job_id)
+        pending_stop = self._pending_stop(record)
+        if pending_stop is not None and start_at is None and start_deadline is None:
+            return self.reschedule(pending_stop, stop_at=stop_at)
+        if record.state.terminal:
+            raise JobConflict(f"job {job_id} already ended ({record.state}): too late to move it")
+        for _ in range(_REPLACE_TRIES):
+            delivery = self._schedule.get(job_id)
+            if delivery is None:
+                raise JobConflict(
+                    f"job {job_id} is {record.state}, not waiting on the schedule: it is due or "
+                    "being run now, too late to move it"
+                )
+            kind = BY_TASK[delivery.task]
+            body = _with_times(delivery.job, kind.stops, start_at, stop_at, start_deadline)
+            body = validate(kind.name, body, job_id=job_id)
+            timing = kind.timing(body, grace=self._grace)
+            due = self._clock() if timing.due is None else timing.due
+            if self._schedule.replace(delivery, Delivery(job_id, delivery.task, body, due)):
+                break
+        else:
+            raise JobConflict(f"job {job_id} kept changing while being rescheduled; try again")
+        job = Job(job_id, kind, body)
+        report = Report(
+            State.SCHEDULED, attempt=record.attempts, due_at=due, deadline=timing.deadline
+        )
+        self._reporter.record(job, report, extra={"deliveries": 0})
+        self._reporter.announce(job, "scheduled", report)
+        return job, timing
+
+    def upcoming(self) -> list[tuple[Delivery, JobRecord | None]]:
+        """Every delivery on the schedule, soonest first, with its job's record."""
+        return [(d, self._store.get(d.job_id)) for d in self._schedule.pending()]
+
+    def _get(self, job_id: str) -> JobRecord:
+        record = self._store.get(job_id)
+        if record is None:
+            raise UnknownJob(job_id)
+        return record
+
+    def _pending_stop(self, record: JobRecord) -> str | None:
+        """The id of the stop a succeeded start scheduled, while that stop has not run."""
+        if record.state is not State.SUCCEEDED or record.stop_job_id is None:
+            return None
+        stop = self._store.get(record.stop_job_id)
+        return record.stop_job_id if stop is not None and not stop.state.terminal else None
+
+
+def _with_times(
+    job: dict[str, Any],
+    stops: bool,
+    start_at: str | None,
+    stop_at: str | None,
+    start_deadline: str | None,
+) -> dict[str, Any]:
+    if stops and (start_at or start_deadline):
+        raise JobConflict("a stop job has only a stop time: reschedule it with --stop-at")
+    changes = {"startAt": start_at, "stopAt": stop_at, "startDeadline": start_deadline}
+    return {**job, **{field: value for field, value in changes.items() if value is not None}}
+
+
+def _job_of(record: JobRecord) -> Job:
+    """The job a record describes, enough to report on it (its target and metadata)."""
+    kind = BY_NAME[record.kind or ""]
+    body = {**(record.target or {}), "metadata": record.metadata or {}}
+    return Job(record.id, kind, body)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
