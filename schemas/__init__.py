@@ -18,12 +18,18 @@ The job kinds (:data:`JOB_KINDS`), each with the VideoSDK call it makes:
 ``stop-recording``
     stop a room's recording, ``POST /v2/recordings/end``;
 ``stop-track-recording``
-    stop a track's recording, ``POST /v2/recordings/participant/track/stop``.
+    stop a track's recording, ``POST /v2/recordings/participant/track/stop``;
+``bulk-track-recording``
+    start recording several participants' tracks of one room at once: no call of its own, but
+    one ``start-track-recording`` job per participant and kind (id
+    ``<batchId>:<kind>:<participantId>``), whose progress recq tracks as a batch.
 
-Start jobs take the scheduling fields ``startAt``, ``stopAt`` and ``startDeadline``; stop jobs
-take ``stopAt`` only. recq makes a stop job itself (id ``<jobId>:stop``) for a start job that has
-a ``stopAt``, once the start has succeeded. A stop VideoSDK refuses because nothing is running
-(code 4012) or the meeting has no live session any more (4003) succeeds, as ``reconciled``.
+Start jobs (``bulk-track-recording`` among them) take the scheduling fields ``startAt``,
+``stopAt`` and ``startDeadline``; stop jobs take ``stopAt`` only. recq makes a stop job itself
+(id ``<jobId>:stop``) for a start job that has a ``stopAt``, once the start has succeeded; a
+bulk job's children carry its ``stopAt``, so each child gets its own stop job. A stop VideoSDK
+refuses because nothing is running (code 4012) or the meeting has no live session any more
+(4003) succeeds, as ``reconciled``.
 
 Every schema is identified by its ``$id`` (``urn:recq:schema:jobs:start-recording:v1``); a
 ``$ref`` between schemas names that ``$id``, never a file, so the files can be served anywhere.
@@ -37,7 +43,13 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, Literal
 
-JOB_KINDS = ("start-recording", "start-track-recording", "stop-recording", "stop-track-recording")
+JOB_KINDS = (
+    "start-recording",
+    "start-track-recording",
+    "stop-recording",
+    "stop-track-recording",
+    "bulk-track-recording",
+)
 """The job kinds, each the name of a schema ``jobs/<kind>.v1.json`` and of an examples folder."""
 
 _ROOT = files(__name__)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 from celery import Task, shared_task
 
 from worker.jobs import (
+    BULK_TRACK_RECORDING,
     START_RECORDING,
     START_TRACK_RECORDING,
     STOP_RECORDING,
@@ -53,3 +54,9 @@ def stop_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
 def stop_track_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
     """Stop recording one participant's track (``POST /v2/recordings/participant/track/stop``)."""
     _run(self, STOP_TRACK_RECORDING, args, kwargs)
+
+
+@shared_task(name=BULK_TRACK_RECORDING.task_name, bind=True)
+def bulk_track_recording(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
+    """Record many participants' tracks: publish one track job per participant and kind."""
+    _run(self, BULK_TRACK_RECORDING, args, kwargs)

@@ -21,13 +21,16 @@ from celery import Celery, signals
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from worker.batches import Batches
 from worker.claims import Claims
 from worker.dead_letters import DeadLetters
 from worker.dispatcher import DispatcherStep
 from worker.errors import SettingsError
 from worker.event_log import EventLog
 from worker.events import Events, ExchangeSink
+from worker.fanout import FanOut
 from worker.producer import PUBLISH_RETRY
+from worker.rate_limit import RateLimiter
 from worker.reporter import Reporter
 from worker.retry import RetryPolicy
 from worker.runner import JobRunner, Limits
@@ -160,10 +163,24 @@ class RecqCelery(Celery):
     def _scheduler(self, store: JobStore, client: RedisClient) -> Scheduler:
         return Scheduler(
             schedule=Schedule(client, namespace=self.settings.namespace),
-            reporter=Reporter(store, self.publisher, self.dead_letters),
+            reporter=self._reporter(store),
             claim_key=self.claims.key,
             grace=self.settings.start_grace,
         )
+
+    def _reporter(self, store: JobStore) -> Reporter:
+        return Reporter(store, self.publisher, self.dead_letters, self.batches)
+
+    @cached_property
+    def batches(self) -> Batches:
+        settings = self.settings
+        return Batches(self.redis, namespace=settings.namespace, ttl=settings.state_ttl)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        """The fleet-wide limit on VideoSDK calls (without RECQ_RATE_LIMIT, only 429 pauses)."""
+        settings = self.settings
+        return RateLimiter(self.redis, namespace=settings.namespace, rate=settings.rate_limit)
 
     @cached_property
     def store(self) -> JobStore:
@@ -234,13 +251,16 @@ class RecqCelery(Celery):
             start_grace=settings.start_grace,
             live_poll=settings.live_poll_interval,
         )
+        fan_out = FanOut(batches=self.batches, store=self.store, publish=self.publish_delivery)
         return JobRunner(
             client=client,
-            reporter=Reporter(self.store, self.publisher, self.dead_letters),
+            reporter=self._reporter(self.store),
             policy=policy,
             claims=self.claims,
             schedule=self.schedule,
             scheduler=self.scheduler,
+            fan_out=fan_out,
+            limiter=self.rate_limiter,
             limits=limits,
         )
 

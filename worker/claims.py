@@ -6,8 +6,8 @@ Before a delivery may call VideoSDK it claims its job id: one Lua script, atomic
   caller acknowledges it and reports the original outcome, without calling VideoSDK);
 - otherwise sets ``<ns>:claim:<id>`` to a fresh token with a lease (``SET NX PX``) and counts the
   delivery, answering ``claimed`` with what earlier deliveries left in the job's state (attempts
-  made, when an outage began, how often it was re-queued, its state), so the delivery needs no
-  second read;
+  made, when an outage began, how often it was re-queued, its state, its batch), so the delivery
+  needs no second read;
 - or answers ``busy`` with the lease's remaining time when another delivery holds the claim.
 
 The lease expires on its own if its holder dies, so a redelivered job is never blocked for longer
@@ -26,15 +26,17 @@ from typing import Any
 import redis
 
 _ACQUIRE = """
-local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'outageSince', 'requeues')
+local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'outageSince', 'requeues', 'batchId')
 local state = job[1]
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+if state == 'succeeded' or state == 'failed' or state == 'cancelled'
+    or state == 'partially_failed' then
   return {'done', 0, 0}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0', state or ''}
+  return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0', state or '',
+          job[5] or ''}
 end
 return {'busy', 0, redis.call('PTTL', KEYS[2])}
 """
@@ -68,6 +70,8 @@ class Claim:
     requeues: int = 0
     state: str | None = None
     """The job's recorded state when it was claimed (None before its first record)."""
+    batch_id: str | None = None
+    """The batch the job is a child of."""
 
 
 class Claims:
@@ -99,13 +103,14 @@ class Claims:
         claim = Claim(ClaimStatus(name), token, int(deliveries), max(int(pttl), 0) / 1000)
         if not job:
             return claim
-        attempts, since, requeues, state = (_text(v) for v in job)
+        attempts, since, requeues, state, batch_id = (_text(v) for v in job)
         return dataclasses.replace(
             claim,
             attempts=int(attempts),
             outage_since=float(since) if since else None,
             requeues=int(requeues),
             state=state or None,
+            batch_id=batch_id or None,
         )
 
     def release(self, job_id: str, claim: Claim) -> None:

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument("kind", choices=sorted(BY_COMMAND), help="what the jobs ask for")
     enqueue.add_argument("file", help="a file of jobs, or - for standard input")
+    enqueue.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until every job ended, showing a batch's progress on standard error; exit 1 "
+        "if any job (or any child of a batch) failed",
+    )
     enqueue.set_defaults(handler=_enqueue)
 
     cancel = commands.add_parser(
@@ -178,7 +184,8 @@ def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) ->
     except ValueError as exc:
         print(f"recq enqueue: {exc}", file=sys.stderr)
         return 1
-    producer = Producer(_app(settings))
+    app = _app(settings)
+    producer = Producer(app)
     try:
         ids = producer.enqueue_many(kind, [job for _line, job in lines])
     except BatchRejected as exc:
@@ -192,8 +199,12 @@ def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) ->
         print(f"recq enqueue: {exc}", file=sys.stderr)
         return 1
     for job_id in ids:
-        print(job_id)
-    return 0
+        print(job_id, flush=True)
+    if not args.wait:
+        return 0
+    from worker.progress import wait_for  # noqa: PLC0415
+
+    return wait_for(app, ids, sys.stderr)
 
 
 def _open(path: str) -> IO[str]:
@@ -288,12 +299,16 @@ def _schedule(settings: Settings, args: argparse.Namespace, _extra: list[str]) -
 
 
 def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
-    record = _app(settings).store.get(args.id)
+    from worker.progress import batch_status  # noqa: PLC0415
+
+    app = _app(settings)
+    record = app.store.get(args.id)
     if record is None:
         print(f"recq status: no job {args.id!r} (unknown, or its state expired)", file=sys.stderr)
         return 1
+    batch = batch_status(app, args.id)
     if args.json:
-        print(json.dumps(record.to_json(), indent=2))
+        print(json.dumps({**record.to_json(), **(batch or {})}, indent=2))
         return 0
     target = " ".join(f"{k}={v}" for k, v in (record.target or {}).items())
     print(f"{record.id}: {record.state.value} ({record.kind}; {target})")
@@ -304,6 +319,9 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
     for field, label in (("dueAt", "due"), ("deadline", "deadline"), ("stopJobId", "stop job")):
         if field in times:
             print(f"  {label}: {times[field]}")
+    if batch is not None:
+        counts = ", ".join(f"{n} {what}" for what, n in batch["counts"].items())
+        print(f"  children: {counts}")
     if record.error:
         print(f"  error: {record.error.get('reason')}: {record.error.get('message')}")
     return 0

@@ -8,6 +8,7 @@
     ├── BrokerUnavailable      a producer could not publish within its short retry budget
     ├── UnknownJob             no job has that id (never known, or its state expired)
     ├── JobConflict            the job is not in a state that allows it (cancel a finished job...)
+    ├── RateLimited            no VideoSDK call may start within the short wait: re-queue the job
     └── UpstreamError          VideoSDK answered badly, or not at all (carries status, body, ids)
         ├── UpstreamRejected   a 4xx other than 429: permanent, never retried
         └── UpstreamUnavailable  connection error, timeout, 429 or 5xx: transient, retried
@@ -129,6 +130,16 @@ class UnknownJob(RecqError):
         super().__init__(f"no job {job_id!r} (unknown, or its state expired)")
 
 
+class RateLimited(RecqError):
+    """The fleet-wide rate limit has no call slot within a short wait; ``wait`` says how long."""
+
+    reason = "rate_limited"
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        super().__init__(f"no VideoSDK call slot for {wait:.2f} s (RECQ_RATE_LIMIT)")
+
+
 class JobConflict(RecqError):
     """The job's state does not allow what was asked (cancelling a finished job...)."""
 
@@ -213,3 +224,8 @@ class UpstreamUnavailable(UpstreamError):
     @property
     def retry_after(self) -> float | None:
         return self.answer.retry_after if self.answer else None
+
+    @property
+    def too_many_requests(self) -> bool:
+        """VideoSDK answered 429: the whole fleet should slow down."""
+        return self.answer is not None and self.answer.status == 429  # noqa: PLR2004

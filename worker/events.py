@@ -45,6 +45,9 @@ def build_event(
     reconciled: bool = False,
     due_at: float | None = None,
     deadline: float | None = None,
+    batch_id: str | None = None,
+    counts: Mapping[str, int] | None = None,
+    children: Sequence[Mapping[str, Any]] | None = None,
     source: str | None = None,
 ) -> Event:
     """A CloudEvent describing what happened to one job."""
@@ -64,6 +67,12 @@ def build_event(
         data["dueAt"] = epoch_iso(due_at)
     if deadline is not None:
         data["deadline"] = epoch_iso(deadline)
+    if batch_id is not None:
+        data["batchId"] = batch_id
+    if counts is not None:
+        data["counts"] = dict(counts)
+    if children is not None:
+        data["children"] = [dict(child) for child in children]
     return {
         "specversion": "1.0",
         "id": str(uuid.uuid4()),

@@ -6,6 +6,7 @@ A job is a JSON object in VideoSDK's own field names plus a few envelope fields 
 
 Starts and stops: a start job with ``stopAt`` is followed, once it succeeded, by a stop job of
 the matching stop kind (:func:`stop_job_for`), whose id is the start's followed by ``:stop``.
+A bulk job fans out into track jobs (:func:`child_jobs`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class JobKind:
     track: bool = False
     stops: bool = False
     """A stop job (it ends a recording) rather than a start job."""
+    fans_out: bool = False
+    """A bulk job: it makes no call itself but publishes child jobs (see :func:`child_jobs`)."""
 
     @property
     def succeeded_outcome(self) -> str:
@@ -85,6 +88,8 @@ class Job:
     id: str
     kind: JobKind
     body: Mapping[str, Any]
+    batch_id: str | None = None
+    """The batch this job is a child of."""
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -130,11 +135,21 @@ STOP_TRACK_RECORDING = JobKind(
     stops=True,
 )
 
+BULK_TRACK_RECORDING = JobKind(
+    name="bulk-track-recording",
+    command="bulk-track-recording",
+    task_name="recq.bulk_track_recording",
+    endpoint="",
+    event_prefix="batch",
+    fans_out=True,
+)
+
 KINDS: tuple[JobKind, ...] = (
     START_RECORDING,
     START_TRACK_RECORDING,
     STOP_RECORDING,
     STOP_TRACK_RECORDING,
+    BULK_TRACK_RECORDING,
 )
 BY_NAME: Mapping[str, JobKind] = {k.name: k for k in KINDS}
 BY_COMMAND: Mapping[str, JobKind] = {k.command: k for k in KINDS}
@@ -158,3 +173,32 @@ def stop_job_for(job: Job) -> Job:
         body["participantId"] = job.body["participantId"]
         body["kind"] = job.body["kind"]
     return Job(job.id + STOP_SUFFIX, kind, body)
+
+
+# What a bulk job hands down to each child, besides its target and metadata.
+_INHERITED = ("fileFormat", "webhookUrl", "bucketDirPath", "stopAt", "startDeadline")
+
+
+def child_jobs(batch: Job) -> list[Job]:
+    """The track jobs a bulk job fans out into: one per participant and kind, in that order.
+
+    A child's id is ``<batch id>:<kind>:<participantId>``, the same whenever it is derived, so a
+    redelivered batch names the same children. Children carry the batch's ``stopAt`` and
+    ``startDeadline`` but no ``startAt``: the batch waited for its time and meeting already.
+    """
+    body = batch.body
+    shared = {field: body[field] for field in _INHERITED if field in body}
+    children = []
+    for participant in body["participants"]:
+        for kind in body["kinds"]:
+            child = {
+                "roomId": body["roomId"],
+                "participantId": participant,
+                "kind": kind,
+                **shared,
+                "metadata": batch.metadata,
+            }
+            children.append(
+                Job(f"{batch.id}:{kind}:{participant}", START_TRACK_RECORDING, child, batch.id)
+            )
+    return children

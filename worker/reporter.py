@@ -1,17 +1,22 @@
 """Telling what happened to a job: its state in the store, its event, and its dead letter.
 
 The runner, the scheduler and the producer all report through one :class:`Reporter`, so a job's
-record and its events always say the same thing in the same words.
+record and its events always say the same thing in the same words. It is also where a batch
+learns that a child ended: every terminal state passes here, and the child that completes its
+batch records the batch's outcome and publishes ``batch.completed`` with every child's outcome.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from worker.batches import Batches, child_outcomes
 from worker.dead_letters import DeadLetters
 from worker.errors import ErrorInfo
 from worker.events import Events, build_event
-from worker.jobs import Job
+from worker.jobs import BY_NAME, Job
 from worker.state import Extra, JobStore, State
 
 
@@ -26,15 +31,26 @@ class Report:
     due_at: float | None = None
     """When it runs next (scheduled and waiting jobs)."""
     deadline: float | None = None
+    counts: Mapping[str, int] | None = None
+    """A batch's counts: total, succeeded, failed, pending."""
+    children: Sequence[Mapping[str, Any]] | None = None
+    """A completed batch's children, each with its outcome."""
 
 
 class Reporter:
-    """Records states, publishes events and keeps dead letters."""
+    """Records states, publishes events and keeps dead letters; completes batches."""
 
-    def __init__(self, store: JobStore, events: Events, dead_letters: DeadLetters) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        events: Events,
+        dead_letters: DeadLetters,
+        batches: Batches | None = None,
+    ) -> None:
         self.store = store
         self._events = events
         self._dead = dead_letters
+        self._batches = batches
 
     def record(self, job: Job, report: Report, *, extra: Extra | None = None) -> None:
         """Write the job's new state, with its kind, target, metadata and times."""
@@ -43,7 +59,7 @@ class Reporter:
             fields["dueAt"] = report.due_at
         if report.deadline is not None:
             fields["deadline"] = report.deadline
-        self.store.transition(
+        batch_id = self.store.transition(
             job.id,
             report.state,
             kind=job.kind.name,
@@ -54,6 +70,10 @@ class Reporter:
             reconciled=report.reconciled,
             extra=fields,
         )
+        if batch_id is not None and report.state.terminal and self._batches is not None:
+            succeeded = report.state is State.SUCCEEDED
+            if self._batches.child_ended(batch_id, job.id, succeeded=succeeded):
+                self._complete(batch_id)
 
     def announce(self, job: Job, outcome: str, report: Report) -> None:
         """Publish the event ``<prefix>.<outcome>`` about the job."""
@@ -70,6 +90,9 @@ class Reporter:
                 reconciled=report.reconciled,
                 due_at=report.due_at,
                 deadline=report.deadline,
+                batch_id=job.batch_id,
+                counts=report.counts,
+                children=report.children,
             )
         )
 
@@ -78,3 +101,25 @@ class Reporter:
     ) -> None:
         """Keep a failed job, as it was received, for an operator to inspect and replay."""
         self._dead.add(job_id, task=task, job=job, error=error.to_json(), attempts=attempts)
+
+    def _complete(self, batch_id: str) -> None:
+        """Record and announce a batch whose last child just ended."""
+        assert self._batches is not None  # noqa: S101 - only called when batches are counted
+        record = self.store.get(batch_id)
+        body = self._batches.job(batch_id)
+        progress = self._batches.progress(batch_id)
+        if record is None or body is None or progress is None:  # expired meanwhile
+            return
+        batch = Job(batch_id, BY_NAME[record.kind or "bulk-track-recording"], body)
+        outcomes = child_outcomes(self.store, batch)
+        failure = None
+        if progress.failed == 0:
+            state = State.SUCCEEDED
+        elif progress.succeeded == 0:
+            state = State.FAILED
+            failure = ErrorInfo("children_failed", f"all {progress.total} children failed")
+        else:
+            state = State.PARTIALLY_FAILED
+        report = Report(state, error=failure, counts=progress.counts(), children=outcomes)
+        self.record(batch, report)
+        self.announce(batch, "completed", report)

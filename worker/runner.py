@@ -15,7 +15,10 @@ its id. Every path ends in a recorded state and an event:
 - a job whose in-process retries are spent on an outage goes back on the schedule with a growing
   delay, so it does not pin a worker slot, until the outage window closes and it fails;
 - a job VideoSDK rejects fails and becomes a dead letter;
-- a start with ``stopAt`` that succeeded puts its stop job on the schedule.
+- a start with ``stopAt`` that succeeded puts its stop job on the schedule;
+- a bulk job, once due (and its meeting live), publishes its children (:mod:`worker.fanout`);
+- a call that finds no slot under the fleet-wide rate limit within a short wait goes back on the
+  schedule until its turn, without holding a worker thread; a 429 pauses every worker's calls.
 
 Reconciling "already running": VideoSDK has no idempotency key and a start returns no id. When an
 attempt of this job may have reached VideoSDK without its answer reaching us (a timeout, a dropped
@@ -36,9 +39,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.claims import Claim, Claims, ClaimStatus
-from worker.errors import ErrorInfo, InvalidJob, UpstreamError, UpstreamUnavailable
+from worker.errors import (
+    Answer,
+    ErrorInfo,
+    InvalidJob,
+    RateLimited,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from worker.fanout import FanOut
 from worker.jobs import BY_TASK, Job, JobKind, stop_job_for
 from worker.messages import job_from_arguments, job_id_of
+from worker.rate_limit import RateLimiter
 from worker.reporter import Report, Reporter
 from worker.retry import RetryPolicy
 from worker.schedule import Delivery, Schedule
@@ -76,6 +88,10 @@ class Limits:
     """How long a scheduled start waits for its meeting when the job names no deadline."""
     live_poll: float = 10.0
     """How often a waiting start checks whether its meeting is live."""
+    rate_wait: float = 1.0
+    """How long a call may wait in its thread for a slot under the rate limit."""
+    pause_on_429: float = 1.0
+    """How long every worker pauses after a 429 without ``Retry-After``."""
 
 
 @dataclass(slots=True)
@@ -104,6 +120,8 @@ class JobRunner:
         claims: Claims,
         schedule: Schedule,
         scheduler: Scheduler,
+        fan_out: FanOut | None = None,
+        limiter: RateLimiter | None = None,
         limits: Limits = Limits(),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,6 +132,8 @@ class JobRunner:
         self._claims = claims
         self._schedule = schedule
         self._scheduler = scheduler
+        self._fan_out = fan_out
+        self._limiter = limiter
         self._limits = limits
         self._clock = clock
 
@@ -143,6 +163,8 @@ class JobRunner:
             return self._duplicate(job_id)
         if claim.status is ClaimStatus.BUSY:
             return self._defer(job, claim.retry_in + 1.0)
+        if claim.batch_id is not None:
+            job = dataclasses.replace(job, batch_id=claim.batch_id)
         try:
             return self._deliver(job, claim)
         finally:
@@ -177,14 +199,14 @@ class JobRunner:
     def _attempt(self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts) -> Outcome:
         """Make the job's call, with retries, once it is due (and its meeting is live)."""
         try:
-            if not job.kind.stops:
-                held = self._unless_ready(job, timing, claim, attempts)
-                if held is not None:
-                    return held
-            self._policy.call(
-                lambda: self._call(job, attempts),
-                before=lambda _state: self._before_attempt(job, attempts),
-            )
+            ended = None if job.kind.stops else self._unless_ready(job, timing, claim, attempts)
+            if ended is None and job.kind.fans_out:
+                ended = self._publish_children(job)
+            if ended is not None:
+                return ended
+            self._policy.call(lambda: self._call(job, attempts))
+        except RateLimited as exc:
+            return self._await_slot(job, claim, attempts, exc.wait)
         except UpstreamUnavailable as exc:
             return self._requeue_or_fail(job, attempts, claim, exc)
         except UpstreamError as exc:
@@ -232,13 +254,56 @@ class JobRunner:
     def _live(self, job: Job) -> bool:
         """Whether the job's room has an ongoing session (the first and last listing pages)."""
         params = {"roomId": job.target.room_id}
-        first = self._client.get(Endpoints.SESSIONS, params)
+        first = self._get(job, Endpoints.SESSIONS, params)
         if ongoing_session(first):
             return True
         last = last_page(first)
         if last == 1:
             return False
-        return ongoing_session(self._client.get(Endpoints.SESSIONS, {**params, "page": str(last)}))
+        return ongoing_session(self._get(job, Endpoints.SESSIONS, {**params, "page": str(last)}))
+
+    def _get(self, job: Job, path: str, params: Mapping[str, str]) -> Answer:
+        self._take_slot(job)
+        try:
+            return self._client.get(path, params)
+        except UpstreamUnavailable as exc:
+            self._slow_down(exc)
+            raise
+
+    def _take_slot(self, job: Job) -> None:
+        """Wait briefly for a call slot under the fleet-wide rate limit, or raise RateLimited."""
+        if self._limiter is None:
+            return
+        wait = self._limiter.acquire(self._limits.rate_wait, ticket=job.id)
+        if wait > 0:
+            raise RateLimited(wait)
+
+    def _slow_down(self, error: UpstreamUnavailable) -> None:
+        """A 429 pauses every worker's calls, for its Retry-After or a second."""
+        if self._limiter is not None and error.too_many_requests:
+            self._limiter.pause(error.retry_after or self._limits.pause_on_429)
+
+    def _await_slot(self, job: Job, claim: Claim, attempts: _Attempts, wait: float) -> Outcome:
+        """Back on the schedule until the rate limit's turn comes, in the state it was in."""
+        state = State(claim.state) if claim.state else State.QUEUED
+        due = self._clock() + wait
+        self._reporter.record(job, Report(state, attempt=attempts.total), extra={"deliveries": 0})
+        self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
+        return Outcome(job.id, state, attempts.total, deferred=True)
+
+    def _publish_children(self, job: Job) -> Outcome:
+        """A bulk job's work: publish its children, recorded running until they all end."""
+        if self._fan_out is None:
+            raise RuntimeError("this runner was built without a fan-out for bulk jobs")
+
+        def starting(total: int) -> None:
+            counts = {"total": total, "succeeded": 0, "failed": 0, "pending": total}
+            report = Report(State.RUNNING, counts=counts)
+            self._reporter.record(job, report)
+            self._reporter.announce(job, "started", report)
+
+        self._fan_out.run(job, starting=starting)
+        return Outcome(job.id, State.RUNNING, 0)
 
     def _succeed(
         self, job: Job, timing: Timing, attempts: _Attempts, *, reconciled: bool = False
@@ -253,12 +318,16 @@ class JobRunner:
         return self._finish(job, attempts, reconciled=reconciled, extra=extra)
 
     def _call(self, job: Job, attempts: _Attempts) -> None:
+        # The slot first: a job re-queued for want of one has not made this attempt.
+        self._take_slot(job)
+        self._before_attempt(job, attempts)
         attempts.made += 1
         try:
             self._client.post(job.kind.endpoint, job.kind.request_body(job.body))
         except UpstreamUnavailable as exc:
             attempts.maybe_applied = attempts.maybe_applied or exc.maybe_applied
             attempts.last_error = exc
+            self._slow_down(exc)
             raise
 
     def _before_attempt(self, job: Job, attempts: _Attempts) -> None:

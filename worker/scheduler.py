@@ -28,7 +28,8 @@ from worker.validation import validate
 _CANCEL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'unknown' end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then
+if state == 'succeeded' or state == 'failed' or state == 'cancelled'
+    or state == 'partially_failed' then
   return 'ended:' .. state
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
@@ -105,6 +106,11 @@ class Scheduler:
         pending_stop = self._pending_stop(record)
         if pending_stop is not None:
             return self.cancel(pending_stop)
+        if record.state is State.RUNNING and BY_NAME[record.kind or ""].fans_out:
+            raise JobConflict(
+                f"batch {job_id} has published its children; cancel those still pending one by "
+                f"one (recq status {job_id} --json lists them)"
+            )
         keys = [self._store.key(job_id), self._claim_key(job_id), *self._schedule.keys]
         for pause in (*_BUSY_RETRY, None):
             answer = _text(self._cancel(keys=keys, args=[job_id]))

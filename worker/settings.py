@@ -15,6 +15,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from worker.errors import SettingsError
+from worker.rate_limit import Rate, parse_rate
 
 DEFAULT_ENDPOINT = "https://api.videosdk.live"
 DEFAULT_BROKER = "redis://localhost:6379/0"
@@ -79,6 +80,8 @@ class Settings:
     """How long a scheduled start waits for its meeting when the job names no startDeadline."""
     live_poll_interval: float = 10.0
     """How often a scheduled start checks whether its meeting is live."""
+    rate_limit: Rate | None = None
+    """The fleet-wide cap on VideoSDK calls (``RECQ_RATE_LIMIT``); None: no cap."""
 
     @property
     def job_budget(self) -> float:
@@ -123,6 +126,7 @@ class Settings:
             visibility_timeout=reader.number("RECQ_VISIBILITY_TIMEOUT", 90, int, minimum=10),
             start_grace=reader.number("RECQ_START_GRACE", 900.0, float, minimum=0),
             live_poll_interval=reader.number("RECQ_LIVE_POLL_INTERVAL", 10.0, float, minimum=0.1),
+            rate_limit=reader.rate("RECQ_RATE_LIMIT"),
         )
         if not reader.problems and settings.visibility_timeout < settings.claim_lease + 10:
             reader.problems.append(
@@ -162,6 +166,16 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         value = self.environ.get(name, "").strip()
         return value or default
+
+    def rate(self, name: str) -> Rate | None:
+        value = self.environ.get(name, "").strip()
+        if not value:
+            return None
+        try:
+            return parse_rate(value)
+        except SettingsError as exc:
+            self.problems.extend(exc.problems)
+            return None
 
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         value = self.text(name, default)

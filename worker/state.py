@@ -13,7 +13,7 @@ so ``recq status`` can answer long after the job's events are gone, and nothing 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -41,10 +41,17 @@ class State(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     """Cancelled before it ran; it never will."""
+    PARTIALLY_FAILED = "partially_failed"
+    """A batch whose children ended, some succeeded and some failed."""
 
     @property
     def terminal(self) -> bool:
-        return self in (State.SUCCEEDED, State.FAILED, State.CANCELLED)
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.PARTIALLY_FAILED}
+)
 
 
 def utc_now() -> datetime:
@@ -86,6 +93,8 @@ class JobRecord:
     deadline: float | None = None
     stop_job_id: str | None = None
     """The stop job a start with ``stopAt`` scheduled when it succeeded."""
+    batch_id: str | None = None
+    """The batch a child job belongs to."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -112,6 +121,8 @@ class JobRecord:
             data["deadline"] = epoch_iso(self.deadline)
         if self.stop_job_id is not None:
             data["stopJobId"] = self.stop_job_id
+        if self.batch_id is not None:
+            data["batchId"] = self.batch_id
         return data
 
 
@@ -146,8 +157,11 @@ class JobStore:
         error: ErrorInfo | None = None,
         reconciled: bool = False,
         extra: Extra | None = None,
-    ) -> None:
-        """Record that ``job_id`` is now in ``state``, with whatever else is known."""
+    ) -> str | None:
+        """Record that ``job_id`` is now in ``state``, with whatever else is known.
+
+        Returns the id of the batch the job belongs to, if it is a batch's child.
+        """
         pipe = self._redis.pipeline(transaction=False)
         self._write(
             pipe,
@@ -161,7 +175,9 @@ class JobStore:
             reconciled=reconciled,
             extra=extra,
         )
-        pipe.execute()
+        pipe.hget(self.key(job_id), "batchId")
+        batch_id = pipe.execute()[-1]
+        return None if batch_id is None else _text(batch_id)
 
     def enqueue(
         self,
@@ -254,6 +270,21 @@ class JobStore:
         pipe.expire(key, self._ttl)
         pipe.expire(history, self._ttl)
 
+    def states(self, job_ids: Sequence[str]) -> list[tuple[State | None, dict[str, Any] | None]]:
+        """Each job's state and error (None for an unknown job), in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.key(job_id), ["state", "error"])
+        found = []
+        for state, error in pipe.execute():
+            found.append(
+                (
+                    None if state is None else State(_text(state)),
+                    None if error is None else json.loads(error),
+                )
+            )
+        return found
+
     def get(self, job_id: str) -> JobRecord | None:
         """The job's record, or None when it is unknown (or expired)."""
         key = self.key(job_id)
@@ -283,6 +314,7 @@ class JobStore:
             due_at=_float(fields.get("dueAt")),
             deadline=_float(fields.get("deadline")),
             stop_job_id=fields.get("stopJobId"),
+            batch_id=fields.get("batchId"),
             history=[json.loads(_text(h)) for h in history],
         )
 

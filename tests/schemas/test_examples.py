@@ -9,6 +9,7 @@ checks, and a plain validator accepts their examples.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any, Literal
@@ -20,14 +21,26 @@ from referencing.jsonschema import DRAFT202012
 
 import schemas
 from worker.errors import InvalidJob
-from worker.validation import ENVELOPE_FIELDS, RECQ_ONLY_CODES, validate
+from worker.validation import (
+    ENVELOPE_FIELDS,
+    MAX_BULK_JOB_BYTES,
+    MAX_JOB_BYTES,
+    RECQ_ONLY_CODES,
+    validate,
+)
 
 EXAMPLE_KINDS = (*schemas.JOB_KINDS, "events")
 EVENT_SCHEMA_ID = "urn:recq:schema:events:event:v1"
 START_KINDS = ("start-recording", "start-track-recording")
 STOP_KINDS = ("stop-recording", "stop-track-recording")
+BULK_KINDS = {"bulk-track-recording": "start-track-recording"}
+"""A bulk kind starts many jobs of one start kind (its children), and makes no call of its own."""
+SCHEDULED_KINDS = (*START_KINDS, *BULK_KINDS)
+"""The kinds that take every envelope field: a bulk job is scheduled like the starts it makes."""
 STOP_ENVELOPE_FIELDS = frozenset({"jobId", "metadata", "stopAt"})
 """A stop job runs at its stopAt (or now): it has no start time and no start deadline."""
+CHILD_FIELDS = ("fileFormat", "webhookUrl", "bucketDirPath")
+"""The fields of a bulk job that are applied, unchanged, to every child."""
 
 
 def expected_violation(stem: str) -> tuple[str, str]:
@@ -54,6 +67,15 @@ def registry() -> Registry[Any]:
 def plain_validator(schema_id: str) -> Draft202012Validator:
     """What any other language's 2020-12 validator sees: the schemas alone, no recq code."""
     return Draft202012Validator(schemas.all_schemas()[schema_id], registry=registry())
+
+
+def job_schema(kind: str) -> dict[str, Any]:
+    """The schema of a job kind, by the ``$id`` the validator builds from the kind."""
+    return schemas.all_schemas()[f"urn:recq:schema:jobs:{kind}:v1"]
+
+
+def without_description(node: dict[str, Any]) -> dict[str, Any]:
+    return {keyword: value for keyword, value in node.items() if keyword != "description"}
 
 
 def walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -97,37 +119,58 @@ class TestSchemas:
             assert f"urn:recq:schema:jobs:{kind}:v1" in ids
         assert EVENT_SCHEMA_ID in ids
 
-    def test_every_job_kind_is_a_start_or_a_stop(self):
-        """Each start kind has its stop kind, and there are no other kinds."""
-        assert sorted(schemas.JOB_KINDS) == sorted(START_KINDS + STOP_KINDS)
+    def test_every_job_kind_is_a_start_a_stop_or_a_bulk_start(self):
+        """Each start kind has its stop kind, each bulk kind makes jobs of a start kind, and
+        there are no other kinds."""
+        assert sorted(schemas.JOB_KINDS) == sorted(START_KINDS + STOP_KINDS + tuple(BULK_KINDS))
         for start in START_KINDS:
             assert start.replace("start-", "stop-", 1) in STOP_KINDS
+        for child in BULK_KINDS.values():
+            assert child in START_KINDS
 
     @pytest.mark.parametrize("kind", schemas.JOB_KINDS)
     def test_every_envelope_field_of_a_job_schema_comes_from_common(self, kind):
         """jobId, metadata and the scheduling fields mean the same on every kind that has them."""
-        properties = schemas.all_schemas()[f"urn:recq:schema:jobs:{kind}:v1"]["properties"]
+        properties = job_schema(kind)["properties"]
         offered = ENVELOPE_FIELDS & properties.keys()
         assert offered
         for field in offered:
             assert properties[field] == {"$ref": f"urn:recq:schema:jobs:common:v1#/$defs/{field}"}
 
-    @pytest.mark.parametrize("kind", START_KINDS)
-    def test_start_jobs_offer_every_envelope_field(self, kind):
-        """A start takes jobId, metadata and all three scheduling fields."""
-        properties = schemas.all_schemas()[f"urn:recq:schema:jobs:{kind}:v1"]["properties"]
-        assert properties.keys() >= {"jobId", "metadata", "startAt", "stopAt", "startDeadline"}
+    @pytest.mark.parametrize("kind", SCHEDULED_KINDS)
+    def test_start_and_bulk_jobs_offer_every_envelope_field(self, kind):
+        """A start, or a bulk start, takes jobId, metadata and all three scheduling fields."""
+        properties = job_schema(kind)["properties"]
+        assert properties.keys() >= ENVELOPE_FIELDS
 
     @pytest.mark.parametrize("kind", STOP_KINDS)
     def test_stop_jobs_offer_only_job_id_metadata_and_stop_at(self, kind):
         """A stop runs at its stopAt: startAt and startDeadline are unknown fields on it."""
-        properties = schemas.all_schemas()[f"urn:recq:schema:jobs:{kind}:v1"]["properties"]
+        properties = job_schema(kind)["properties"]
         assert ENVELOPE_FIELDS & properties.keys() == STOP_ENVELOPE_FIELDS
+
+    @pytest.mark.parametrize(("bulk", "child"), BULK_KINDS.items())
+    def test_a_bulk_job_names_its_children_with_the_child_kinds_own_rules(self, bulk, child):
+        """``participants`` holds the children's participantIds and ``kinds`` their kinds, each
+        at most once, and the fields applied to every child are the child kind's own."""
+        properties = job_schema(bulk)["properties"]
+        child_properties = job_schema(child)["properties"]
+        participants, kinds = properties["participants"], properties["kinds"]
+        assert participants["items"] == without_description(child_properties["participantId"])
+        assert kinds["items"] == without_description(child_properties["kind"])
+        assert participants["uniqueItems"] is kinds["uniqueItems"] is True
+        assert (participants["minItems"], participants["maxItems"]) == (1, 1000)
+        assert (kinds["minItems"], kinds["maxItems"]) == (1, len(kinds["items"]["enum"]))
+        for field in CHILD_FIELDS:
+            assert without_description(properties[field]) == without_description(
+                child_properties[field]
+            )
+        assert set(job_schema(bulk)["required"]) == {"roomId", "participants", "kinds"}
 
     @pytest.mark.parametrize("kind", schemas.JOB_KINDS)
     def test_every_object_of_a_job_refuses_unknown_fields(self, kind):
         """A misspelt field anywhere in a job is an error, never silently ignored."""
-        schema = schemas.all_schemas()[f"urn:recq:schema:jobs:{kind}:v1"]
+        schema = job_schema(kind)
         for node in walk(schema):
             if "properties" in node:
                 assert node.get("additionalProperties") is False, node.get("description")
@@ -187,11 +230,29 @@ class TestJobExamples:
         recq_only = expected_violation(name)[1] in RECQ_ONLY_CODES
         assert plain.is_valid(job) is recq_only
 
-    @pytest.mark.parametrize("kind", START_KINDS)
+    @pytest.mark.parametrize("kind", SCHEDULED_KINDS)
     def test_each_rule_only_recq_checks_has_an_example_for_each_start_kind(self, kind):
         """Producers in other languages can see what recq refuses beyond the schema."""
         shown = {expected_violation(name)[1] for name, _ in schemas.examples(kind, "invalid")}
         assert shown >= RECQ_ONLY_CODES
+
+    @pytest.mark.parametrize("kind", BULK_KINDS)
+    def test_a_bulk_kind_shows_its_participant_limit_from_both_sides(self, kind):
+        """1,000 distinct participants are accepted, 1,001 are refused."""
+        limit = job_schema(kind)["properties"]["participants"]["maxItems"]
+        most = dict(schemas.examples(kind, "valid"))["one-thousand-participants"]["participants"]
+        too_many = dict(schemas.examples(kind, "invalid"))["participants__maxItems"]["participants"]
+        assert len(set(most)) == len(most) == limit
+        assert len(set(too_many)) == len(too_many) == limit + 1
+
+    @pytest.mark.parametrize("kind", BULK_KINDS)
+    def test_a_bulk_job_at_every_limit_is_larger_than_other_jobs_may_be(self, kind):
+        """1,000 participant ids of 256 characters, and every other field at its longest, fit
+        the bulk size limit, but no other kind's."""
+        job = dict(schemas.examples(kind, "valid"))["at-the-limits"]
+        size = len(json.dumps(job, ensure_ascii=False, separators=(",", ":")).encode())
+        assert MAX_JOB_BYTES < size <= MAX_BULK_JOB_BYTES
+        assert validate(kind, job) == job
 
     @pytest.mark.parametrize(("kind", "name", "job"), examples(schemas.JOB_KINDS, "valid"))
     def test_the_schema_alone_accepts_every_valid_job_example(self, kind, name, job):
@@ -215,6 +276,29 @@ class TestEventExamples:
         errors = list(plain_validator(EVENT_SCHEMA_ID).iter_errors(event))
         found = [(".".join(str(p) for p in e.absolute_path), e.validator) for e in errors]
         assert found == [expected_violation(name)]
+
+    @pytest.mark.parametrize(
+        ("kind", "name", "event"),
+        [p for p in examples(("events",), "valid") if p.values[2]["type"] == "batch.completed"],
+    )
+    def test_a_completed_batch_accounts_for_every_child(self, kind, name, event):
+        """The counts add up over the children, cancelled ones counting as failed; the state
+        says whether all, some or none succeeded; each child is named
+        ``<batchId>:<kind>:<participantId>``, and only a failed one carries an error."""
+        data = event["data"]
+        states = [child["state"] for child in data["children"]]
+        succeeded = states.count("succeeded")
+        assert data["counts"] == {
+            "total": len(states),
+            "succeeded": succeeded,
+            "failed": len(states) - succeeded,
+            "pending": 0,
+        }
+        whole = {len(states): "succeeded", 0: "failed"}.get(succeeded, "partially_failed")
+        assert data["state"] == whole
+        for child in data["children"]:
+            assert child["jobId"] == f"{data['jobId']}:{child['kind']}:{child['participantId']}"
+            assert ("error" in child) is (child["state"] == "failed")
 
     def test_every_event_type_the_schema_names_has_a_valid_example(self):
         """Subscribers can see an example of each event type they may bind to."""

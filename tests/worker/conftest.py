@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from worker.batches import Batches
 from worker.claims import Claims
 from worker.dead_letters import DeadLetters
 from worker.events import Event, Events
+from worker.fanout import FanOut
 from worker.reporter import Reporter
 from worker.retry import RetryPolicy
 from worker.runner import JobRunner, Limits
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
-from worker.schedule import Schedule
+from worker.schedule import Delivery, Schedule
 from worker.scheduler import Scheduler
 from worker.settings import Credentials, Secret
 from worker.state import JobStore
@@ -101,8 +104,24 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def reporter(store, sink, dead_letters) -> Reporter:
-    return Reporter(store, Events([sink]), dead_letters)
+def batches(redis_client, namespace) -> Batches:
+    return Batches(redis_client, namespace=namespace)
+
+
+@pytest.fixture
+def reporter(store, sink, dead_letters, batches) -> Reporter:
+    return Reporter(store, Events([sink]), dead_letters, batches)
+
+
+@pytest.fixture
+def published() -> list[Delivery]:
+    """What the runner's fan-out published, in order."""
+    return []
+
+
+@pytest.fixture
+def fan_out(batches, store, published) -> FanOut:
+    return FanOut(batches=batches, store=store, publish=published.append)
 
 
 @pytest.fixture
@@ -114,9 +133,14 @@ def scheduler(schedule, reporter, claims, clock, sleeps) -> Scheduler:
 
 @pytest.fixture
 def make_runner(
-    make_client, reporter, policy, claims, schedule, scheduler, clock
+    make_client, reporter, policy, claims, schedule, scheduler, fan_out, clock
 ) -> Callable[..., JobRunner]:
-    def make(read_timeout: float = 2.0, limits: Limits | None = None) -> JobRunner:
+    def make(
+        read_timeout: float = 2.0,
+        limits: Limits | None = None,
+        limiter: Any = None,
+        fan_out: FanOut = fan_out,
+    ) -> JobRunner:
         client = make_client(read_timeout=read_timeout)
         return JobRunner(
             client=client,
@@ -125,6 +149,8 @@ def make_runner(
             claims=claims,
             schedule=schedule,
             scheduler=scheduler,
+            fan_out=fan_out,
+            limiter=limiter,
             limits=limits or Limits(),
             clock=clock,
         )

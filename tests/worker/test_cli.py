@@ -254,6 +254,48 @@ class TestSchedulingCommands:
         assert "--start-at" in result.stderr
 
 
+BULK_JOB = {"roomId": "cli-room", "participants": ["ann", "ben"], "kinds": ["audio", "video"]}
+
+
+class TestBulkCommands:
+    def test_wait_shows_progress_and_exits_0_when_every_child_succeeded(
+        self, env, worker_process, sandbox
+    ):
+        """The batch id on stdout; progress lines on stderr (not a terminal) to 4/4."""
+        job = json.dumps({**BULK_JOB, "jobId": "cli-batch"})
+        result = recq("enqueue", "bulk-track-recording", "-", "--wait", env=env, stdin=job)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "cli-batch\n"
+        last = result.stderr.splitlines()[-1]
+        assert last.startswith("cli-batch [##############################] 4/4")
+        assert "succeeded 4  failed 0  pending 0" in last
+
+    def test_status_json_gives_the_counts_and_every_child(self, env, worker_process, sandbox):
+        job = json.dumps({**BULK_JOB, "jobId": "cli-batch"})
+        recq("enqueue", "bulk-track-recording", "-", "--wait", env=env, stdin=job)
+        state = json.loads(recq("status", "cli-batch", "--json", env=env).stdout)
+        assert state["state"] == "succeeded"
+        assert state["counts"] == {"total": 4, "succeeded": 4, "failed": 0, "pending": 0}
+        assert [(c["jobId"], c["state"]) for c in state["children"]] == [
+            ("cli-batch:audio:ann", "succeeded"),
+            ("cli-batch:video:ann", "succeeded"),
+            ("cli-batch:audio:ben", "succeeded"),
+            ("cli-batch:video:ben", "succeeded"),
+        ]
+        human = recq("status", "cli-batch", env=env).stdout
+        assert "children: 4 total, 4 succeeded, 0 failed, 0 pending" in human
+
+    def test_wait_exits_1_when_children_failed(self, env, worker_process, sandbox):
+        """A partially failed batch is not a success for a script waiting on it."""
+        from worker.sandbox import Fault  # noqa: PLC0415
+
+        sandbox.inject(Fault(status=400, times=1))
+        job = json.dumps({**BULK_JOB, "jobId": "cli-partial"})
+        result = recq("enqueue", "bulk-track-recording", "-", "--wait", env=env, stdin=job)
+        assert result.returncode == 1
+        assert "cli-partial: partially_failed" in result.stderr
+
+
 class TestDeadCommands:
     def test_dead_letters_are_listed_shown_and_replayed(self, env, worker_process, sandbox):
         """A rejected job shows in `recq dead list`; `replay` runs it again under its id."""

@@ -1,0 +1,155 @@
+"""Bulk track capture with real workers on real Redis, against the sandbox over HTTP.
+
+A batch fans out into its children, counts them exactly, names those that failed, publishes no
+second set of children when redelivered, and all of it stays within the fleet-wide rate limit
+however many workers run. Each test prints its figures.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from celery import signals
+
+from worker.celery_app import create_app
+from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
+from worker.producer import Producer
+from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
+from worker.settings import Credentials, Secret
+from worker.state import State
+from worker.testing import Workers, wait_for_state, worker_env
+from worker.tokens import TokenSigner
+from worker.videosdk import VideoSDKClient, build_session
+
+pytestmark = pytest.mark.integration
+
+TRACK_START = START_TRACK_RECORDING.endpoint
+KINDS = ["audio", "video", "screen_audio", "screen_video"]
+
+
+def bulk(participants: int, kinds: list[str], **fields: Any) -> dict[str, Any]:
+    return {
+        "roomId": "bulk-room",
+        "participants": [f"p{n:04d}" for n in range(participants)],
+        "kinds": kinds,
+        **fields,
+    }
+
+
+def busiest_window(times: list[float], width: float) -> int:
+    """The most calls that fall in any window of ``width`` seconds."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while at - times[first] >= width:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_two_workers_under_5_per_second_never_start_more_than_5_calls_in_a_second(
+    settings, sandbox
+):
+    """Two `recq worker` processes, RECQ_RATE_LIMIT=5/s, a batch of 30 tracks: in the sandbox's
+    own log no one-second window holds more than 5 calls, and the batch still completes."""
+    app = create_app(settings)
+    workers = Workers(worker_env(settings, RECQ_RATE_LIMIT="5/s"))
+    try:
+        workers.start(concurrency=4)
+        workers.start(concurrency=4)
+        batch_id = Producer(app).enqueue(
+            BULK_TRACK_RECORDING, bulk(10, ["audio", "video", "screen_audio"])
+        )
+        record = wait_for_state(
+            app.store, batch_id, State.SUCCEEDED, State.PARTIALLY_FAILED, State.FAILED, timeout=60
+        )
+    finally:
+        workers.stop_all()
+        app.close()
+    times = [call.at for call in sandbox.calls]
+    span = max(times) - min(times)
+    most = busiest_window(times, 1.0)
+    print(f"\n5/s, two workers: {len(times)} calls in {span:.1f} s; at most {most} in any second")
+    assert record.state is State.SUCCEEDED
+    assert len(sandbox.accepted(TRACK_START)) == 30
+    assert most <= 5
+    assert span >= (30 - 5) / 5  # the limit held the pace: 30 calls need at least 5 s
+
+
+def test_a_batch_of_1000_tracks_ends_with_exact_counts(app, running_worker, sandbox):
+    """250 participants x 4 kinds: 1,000 children, each started once, counted exactly."""
+    started = time.monotonic()
+    batch_id = Producer(app).enqueue(BULK_TRACK_RECORDING, bulk(250, KINDS))
+    wait_for_state(app.store, batch_id, State.SUCCEEDED, State.PARTIALLY_FAILED, timeout=110)
+    took = time.monotonic() - started
+    progress = app.batches.progress(batch_id)
+    print(f"\n1,000 tracks: batch succeeded in {took:.1f} s")
+    assert progress.counts() == {"total": 1000, "succeeded": 1000, "failed": 0, "pending": 0}
+    starts = sandbox.accepted(TRACK_START)
+    assert len(starts) == 1000
+    assert len({(c.body["participantId"], c.body["kind"]) for c in starts}) == 1000
+    [completed] = [e for e in app.event_log.read() if e["type"] == "batch.completed"]
+    assert len(completed["data"]["children"]) == 1000
+
+
+def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
+    app, running_worker, sandbox, sandbox_server
+):
+    """p0001's audio is already being recorded: VideoSDK refuses that child, and only it."""
+    client = VideoSDKClient(
+        build_session(),
+        endpoint=sandbox_server.url,
+        tokens=TokenSigner(Credentials(DEFAULT_API_KEY, Secret(DEFAULT_SECRET))),
+    )
+    client.post(TRACK_START, {"roomId": "bulk-room", "participantId": "p0001", "kind": "audio"})
+    batch_id = Producer(app).enqueue(
+        BULK_TRACK_RECORDING, {**bulk(3, ["audio", "video"]), "jobId": "b-partial"}
+    )
+    record = wait_for_state(
+        app.store, batch_id, State.PARTIALLY_FAILED, State.SUCCEEDED, timeout=30
+    )
+    assert record.state is State.PARTIALLY_FAILED
+    [completed] = [e for e in app.event_log.read() if e["type"] == "batch.completed"]
+    failed = [c for c in completed["data"]["children"] if c["state"] == "failed"]
+    assert [(c["jobId"], c["error"]["status"]) for c in failed] == [("b-partial:audio:p0001", 400)]
+    assert completed["data"]["counts"] == {"total": 6, "succeeded": 5, "failed": 1, "pending": 0}
+
+
+def test_a_redelivered_batch_message_creates_no_second_set_of_children(
+    app, running_worker, sandbox
+):
+    """The batch's message is delivered again while its children run: the second delivery
+    publishes nothing (counted on the broker side with Celery's after_task_publish)."""
+    sandbox.latency = 0.2
+    published: list[str] = []
+
+    def count(sender: str | None = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        if sender == START_TRACK_RECORDING.task_name:
+            published.append((headers or {}).get("id", ""))
+
+    signals.after_task_publish.connect(count, weak=False)
+    try:
+        job = {**bulk(10, ["audio", "video"]), "jobId": "b-again"}
+        batch_id = Producer(app).enqueue(BULK_TRACK_RECORDING, job)
+        deadline = time.monotonic() + 20
+        claim = app.claims.key(batch_id)
+        while (
+            (p := app.batches.progress(batch_id)) is None
+            or p.published < 20
+            or app.redis.exists(claim)
+        ):
+            assert time.monotonic() < deadline, "the fan-out did not finish"
+            time.sleep(0.05)
+        assert not app.store.get(batch_id).state.terminal
+        app.send_task(BULK_TRACK_RECORDING.task_name, kwargs={"job": job}, task_id=batch_id)
+        wait_for_state(app.store, batch_id, State.SUCCEEDED, timeout=60)
+        record = app.store.get(batch_id)
+    finally:
+        signals.after_task_publish.disconnect(count)
+    print(f"\nredelivered batch: {len(published)} child messages for 20 children")
+    assert record.deliveries == 2  # the second delivery ran, while the batch was running
+    assert sorted(published) == sorted(set(published))
+    assert len(published) == 20
+    assert len(sandbox.accepted(TRACK_START)) == 20

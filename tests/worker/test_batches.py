@@ -1,0 +1,182 @@
+"""Bulk track capture in the runner: fan-out into children, counts in Redis, one completion.
+
+Children are run by handing what the fan-out published back to the runner, as a worker would.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.fanout import FanOut
+from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
+from worker.sandbox import Fault
+from worker.state import State
+
+ROOM = "r1"
+BULK = {
+    "roomId": ROOM,
+    "participants": ["alice", "bob", "carol"],
+    "kinds": ["audio", "video"],
+    "bucketDirPath": "compliance/2030",
+    "metadata": {"case": "C-7"},
+}
+
+
+def run_children(runner, published) -> None:
+    """Deliver every published child once, as the workers would."""
+    for delivery in list(published):
+        runner.run(START_TRACK_RECORDING, delivery.job, job_id=delivery.job_id)
+
+
+class TestFanOut:
+    def test_a_bulk_job_publishes_one_track_job_per_participant_and_kind(
+        self, runner, published, store, sink, sandbox
+    ):
+        """Child ids derive from the batch, participant and kind; children inherit the rest."""
+        outcome = runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        assert outcome.state is State.RUNNING
+        assert [d.job_id for d in published] == [
+            "b1:audio:alice",
+            "b1:video:alice",
+            "b1:audio:bob",
+            "b1:video:bob",
+            "b1:audio:carol",
+            "b1:video:carol",
+        ]
+        assert published[0].task == "recq.start_track_recording"
+        assert published[0].job == {
+            "roomId": ROOM,
+            "participantId": "alice",
+            "kind": "audio",
+            "bucketDirPath": "compliance/2030",
+            "metadata": {"case": "C-7"},
+        }
+        assert store.get("b1:audio:alice").state is State.QUEUED
+        assert store.get("b1:audio:alice").batch_id == "b1"
+        assert store.get("b1").state is State.RUNNING
+        assert sandbox.calls == []  # the batch itself calls nothing
+        [started] = sink.events
+        assert started["type"] == "batch.started"
+        assert started["data"]["counts"] == {"total": 6, "succeeded": 0, "failed": 0, "pending": 6}
+
+    def test_a_redelivered_batch_publishes_no_second_set_of_children(
+        self, runner, published, claims
+    ):
+        """The fan-out resumes from what it published: nothing, once it is complete."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        assert len(published) == 6
+
+    def test_a_fan_out_cut_short_resumes_where_it_stopped(
+        self, make_runner, batches, store, published
+    ):
+        """A crash mid-fan-out: the redelivery republishes at most the chunk it was in."""
+        attempts = []
+
+        def dies_at_the_fourth(delivery):
+            attempts.append(delivery.job_id)
+            if len(attempts) == 4:
+                raise ConnectionError("the worker died")
+            published.append(delivery)
+
+        fragile = FanOut(batches=batches, store=store, publish=dies_at_the_fourth, chunk=2)
+        with pytest.raises(ConnectionError):
+            make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        assert batches.progress("b1").published == 2
+        make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        ids = [d.job_id for d in published]
+        assert len(set(ids)) == 6
+        # Only the chunk cut short is published again: its first child twice, harmlessly.
+        assert [i for i in set(ids) if ids.count(i) > 1] == ["b1:audio:bob"]
+
+    def test_a_scheduled_batch_waits_for_its_time_and_meeting_like_a_start(
+        self, runner, published, schedule, sandbox, clock, sink
+    ):
+        """Due later: on the schedule; due but the room not live: waiting; then the fan-out."""
+        from worker.state import epoch_iso  # noqa: PLC0415
+
+        job = {**BULK, "startAt": epoch_iso(clock.now + 60), "stopAt": epoch_iso(clock.now + 600)}
+        assert runner.run(BULK_TRACK_RECORDING, job, job_id="b1").state is State.SCHEDULED
+        clock.now += 60
+        sandbox.end_session(ROOM)
+        assert runner.run(BULK_TRACK_RECORDING, job, job_id="b1").state is State.WAITING
+        sandbox.make_live(ROOM)
+        clock.now += 10
+        assert runner.run(BULK_TRACK_RECORDING, job, job_id="b1").state is State.RUNNING
+        assert published[0].job["stopAt"] == job["stopAt"]
+        assert "startAt" not in published[0].job
+        assert sink.types == ["batch.scheduled", "batch.waiting", "batch.started"]
+
+
+class TestCompletion:
+    def test_a_batch_whose_children_all_succeed_ends_succeeded_with_one_event(
+        self, runner, published, store, sink, sandbox, batches
+    ):
+        """Counts are exact; batch.completed names every child's outcome, once."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        run_children(runner, published)
+        assert store.get("b1").state is State.SUCCEEDED
+        assert batches.progress("b1").counts() == {
+            "total": 6,
+            "succeeded": 6,
+            "failed": 0,
+            "pending": 0,
+        }
+        [completed] = [e for e in sink.events if e["type"] == "batch.completed"]
+        assert completed["data"]["state"] == "succeeded"
+        assert [c["state"] for c in completed["data"]["children"]] == ["succeeded"] * 6
+        assert len(sandbox.accepted(START_TRACK_RECORDING.endpoint)) == 6
+        child_events = [e for e in sink.events if e["type"] == "track_recording.started"]
+        assert {e["data"]["batchId"] for e in child_events} == {"b1"}
+
+    def test_some_children_rejected_end_the_batch_partially_failed_naming_them(
+        self, runner, published, store, sink, sandbox
+    ):
+        """The first two children delivered (alice's tracks) are refused by VideoSDK."""
+        sandbox.inject(
+            Fault(status=403, body='{"message": "add-on disabled", "code": 4021}', times=2)
+        )
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        run_children(runner, published)
+        record = store.get("b1")
+        assert record.state is State.PARTIALLY_FAILED
+        [completed] = [e for e in sink.events if e["type"] == "batch.completed"]
+        failed = [c for c in completed["data"]["children"] if c["state"] == "failed"]
+        assert [c["jobId"] for c in failed] == ["b1:audio:alice", "b1:video:alice"]
+        assert failed[0]["error"]["status"] == 403
+        assert completed["data"]["counts"] == {
+            "total": 6,
+            "succeeded": 4,
+            "failed": 2,
+            "pending": 0,
+        }
+
+    def test_a_batch_whose_children_all_fail_ends_failed(self, runner, published, store, sandbox):
+        sandbox.inject(Fault(status=400, times=6))
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        run_children(runner, published)
+        record = store.get("b1")
+        assert record.state is State.FAILED
+        assert record.error["reason"] == "children_failed"
+
+    def test_a_cancelled_child_counts_as_failed(self, runner, published, scheduler, store):
+        """The batch still completes when a pending child is cancelled."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        scheduler.cancel("b1:video:carol")
+        run_children(runner, published)
+        assert store.get("b1").state is State.PARTIALLY_FAILED
+
+    def test_a_child_delivered_twice_is_counted_once(self, runner, published, batches, sink):
+        """Duplicate deliveries of finished children change no count and complete nothing twice."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        run_children(runner, published)
+        run_children(runner, published)
+        assert batches.progress("b1").succeeded == 6
+        assert [e["type"] for e in sink.events].count("batch.completed") == 1
+
+    def test_a_running_batch_cannot_be_cancelled_as_a_whole(self, runner, scheduler):
+        from worker.errors import JobConflict  # noqa: PLC0415
+
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        with pytest.raises(JobConflict, match="cancel those still pending one by one"):
+            scheduler.cancel("b1")

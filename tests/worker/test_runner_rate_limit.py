@@ -1,0 +1,48 @@
+"""The runner under the fleet-wide rate limit: a job without a slot waits on the schedule, not
+in a thread; a 429 seen by one worker slows every worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.jobs import START_RECORDING
+from worker.rate_limit import Rate, RateLimiter
+from worker.runner import Limits
+from worker.sandbox import Fault
+from worker.state import State
+
+
+@pytest.fixture
+def limiter(redis_client, namespace):
+    return RateLimiter(redis_client, namespace=namespace, rate=Rate(1, 60.0), margin=0)
+
+
+def test_a_job_without_a_slot_goes_back_on_the_schedule_without_a_call(
+    make_runner, limiter, sandbox, schedule, store, clock
+):
+    """The slot is taken before the attempt is counted: the job made no call and says so."""
+    runner = make_runner(limiter=limiter, limits=Limits(rate_wait=0.0))
+    assert runner.run(START_RECORDING, {"roomId": "r1"}, job_id="first").state is State.SUCCEEDED
+    outcome = runner.run(START_RECORDING, {"roomId": "r2"}, job_id="second")
+    assert (outcome.state, outcome.deferred, outcome.attempts) == (State.QUEUED, True, 0)
+    assert len(sandbox.calls) == 1
+    [delivery] = schedule.pending()
+    assert delivery.job_id == "second"
+    assert 59 < delivery.due - clock.now <= 60
+    assert store.get("second").attempts == 0
+
+
+def test_a_429_pauses_every_worker(make_runner, redis_client, namespace, sandbox, schedule, clock):
+    """Worker A meets a 429 with Retry-After: 30; worker B, a limiter of its own on the same
+    Redis, then makes no call and re-queues its job for about that long."""
+    unlimited = RateLimiter(redis_client, namespace=namespace, rate=None)
+    other = RateLimiter(redis_client, namespace=namespace, rate=None)
+    worker_a = make_runner(limiter=unlimited, limits=Limits(rate_wait=0.0))
+    worker_b = make_runner(limiter=other, limits=Limits(rate_wait=0.0))
+    sandbox.inject(Fault(status=429, retry_after="30"))
+    worker_a.run(START_RECORDING, {"roomId": "r1"}, job_id="a")
+    calls_before = len(sandbox.calls)
+    outcome = worker_b.run(START_RECORDING, {"roomId": "r2"}, job_id="b")
+    assert outcome.deferred
+    assert len(sandbox.calls) == calls_before
+    assert 29 < schedule.get("b").due - clock.now <= 30

@@ -1,0 +1,149 @@
+"""Batches: a bulk job's progress, counted in Redis, not by a Celery chord.
+
+Chords on the Redis result backend have a long record of callbacks that never fire (celery#1401,
+#6029, #8211, #9674): recq counts instead, the way Sidekiq's batches do. Layout for namespace
+``recq`` and batch ``B``:
+
+- ``recq:batch:B`` a hash: ``total``, ``succeeded``, ``failed``, ``published`` (how many children
+  the fan-out has published, in order, so a redelivered batch resumes instead of starting over),
+  ``completedAt`` once every child ended, and ``job``, the bulk job itself (its children are
+  derived from it, see :func:`worker.jobs.child_jobs`);
+- ``recq:batch:B:ended`` the set of children counted so far.
+
+A child that ends is counted once (a set membership guards the counters against a duplicate
+report), and the child whose count completes the batch learns it, atomically, exactly once.
+Cancelled children count as failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.jobs import Job, child_jobs
+from worker.state import JobStore, State
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'total', ARGV[1], 'succeeded', 0, 'failed', 0, 'published', 0,
+           'job', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_ENDED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+if redis.call('SCARD', KEYS[2]) >= total
+    and redis.call('HSETNX', KEYS[1], 'completedAt', ARGV[3]) == 1 then
+  return 2
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a batch is: its counts, and how far its fan-out got."""
+
+    total: int
+    succeeded: int
+    failed: int
+    published: int
+    completed: bool
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.succeeded - self.failed
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "pending": self.pending,
+        }
+
+
+class Batches:
+    """Creates batches and counts their children's ends."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        ttl: int = 7 * 24 * 3600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = client
+        self._namespace = namespace
+        self._ttl = ttl
+        self._clock = clock
+        self._create: Any = client.register_script(_CREATE)
+        self._ended: Any = client.register_script(_ENDED)
+
+    def _key(self, batch_id: str) -> str:
+        return f"{self._namespace}:batch:{batch_id}"
+
+    def create(self, batch_id: str, job: Mapping[str, Any], total: int) -> bool:
+        """Record a batch of ``total`` children, once; False if it already exists."""
+        args = [total, json.dumps(job), self._ttl]
+        return bool(self._create(keys=[self._key(batch_id)], args=args))
+
+    def advance(self, batch_id: str, published: int) -> None:
+        """Note that the first ``published`` children have been published."""
+        self._redis.hset(self._key(batch_id), "published", published)
+
+    def child_ended(self, batch_id: str, child_id: str, *, succeeded: bool) -> bool:
+        """Count a child's end (once); True when it was the batch's last."""
+        key = self._key(batch_id)
+        field = "succeeded" if succeeded else "failed"
+        args = [child_id, field, self._clock(), self._ttl]
+        return int(self._ended(keys=[key, key + ":ended"], args=args)) == 2  # noqa: PLR2004
+
+    def progress(self, batch_id: str) -> Progress | None:
+        """The batch's progress, or None when there is no such batch (yet)."""
+        names = ["total", "succeeded", "failed", "published", "completedAt"]
+        total, succeeded, failed, published, completed = self._redis.hmget(
+            self._key(batch_id), names
+        )
+        if total is None:
+            return None
+        return Progress(
+            total=int(total),
+            succeeded=int(succeeded or 0),
+            failed=int(failed or 0),
+            published=int(published or 0),
+            completed=completed is not None,
+        )
+
+    def job(self, batch_id: str) -> dict[str, Any] | None:
+        """The bulk job the batch was made from."""
+        raw = self._redis.hget(self._key(batch_id), "job")
+        return None if raw is None else dict(json.loads(raw))
+
+
+def child_outcomes(store: JobStore, batch: Job) -> list[dict[str, Any]]:
+    """Each child of ``batch`` with its state (and error), in the batch's order."""
+    children = child_jobs(batch)
+    outcomes = []
+    for child, (state, error) in zip(children, store.states([c.id for c in children]), strict=True):
+        outcome: dict[str, Any] = {
+            "jobId": child.id,
+            "participantId": child.body["participantId"],
+            "kind": child.body["kind"],
+            "state": (state or State.QUEUED).value,
+        }
+        if error is not None:
+            outcome["error"] = error
+        outcomes.append(outcome)
+    return outcomes

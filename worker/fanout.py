@@ -1,0 +1,65 @@
+"""Fanning a bulk job out into its child track jobs: each child once, resumable after a crash.
+
+The children are derived from the bulk job (:func:`worker.jobs.child_jobs`), so their ids are
+the same on every delivery of the batch. They are recorded ``queued`` (with their batch's id)
+and published in chunks; after each chunk the batch notes how many are out, so a redelivered
+batch resumes where the last delivery stopped, republishing at most the chunk it was in (whose
+children's claims make a second message harmless) and never a second set of children. A child
+that already ended is not published again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from worker.batches import Batches
+from worker.jobs import Job, child_jobs
+from worker.schedule import Delivery
+from worker.state import JobStore
+
+CHUNK = 100
+
+
+class FanOut:
+    """Publishes a batch's children."""
+
+    def __init__(
+        self,
+        *,
+        batches: Batches,
+        store: JobStore,
+        publish: Callable[[Delivery], None],
+        chunk: int = CHUNK,
+    ) -> None:
+        self._batches = batches
+        self._store = store
+        self._publish = publish
+        self._chunk = chunk
+
+    def run(self, batch: Job, *, starting: Callable[[int], None]) -> int:
+        """Publish the batch's children not yet published; return how many were.
+
+        ``starting(total)`` is called before the first child is published (so that the batch is
+        recorded running before any child can end), on every delivery that starts from the top.
+        """
+        children = child_jobs(batch)
+        self._batches.create(batch.id, batch.body, len(children))
+        progress = self._batches.progress(batch.id)
+        first = progress.published if progress else 0
+        if first == 0:
+            starting(len(children))
+        for offset in range(first, len(children), self._chunk):
+            chunk = children[offset : offset + self._chunk]
+            for child in chunk:
+                ended = self._store.enqueue(
+                    child.id,
+                    kind=child.kind.name,
+                    target=child.target,
+                    metadata=child.metadata,
+                    extra={"batchId": batch.id},
+                )
+                if ended is None:
+                    task = child.kind.task_name
+                    self._publish(Delivery(child.id, task, dict(child.body), 0.0))
+            self._batches.advance(batch.id, offset + len(chunk))
+        return len(children) - first
