@@ -250,6 +250,7 @@ class RecqCelery(Celery):
             requeue_delay=settings.requeue_delay,
             start_grace=settings.start_grace,
             live_poll=settings.live_poll_interval,
+            max_pause=settings.max_pause,
         )
         fan_out = FanOut(batches=self.batches, store=self.store, publish=self.publish_delivery)
         return JobRunner(

@@ -92,6 +92,9 @@ class Limits:
     """How long a call may wait in its thread for a slot under the rate limit."""
     pause_on_429: float = 1.0
     """How long every worker pauses after a 429 without ``Retry-After``."""
+    max_pause: float = 30.0
+    """The longest a 429 pauses the fleet, whatever its ``Retry-After`` (the job itself still
+    waits all of it): one answer asking for hours must not halt every worker."""
 
 
 @dataclass(slots=True)
@@ -279,9 +282,10 @@ class JobRunner:
             raise RateLimited(wait)
 
     def _slow_down(self, error: UpstreamUnavailable) -> None:
-        """A 429 pauses every worker's calls, for its Retry-After or a second."""
+        """A 429 pauses every worker's calls, for its Retry-After (at most 30 s) or a second."""
         if self._limiter is not None and error.too_many_requests:
-            self._limiter.pause(error.retry_after or self._limits.pause_on_429)
+            asked = error.retry_after or self._limits.pause_on_429
+            self._limiter.pause(min(asked, self._limits.max_pause))
 
     def _await_slot(self, job: Job, claim: Claim, attempts: _Attempts, wait: float) -> Outcome:
         """Back on the schedule until the rate limit's turn comes, in the state it was in."""

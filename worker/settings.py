@@ -82,6 +82,8 @@ class Settings:
     """How often a scheduled start checks whether its meeting is live."""
     rate_limit: Rate | None = None
     """The fleet-wide cap on VideoSDK calls (``RECQ_RATE_LIMIT``); None: no cap."""
+    max_pause: float = 30.0
+    """The longest a 429 pauses every worker, whatever its Retry-After."""
 
     @property
     def job_budget(self) -> float:
@@ -127,6 +129,7 @@ class Settings:
             start_grace=reader.number("RECQ_START_GRACE", 900.0, float, minimum=0),
             live_poll_interval=reader.number("RECQ_LIVE_POLL_INTERVAL", 10.0, float, minimum=0.1),
             rate_limit=reader.rate("RECQ_RATE_LIMIT"),
+            max_pause=reader.number("RECQ_MAX_PAUSE", 30.0, float, minimum=0),
         )
         if not reader.problems and settings.visibility_timeout < settings.claim_lease + 10:
             reader.problems.append(

@@ -73,9 +73,10 @@ COPIES = 8
 
 @pytest.fixture
 def settings(settings):
-    """Four attempts a delivery, a 1 s read timeout, re-queues after 0.2 s, a 60 s outage window."""
+    """Four attempts a delivery, a 1 s read timeout, re-queues after 0.2 s, a 60 s outage window,
+    and a 429 pauses the other jobs for 0.2 s at most (each job's own waits are what is tested)."""
     return settings.replace(
-        retry_attempts=4, read_timeout=1.0, requeue_delay=0.2, outage_window=60.0
+        retry_attempts=4, read_timeout=1.0, requeue_delay=0.2, outage_window=60.0, max_pause=0.2
     )
 
 

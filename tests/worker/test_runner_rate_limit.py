@@ -46,3 +46,16 @@ def test_a_429_pauses_every_worker(make_runner, redis_client, namespace, sandbox
     assert outcome.deferred
     assert len(sandbox.calls) == calls_before
     assert 29 < schedule.get("b").due - clock.now <= 30
+
+
+def test_a_429_asking_for_hours_pauses_the_fleet_for_30_seconds_at_most(
+    make_runner, redis_client, namespace, sandbox, schedule, clock
+):
+    """The job that met it waits its Retry-After; the other workers only 30 s."""
+    limiter = RateLimiter(redis_client, namespace=namespace, rate=None)
+    runner = make_runner(limiter=limiter, limits=Limits(rate_wait=0.0, outage_window=10_000))
+    sandbox.inject(Fault(status=429, retry_after="7200"))
+    runner.run(START_RECORDING, {"roomId": "r1"}, job_id="a")
+    runner.run(START_RECORDING, {"roomId": "r2"}, job_id="b")
+    assert schedule.get("a").due - clock.now >= 7200
+    assert 29 < schedule.get("b").due - clock.now <= 30
