@@ -59,7 +59,7 @@ class Reporter:
             fields["dueAt"] = report.due_at
         if report.deadline is not None:
             fields["deadline"] = report.deadline
-        batch_id = self.store.transition(
+        self.store.transition(
             job.id,
             report.state,
             kind=job.kind.name,
@@ -70,10 +70,11 @@ class Reporter:
             reconciled=report.reconciled,
             extra=fields,
         )
-        if batch_id is not None and report.state.terminal and self._batches is not None:
+        # A child knows its batch from its claim (or its record): no extra read per transition.
+        if job.batch_id is not None and report.state.terminal and self._batches is not None:
             succeeded = report.state is State.SUCCEEDED
-            if self._batches.child_ended(batch_id, job.id, succeeded=succeeded):
-                self._complete(batch_id)
+            if self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded):
+                self._complete(job.batch_id)
 
     def announce(self, job: Job, outcome: str, report: Report) -> None:
         """Publish the event ``<prefix>.<outcome>`` about the job."""

@@ -148,7 +148,7 @@ class JobRunner:
             raw = job_from_arguments(args, kwargs)
         except InvalidJob as exc:
             received = {"args": list(args), "kwargs": kwargs}
-            job = Job(task_id, kind, {})
+            job = self._recorded(Job(task_id, kind, {}))
             return self._finish(job, _Attempts(before=0), error=exc.info(), received=received)
         return self.run(kind, raw, job_id=job_id_of(raw, task_id))
 
@@ -158,7 +158,7 @@ class JobRunner:
             body = validate(kind.name, raw, job_id=job_id)
         except InvalidJob as exc:
             partial = raw if isinstance(raw, Mapping) else {}
-            job = Job(job_id, kind, partial)
+            job = self._recorded(Job(job_id, kind, partial))
             return self._finish(job, _Attempts(before=0), error=exc.info(), received=raw)
         job = Job(job_id, kind, body)
         claim = self._claims.acquire(job_id)
@@ -181,7 +181,13 @@ class JobRunner:
             self._store.transition(job_id, State.FAILED, error=error)
             self._reporter.dead_letter(job_id, task=task, job=None, error=error, attempts=0)
             return
-        self._finish(Job(job_id, kind, {}), _Attempts(before=0), error=error)
+        self._finish(self._recorded(Job(job_id, kind, {})), _Attempts(before=0), error=error)
+
+    def _recorded(self, job: Job) -> Job:
+        """``job`` with the batch its record names: for the rare paths that claim nothing."""
+        record = self._store.get(job.id)
+        batch_id = record.batch_id if record is not None else None
+        return dataclasses.replace(job, batch_id=batch_id) if batch_id else job
 
     def _deliver(self, job: Job, claim: Claim) -> Outcome:
         # An earlier delivery that made a call may have started the recording.

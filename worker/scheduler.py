@@ -211,7 +211,7 @@ def _job_of(record: JobRecord) -> Job:
     """The job a record describes, enough to report on it (its target and metadata)."""
     kind = BY_NAME[record.kind or ""]
     body = {**(record.target or {}), "metadata": record.metadata or {}}
-    return Job(record.id, kind, body)
+    return Job(record.id, kind, body, record.batch_id)
 
 
 def _text(value: bytes | str) -> str:

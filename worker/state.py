@@ -157,11 +157,8 @@ class JobStore:
         error: ErrorInfo | None = None,
         reconciled: bool = False,
         extra: Extra | None = None,
-    ) -> str | None:
-        """Record that ``job_id`` is now in ``state``, with whatever else is known.
-
-        Returns the id of the batch the job belongs to, if it is a batch's child.
-        """
+    ) -> None:
+        """Record that ``job_id`` is now in ``state``, with whatever else is known."""
         pipe = self._redis.pipeline(transaction=False)
         self._write(
             pipe,
@@ -175,9 +172,7 @@ class JobStore:
             reconciled=reconciled,
             extra=extra,
         )
-        pipe.hget(self.key(job_id), "batchId")
-        batch_id = pipe.execute()[-1]
-        return None if batch_id is None else _text(batch_id)
+        pipe.execute()
 
     def enqueue(
         self,
