@@ -20,6 +20,7 @@ from worker.jobs import (
     STOP_TRACK_RECORDING,
     JobKind,
 )
+from worker.logs import job_context
 
 if TYPE_CHECKING:
     from worker.celery_app import RecqCelery
@@ -29,7 +30,9 @@ def _run(
     task: Task[Any, Any], kind: JobKind, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     app = cast("RecqCelery", task.app)
-    app.runner.run_message(kind, args, kwargs, task_id=str(task.request.id))
+    job_id = str(task.request.id)
+    with job_context(job_id):
+        app.runner.run_message(kind, args, kwargs, task_id=job_id)
 
 
 @shared_task(name=START_RECORDING.task_name, bind=True)

@@ -13,6 +13,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -43,6 +44,18 @@ def redis_url() -> Iterator[str]:
     else:
         with throwaway_redis() as server:
             yield server.url
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The URL of a real RabbitMQ: skipped when none answers, except under CI=true."""
+    url = os.environ.get("RECQ_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    parts = urlsplit(url)
+    if not _reachable(parts.hostname or "127.0.0.1", parts.port or 5672):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true, but no RabbitMQ answers at {parts.hostname}:{parts.port}")
+        pytest.skip(f"no RabbitMQ reachable at {parts.hostname}:{parts.port}")
+    return url
 
 
 @pytest.fixture

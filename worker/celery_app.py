@@ -29,7 +29,10 @@ from worker.errors import SettingsError
 from worker.event_log import EventLog
 from worker.events import Events, ExchangeSink
 from worker.fanout import FanOut
+from worker.health import HeartbeatStep
+from worker.metrics import Metrics
 from worker.producer import PUBLISH_RETRY
+from worker.publisher import KombuPublisher, Publisher, RedisPublisher, TaskMessage
 from worker.rate_limit import RateLimiter
 from worker.reporter import Reporter
 from worker.retry import RetryPolicy
@@ -39,6 +42,8 @@ from worker.scheduler import Scheduler
 from worker.settings import Settings
 from worker.state import JobStore
 from worker.tokens import TokenSigner
+from worker.topology import TopologyStep, amqp_config, is_amqp
+from worker.transport import NAME as REDIS_TRANSPORT
 from worker.videosdk import VideoSDKClient, build_session
 
 TASK_MODULES = ("tasks.recording",)
@@ -97,15 +102,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "retry_on_timeout": True,
         }
         config["broker_transport_options"] = transport
+        config["broker_transport"] = REDIS_TRANSPORT
         config["result_backend_transport_options"] = {
             "visibility_timeout": settings.visibility_timeout
         }
         config["visibility_timeout"] = settings.visibility_timeout
+    elif is_amqp(settings.broker_url):
+        config.update(amqp_config(settings))
     return config
 
 
 class RecqCelery(Celery):
     """A Celery app that knows its settings and builds recq's parts on first use."""
+
+    log_cls = "worker.logs:RecqLogging"
 
     def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__("recq", broker=settings.broker_url, set_as_current=False)
@@ -115,10 +125,11 @@ class RecqCelery(Celery):
         self._clients: list[redis.Redis] = []
         self._lock = threading.Lock()
 
-    def redis_client(self, *, retries: int) -> redis.Redis:
-        """A client of the state store that retries connection errors ``retries`` times."""
+    def redis_client(self, *, retries: int, url: str | None = None) -> redis.Redis:
+        """A client of the state store (or of ``url``) that retries connection errors
+        ``retries`` times."""
         client = redis.Redis.from_url(
-            self.settings.redis_url,
+            url or self.settings.redis_url,
             socket_timeout=30,
             socket_connect_timeout=5,
             socket_keepalive=True,
@@ -169,7 +180,28 @@ class RecqCelery(Celery):
         )
 
     def _reporter(self, store: JobStore) -> Reporter:
-        return Reporter(store, self.publisher, self.dead_letters, self.batches)
+        return Reporter(store, self.publisher, self.dead_letters, self.batches, self.metrics)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """This process's metrics, with the schedule's and the job queue's sizes."""
+        metrics = Metrics()
+        metrics.watch(scheduled=self.schedule.size, pending=self.pending_jobs)
+        return metrics
+
+    def pending_jobs(self) -> int:
+        """How many messages wait on the job queue (the Redis list, or the RabbitMQ queue)."""
+        if is_amqp(self.settings.broker_url):
+            with self.connection_for_read() as connection:
+                channel: Any = connection.default_channel
+                return int(channel.queue_declare(self.settings.queue, passive=True).message_count)
+        return int(self.broker_redis.llen(self.settings.queue))
+
+    @cached_property
+    def broker_redis(self) -> RedisClient:
+        """The Redis broker itself (which need not be the state store): its lists are the
+        job queues."""
+        return self.redis_client(retries=2, url=self.settings.broker_url)
 
     @cached_property
     def batches(self) -> Batches:
@@ -204,15 +236,26 @@ class RecqCelery(Celery):
     def dead_letters(self) -> DeadLetters:
         return DeadLetters(self.redis, namespace=self.settings.namespace)
 
-    def publish_delivery(self, delivery: Delivery) -> None:
-        """Publish a delivery the schedule says is due, under its job's id."""
+    @cached_property
+    def task_publisher(self) -> Publisher:
+        """How jobs reach the queue: pipelined LPUSHes on Redis, kombu on RabbitMQ."""
+        settings = self.settings
+        if is_amqp(settings.broker_url):
+            return KombuPublisher(self._send)
+        return RedisPublisher(self.broker_redis, settings.queue)
+
+    def _send(self, message: TaskMessage) -> None:
         self.send_task(
-            delivery.task,
-            kwargs={"job": delivery.job},
-            task_id=delivery.job_id,
+            message.task,
+            kwargs={"job": message.job},
+            task_id=message.job_id,
             retry=True,
             retry_policy=PUBLISH_RETRY,
         )
+
+    def publish_delivery(self, delivery: Delivery) -> None:
+        """Publish a delivery the schedule says is due, under its job's id."""
+        self.task_publisher.publish([TaskMessage(delivery.task, delivery.job_id, delivery.job)])
 
     @cached_property
     def event_log(self) -> EventLog:
@@ -240,6 +283,7 @@ class RecqCelery(Celery):
             tokens=tokens,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            observe=self.metrics.observe_call,
         )
         policy = RetryPolicy(
             attempts=settings.retry_attempts, window=settings.retry_window, sleep=self._sleep
@@ -252,7 +296,9 @@ class RecqCelery(Celery):
             live_poll=settings.live_poll_interval,
             max_pause=settings.max_pause,
         )
-        fan_out = FanOut(batches=self.batches, store=self.store, publish=self.publish_delivery)
+        fan_out = FanOut(
+            batches=self.batches, store=self.store, publish=self.task_publisher.publish
+        )
         return JobRunner(
             client=client,
             reporter=self._reporter(self.store),
@@ -263,6 +309,7 @@ class RecqCelery(Celery):
             fan_out=fan_out,
             limiter=self.rate_limiter,
             limits=limits,
+            metrics=self.metrics,
         )
 
 
@@ -272,6 +319,9 @@ def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.slee
     app.conf.update(celery_config(settings))
     app.conf.include = list(TASK_MODULES)
     app.steps["worker"].add(DispatcherStep)
+    app.steps["consumer"].add(HeartbeatStep)
+    if is_amqp(settings.broker_url):
+        app.steps["consumer"].add(TopologyStep)
 
     def check_credentials(sender: Any, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:
@@ -283,5 +333,10 @@ def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.slee
             print(f"recq worker: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
 
+    def serve_metrics(sender: Any, **_: Any) -> None:
+        if getattr(sender, "app", None) is app and settings.metrics_port:
+            app.metrics.serve(settings.metrics_port)
+
     signals.worker_init.connect(check_credentials, weak=False)
+    signals.worker_ready.connect(serve_metrics, weak=False)
     return app

@@ -103,9 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the state as a JSON object")
     status.set_defaults(handler=_status)
 
-    events = commands.add_parser("events", help="print events as JSON lines")
-    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    events.set_defaults(handler=_events)
+    _add_events(commands)
 
     dead = commands.add_parser(
         "dead",
@@ -125,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="replay every dead letter")
     dead.set_defaults(handler=_dead)
 
+    _add_health(commands)
+
     fake = commands.add_parser(
         "fake-api", help="run the VideoSDK sandbox", description="Serve the VideoSDK sandbox."
     )
@@ -143,6 +143,55 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--once", action="store_true", help="exit when the example jobs have ended")
     dev.set_defaults(handler=_dev)
     return parser
+
+
+def _add_events(commands: Any) -> None:
+    events = commands.add_parser(
+        "events",
+        help="print events as JSON lines",
+        description="Print the logged events (the most recent 10,000), oldest first, one "
+        "CloudEvent a line; with --follow, keep printing new ones as they happen.",
+    )
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only events whose type matches PATTERN (shell-style: recording.*, *.failed); "
+        "repeat for several",
+    )
+    events.add_argument(
+        "--job", metavar="ID", help="only events about this job (and a batch's children)"
+    )
+    events.set_defaults(handler=_events)
+
+
+def _add_health(commands: Any) -> None:
+    health = commands.add_parser(
+        "health",
+        help="probe this worker: liveness or readiness (exit 0 healthy, 1 not)",
+        description="Probes for Docker, Kubernetes and systemd. `liveness`: the worker's "
+        "consumer wrote its heartbeat file (RECQ_HEARTBEAT_FILE) recently, so it is alive and "
+        "not stuck; it needs neither the broker nor Redis. `readiness`: the broker "
+        "(CELERY_BROKER_URL) and Redis (RECQ_REDIS_URL) answer. Prints one line saying why.",
+    )
+    health.add_argument("probe", choices=("liveness", "readiness"))
+    health.add_argument(
+        "--max-age",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="liveness: the oldest heartbeat that still counts (default 60)",
+    )
+    health.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="readiness: how long the broker and Redis each have to answer (default 3)",
+    )
+    health.set_defaults(handler=_health)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,8 +219,13 @@ def _app(settings: Settings) -> Any:
 
 def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> int:
     settings.require_credentials()
+    from worker.logs import install  # noqa: PLC0415
+
+    install(settings)
     app = _app(settings)
-    app.worker_main(["worker", *WORKER_DEFAULTS, *extra])
+    # JSON logs are for machines: no banner between the lines (Celery's --quiet).
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    app.worker_main([*quiet, "worker", *WORKER_DEFAULTS, *extra])
     return 0
 
 
@@ -328,8 +382,12 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
 
 
 def _events(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    from worker.event_log import EventFilter  # noqa: PLC0415
+
+    wanted = EventFilter(types=tuple(args.type), job=args.job)
     for event in _app(settings).event_log.read(follow=args.follow):
-        print(json.dumps(event), flush=True)
+        if wanted(event):
+            print(json.dumps(event), flush=True)
     return 0
 
 
@@ -365,6 +423,17 @@ def _dead(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> in
             failed += 1
             print(f"recq dead replay: {job_id}: {exc}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _health(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    from worker.health import liveness, readiness  # noqa: PLC0415
+
+    if args.probe == "liveness":
+        verdict = liveness(settings.heartbeat_file, max_age=args.max_age)
+    else:
+        verdict = readiness(settings, timeout=args.timeout)
+    print(verdict.message, file=sys.stdout if verdict.healthy else sys.stderr)
+    return 0 if verdict.healthy else 1
 
 
 def _fake_api(_settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:

@@ -15,6 +15,8 @@ from celery.worker.consumer import Consumer
 from kombu.exceptions import ContentDisallowed
 from vine import promise
 
+from worker.logs import job_context
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,17 +44,20 @@ class RecqConsumer(Consumer):
         fatal = tuple(self.connection_errors) + tuple(self.channel_errors)
 
         def on_task_received(message: Any) -> Any:
-            try:
-                return handle(message)
-            except fatal:
-                raise
-            except Exception as exc:
-                logger.exception("refusing a malformed task message")
-                message.reject_log_error(logger, self.connection_errors)
-                self._refused(
-                    message, "malformed_message", f"the task message is malformed: {exc!r}"
-                )
-                return None
+            job_id = _headers(message).get("id")
+            # Celery's lines about receiving the message and handing it to the pool name the job.
+            with job_context(job_id if isinstance(job_id, str) else None):
+                try:
+                    return handle(message)
+                except fatal:
+                    raise
+                except Exception as exc:
+                    logger.exception("refusing a malformed task message")
+                    message.reject_log_error(logger, self.connection_errors)
+                    self._refused(
+                        message, "malformed_message", f"the task message is malformed: {exc!r}"
+                    )
+                    return None
 
         return on_task_received
 

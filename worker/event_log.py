@@ -7,12 +7,35 @@ the most recent :data:`MAX_EVENTS` so that an operator can read what happened af
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 import redis
 
 MAX_EVENTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to show: by type pattern and by job.
+
+    ``types`` are shell-style patterns (``recording.*``, ``*.failed``); an event matches when
+    any does (none given: every type). ``job`` keeps the events about that job, and, for a
+    batch, about its children too.
+    """
+
+    types: Sequence[str] = ()
+    job: str | None = None
+
+    def __call__(self, event: dict[str, Any]) -> bool:
+        if self.types and not any(fnmatchcase(event.get("type", ""), t) for t in self.types):
+            return False
+        if self.job is None:
+            return True
+        data = event.get("data") or {}
+        return self.job in (event.get("subject"), data.get("batchId"))
 
 
 class EventLog:

@@ -10,12 +10,12 @@ that already ended is not published again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from worker.batches import Batches
 from worker.jobs import Job, child_jobs
-from worker.schedule import Delivery
-from worker.state import JobStore
+from worker.publisher import TaskMessage
+from worker.state import JobStore, Queued
 
 CHUNK = 100
 
@@ -28,7 +28,7 @@ class FanOut:
         *,
         batches: Batches,
         store: JobStore,
-        publish: Callable[[Delivery], None],
+        publish: Callable[[Sequence[TaskMessage]], None],
         chunk: int = CHUNK,
     ) -> None:
         self._batches = batches
@@ -50,16 +50,19 @@ class FanOut:
             starting(len(children))
         for offset in range(first, len(children), self._chunk):
             chunk = children[offset : offset + self._chunk]
-            for child in chunk:
-                ended = self._store.enqueue(
-                    child.id,
-                    kind=child.kind.name,
-                    target=child.target,
-                    metadata=child.metadata,
-                    extra={"batchId": batch.id},
-                )
-                if ended is None:
-                    task = child.kind.task_name
-                    self._publish(Delivery(child.id, task, dict(child.body), 0.0))
+            # A chunk's states in one round trip, then its messages in another.
+            ended = self._store.enqueue_many(
+                [
+                    Queued(c.id, c.kind.name, c.target, c.metadata, {"batchId": batch.id})
+                    for c in chunk
+                ]
+            )
+            self._publish(
+                [
+                    TaskMessage(child.kind.task_name, child.id, child.body)
+                    for child, done in zip(chunk, ended, strict=True)
+                    if done is None
+                ]
+            )
             self._batches.advance(batch.id, offset + len(chunk))
         return len(children) - first

@@ -22,6 +22,8 @@ from kombu.exceptions import OperationalError
 
 from worker.errors import BrokerUnavailable, InvalidJob, Violation
 from worker.jobs import BY_TASK, Job, JobKind
+from worker.publisher import CHUNK, TaskMessage
+from worker.state import Queued
 from worker.timing import EARLY_TOLERANCE
 from worker.validation import validate
 
@@ -71,7 +73,40 @@ class Producer:
                 rejected.append(RejectedJob(index, exc))
         if rejected:
             raise BatchRejected(rejected)
-        return [self._publish(kind, job) for job in valid]
+        ids = [job.get("jobId") or str(uuid.uuid4()) for job in valid]
+        try:
+            self._publish_all(kind, list(zip(ids, valid, strict=True)))
+        except (OperationalError, redis.RedisError) as exc:
+            raise BrokerUnavailable(f"could not publish the jobs: {exc}") from None
+        return ids
+
+    def _publish_all(self, kind: JobKind, jobs: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Hold the jobs due later; record the others queued and publish them, a chunk of
+        states and a chunk of messages to a round trip each."""
+        app = self._app
+        now: list[tuple[str, dict[str, Any]]] = []
+        for job_id, job in jobs:
+            timing = kind.timing(job, grace=app.settings.start_grace)
+            if timing.due is not None and timing.due - time.time() > EARLY_TOLERANCE:
+                app.producer_scheduler.hold(Job(job_id, kind, job), timing)
+            else:
+                now.append((job_id, job))
+        for start in range(0, len(now), CHUNK):
+            chunk = now[start : start + CHUNK]
+            ended = app.producer_store.enqueue_many(
+                [
+                    Queued(job_id, kind.name, kind.target(job), job.get("metadata") or {})
+                    for job_id, job in chunk
+                ]
+            )
+            # A job that already ended is not published again: its outcome stands.
+            app.task_publisher.publish(
+                [
+                    TaskMessage(kind.task_name, job_id, job)
+                    for (job_id, job), done in zip(chunk, ended, strict=True)
+                    if done is None
+                ]
+            )
 
     def replay(self, job_id: str) -> str:
         """Publish a dead letter's job again under the same id, after validating it again."""
@@ -86,10 +121,7 @@ class Producer:
         self._app.dead_letters.remove(job_id)
         return job_id
 
-    def _publish(
-        self, kind: JobKind, job: dict[str, Any], *, job_id: str | None = None, fresh: bool = False
-    ) -> str:
-        job_id = job_id or job.get("jobId") or str(uuid.uuid4())
+    def _publish(self, kind: JobKind, job: dict[str, Any], *, job_id: str, fresh: bool) -> str:
         timing = kind.timing(job, grace=self._app.settings.start_grace)
         try:
             if timing.due is not None and timing.due - time.time() > EARLY_TOLERANCE:
@@ -103,14 +135,7 @@ class Producer:
                 fresh=fresh,
             )
             if ended is None:
-                # A job that already ended is not published again: its outcome stands.
-                self._app.send_task(
-                    kind.task_name,
-                    kwargs={"job": job},
-                    task_id=job_id,
-                    retry=True,
-                    retry_policy=PUBLISH_RETRY,
-                )
+                self._app.task_publisher.publish([TaskMessage(kind.task_name, job_id, job)])
         except (OperationalError, redis.RedisError) as exc:
             raise BrokerUnavailable(f"could not publish job {job_id}: {exc}") from None
         return job_id

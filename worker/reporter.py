@@ -8,6 +8,7 @@ batch records the batch's outcome and publishes ``batch.completed`` with every c
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,10 @@ from worker.dead_letters import DeadLetters
 from worker.errors import ErrorInfo
 from worker.events import Events, build_event
 from worker.jobs import BY_NAME, Job
+from worker.metrics import Metrics
 from worker.state import Extra, JobStore, State
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +50,13 @@ class Reporter:
         events: Events,
         dead_letters: DeadLetters,
         batches: Batches | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self._events = events
         self._dead = dead_letters
         self._batches = batches
+        self._metrics = metrics or Metrics()
 
     def record(self, job: Job, report: Report, *, extra: Extra | None = None) -> None:
         """Write the job's new state, with its kind, target, metadata and times."""
@@ -70,6 +76,13 @@ class Reporter:
             reconciled=report.reconciled,
             extra=fields,
         )
+        if report.state.terminal:
+            self._metrics.jobs.labels(kind=job.kind.name, outcome=report.state.value).inc()
+            # Celery already logs every task at INFO: recq adds a line of its own for failures.
+            level = logging.WARNING if report.state is State.FAILED else logging.DEBUG
+            logger.log(
+                level, "%s %s (attempt %d)", job.kind.name, report.state.value, report.attempt
+            )
         # A child knows its batch from its claim (or its record): no extra read per transition.
         if job.batch_id is not None and report.state.terminal and self._batches is not None:
             succeeded = report.state is State.SUCCEEDED

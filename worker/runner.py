@@ -50,6 +50,7 @@ from worker.errors import (
 from worker.fanout import FanOut
 from worker.jobs import BY_TASK, Job, JobKind, stop_job_for
 from worker.messages import job_from_arguments, job_id_of
+from worker.metrics import Metrics, retry_reason
 from worker.rate_limit import RateLimiter
 from worker.reporter import Report, Reporter
 from worker.retry import RetryPolicy
@@ -127,8 +128,10 @@ class JobRunner:
         limiter: RateLimiter | None = None,
         limits: Limits = Limits(),
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics or Metrics()
         self._reporter = reporter
         self._store = reporter.store
         self._policy = policy
@@ -283,8 +286,11 @@ class JobRunner:
         """Wait briefly for a call slot under the fleet-wide rate limit, or raise RateLimited."""
         if self._limiter is None:
             return
+        began = time.perf_counter()
         wait = self._limiter.acquire(self._limits.rate_wait, ticket=job.id)
+        self._metrics.rate_limit_wait.observe(time.perf_counter() - began)
         if wait > 0:
+            self._metrics.rate_limit_requeued.inc()
             raise RateLimited(wait)
 
     def _slow_down(self, error: UpstreamUnavailable) -> None:
@@ -292,6 +298,7 @@ class JobRunner:
         if self._limiter is not None and error.too_many_requests:
             asked = error.retry_after or self._limits.pause_on_429
             self._limiter.pause(min(asked, self._limits.max_pause))
+            self._metrics.rate_limit_pauses.inc()
 
     def _await_slot(self, job: Job, claim: Claim, attempts: _Attempts, wait: float) -> Outcome:
         """Back on the schedule until the rate limit's turn comes, in the state it was in."""
@@ -345,6 +352,7 @@ class JobRunner:
         state = State.RUNNING if attempts.made == 0 else State.RETRYING
         self._reporter.record(job, Report(state, attempt=number))
         if attempts.last_error is not None:
+            self._metrics.retries.labels(reason=retry_reason(attempts.last_error)).inc()
             report = Report(state, attempt=number, error=attempts.last_error.info())
             self._reporter.announce(job, "retrying", report)
 
@@ -374,6 +382,7 @@ class JobRunner:
         }
         self._reporter.record(job, report, extra=extra)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), now + delay))
+        self._metrics.retries.labels(reason="requeued_after_outage").inc()
         self._reporter.announce(job, "retrying", report)
         return Outcome(job.id, State.RETRYING, attempts.total, error=info, deferred=True)
 

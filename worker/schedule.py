@@ -113,6 +113,13 @@ class Schedule:
         """The schedule's keys: the pending set, the in-flight set and the deliveries hash."""
         return self._keys[0], self._keys[1], self._keys[2]
 
+    def size(self) -> int:
+        """How many deliveries wait on the schedule (taken but not yet published included)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcard(self._keys[0])
+        pipe.zcard(self._keys[1])
+        return sum(int(n) for n in pipe.execute())
+
     def add(self, delivery: Delivery) -> None:
         """Schedule ``delivery`` (replacing any earlier one of the same job)."""
         pipe = self._redis.pipeline(transaction=True)

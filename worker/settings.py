@@ -8,6 +8,7 @@ each naming its variable and how to fix it.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from worker.rate_limit import Rate, parse_rate
 
 DEFAULT_ENDPOINT = "https://api.videosdk.live"
 DEFAULT_BROKER = "redis://localhost:6379/0"
+DEFAULT_HEARTBEAT_FILE = Path(tempfile.gettempdir()) / "recq-worker.heartbeat"
+LOG_FORMATS = ("text", "json")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -84,6 +87,14 @@ class Settings:
     """The fleet-wide cap on VideoSDK calls (``RECQ_RATE_LIMIT``); None: no cap."""
     max_pause: float = 30.0
     """The longest a 429 pauses every worker, whatever its Retry-After."""
+    log_format: str = "text"
+    """``text`` (human-readable lines) or ``json`` (one JSON object a line)."""
+    metrics_port: int | None = None
+    """Where a worker serves Prometheus metrics (``/metrics``); None: not served."""
+    heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
+    """The file a worker's consumer touches while it runs; ``recq health liveness`` reads it."""
+    heartbeat_interval: float = 10.0
+    """How often the consumer touches the heartbeat file."""
 
     @property
     def job_budget(self) -> float:
@@ -130,6 +141,10 @@ class Settings:
             live_poll_interval=reader.number("RECQ_LIVE_POLL_INTERVAL", 10.0, float, minimum=0.1),
             rate_limit=reader.rate("RECQ_RATE_LIMIT"),
             max_pause=reader.number("RECQ_MAX_PAUSE", 30.0, float, minimum=0),
+            log_format=reader.choice("RECQ_LOG_FORMAT", LOG_FORMATS),
+            metrics_port=reader.port("RECQ_METRICS_PORT"),
+            heartbeat_file=Path(reader.text("RECQ_HEARTBEAT_FILE", str(DEFAULT_HEARTBEAT_FILE))),
+            heartbeat_interval=reader.number("RECQ_HEARTBEAT_INTERVAL", 10.0, float, minimum=0.1),
         )
         if not reader.problems and settings.visibility_timeout < settings.claim_lease + 10:
             reader.problems.append(
@@ -169,6 +184,19 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         value = self.environ.get(name, "").strip()
         return value or default
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, choices[0]).lower()
+        if value not in choices:
+            self.problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
+            return choices[0]
+        return value
+
+    def port(self, name: str) -> int | None:
+        port = self.number(name, 0, int, minimum=0)
+        if port > 65535:  # noqa: PLR2004 - the largest TCP port
+            self.problems.append(f"{name}={port} is not a TCP port (1-65535; 0 or unset: off)")
+        return port or None
 
     def rate(self, name: str) -> Rate | None:
         value = self.environ.get(name, "").strip()

@@ -53,6 +53,34 @@ TERMINAL_STATES = frozenset(
     {State.SUCCEEDED, State.FAILED, State.CANCELLED, State.PARTIALLY_FAILED}
 )
 
+# Write one transition, in one call: the hash's fields (createdAt only the first time; a stale
+# error removed unless this one has its own), the history entry, both expiries. With
+# ARGV[5] = '1' a job that already ended is left alone and its state returned (enqueueing).
+# KEYS: the job's hash and history. ARGV: now, the history entry, ttl, history length,
+# unless-ended flag, clear-error flag, then the fields as name, value...
+_WRITE = (
+    "local terminal = {"
+    + ", ".join(f"['{s.value}'] = true" for s in sorted(TERMINAL_STATES))
+    + """}
+if ARGV[5] == '1' then
+  local current = redis.call('HGET', KEYS[1], 'state')
+  if current and terminal[current] then
+    return current
+  end
+end
+redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if ARGV[6] == '1' then
+  redis.call('HDEL', KEYS[1], 'error')
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return false
+"""
+)
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -141,6 +169,7 @@ class JobStore:
         self._namespace = namespace
         self._ttl = ttl
         self._clock = clock
+        self._write_script: Any = client.register_script(_WRITE)
 
     def key(self, job_id: str) -> str:
         return f"{self._namespace}:job:{job_id}"
@@ -159,9 +188,8 @@ class JobStore:
         extra: Extra | None = None,
     ) -> None:
         """Record that ``job_id`` is now in ``state``, with whatever else is known."""
-        pipe = self._redis.pipeline(transaction=False)
         self._write(
-            pipe,
+            self._redis,
             job_id,
             state,
             kind=kind,
@@ -172,7 +200,6 @@ class JobStore:
             reconciled=reconciled,
             extra=extra,
         )
-        pipe.execute()
 
     def enqueue(
         self,
@@ -219,7 +246,7 @@ class JobStore:
 
     def _write(
         self,
-        pipe: redis.client.Pipeline,
+        client: redis.Redis | redis.client.Pipeline,
         job_id: str,
         state: State,
         *,
@@ -230,40 +257,51 @@ class JobStore:
         error: ErrorInfo | None = None,
         reconciled: bool = False,
         extra: Extra | None = None,
-    ) -> None:
+        unless_ended: bool = False,
+        now: str | None = None,
+    ) -> Any:
+        """Write one transition through :data:`_WRITE` (on ``client``, or queued on a pipe)."""
+        now = now or iso(self._clock())
+        fields, entry = _fields(
+            job_id,
+            state,
+            now,
+            kind=kind,
+            attempt=attempt,
+            target=target,
+            metadata=metadata,
+            error=error,
+            reconciled=reconciled,
+            extra=extra,
+        )
+        flat = [str(item) for pair in fields.items() for item in pair]
+        key = self.key(job_id)
+        flags = ["1" if unless_ended else "0", "1" if error is None else "0"]
+        return self._write_script(
+            keys=[key, key + ":history"],
+            args=[now, entry, self._ttl, HISTORY_LENGTH, *flags, *flat],
+            client=client,
+        )
+
+    def enqueue_many(self, jobs: Sequence[Queued]) -> list[State | None]:
+        """:meth:`enqueue` for many jobs in one round trip (never ``fresh``): for each, None
+        when it was recorded queued, or the terminal state it had already reached."""
         now = iso(self._clock())
-        fields: dict[Any, str | int | float] = {
-            "id": job_id,
-            "state": state.value,
-            "updatedAt": now,
-        }
-        if kind is not None:
-            fields["kind"] = kind
-        if attempt is not None:
-            fields["attempts"] = attempt
-        if target is not None:
-            fields["target"] = json.dumps(target.to_json())
-        if metadata is not None:
-            fields["metadata"] = json.dumps(dict(metadata))
-        if error is not None:
-            fields["error"] = json.dumps(error.to_json())
-        if reconciled:
-            fields["reconciled"] = "true"
-        fields.update(extra or {})
-        entry: dict[str, Any] = {"state": state.value, "at": now}
-        if attempt is not None:
-            entry["attempt"] = attempt
-        if error is not None:
-            entry["reason"] = error.reason
-        key, history = self.key(job_id), self.key(job_id) + ":history"
-        pipe.hsetnx(key, "createdAt", now)
-        pipe.hset(key, mapping=fields)
-        if error is None:
-            pipe.hdel(key, "error")
-        pipe.rpush(history, json.dumps(entry))
-        pipe.ltrim(history, -HISTORY_LENGTH, -1)
-        pipe.expire(key, self._ttl)
-        pipe.expire(history, self._ttl)
+        pipe = self._redis.pipeline(transaction=False)
+        for job in jobs:
+            self._write(
+                pipe,
+                job.id,
+                State.QUEUED,
+                kind=job.kind,
+                attempt=0,
+                target=job.target,
+                metadata=job.metadata,
+                extra=job.extra,
+                unless_ended=True,
+                now=now,
+            )
+        return [State(_text(ended)) if ended else None for ended in pipe.execute()]
 
     def states(self, job_ids: Sequence[str]) -> list[tuple[State | None, dict[str, Any] | None]]:
         """Each job's state and error (None for an unknown job), in one round trip."""
@@ -324,3 +362,50 @@ def _float(value: str | None) -> float | None:
 
 def _json(value: str | None) -> Any:
     return None if value is None else json.loads(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A job to record as queued: what :meth:`JobStore.enqueue_many` takes."""
+
+    id: str
+    kind: str
+    target: Target
+    metadata: Mapping[str, Any]
+    extra: Extra | None = None
+
+
+def _fields(
+    job_id: str,
+    state: State,
+    now: str,
+    *,
+    kind: str | None,
+    attempt: int | None,
+    target: Target | None,
+    metadata: Mapping[str, Any] | None,
+    error: ErrorInfo | None = None,
+    reconciled: bool = False,
+    extra: Extra | None = None,
+) -> tuple[dict[Any, str | int | float], str]:
+    """A transition's hash fields, and its history entry as JSON."""
+    fields: dict[Any, str | int | float] = {"id": job_id, "state": state.value, "updatedAt": now}
+    if kind is not None:
+        fields["kind"] = kind
+    if attempt is not None:
+        fields["attempts"] = attempt
+    if target is not None:
+        fields["target"] = json.dumps(target.to_json())
+    if metadata is not None:
+        fields["metadata"] = json.dumps(dict(metadata))
+    if error is not None:
+        fields["error"] = json.dumps(error.to_json())
+    if reconciled:
+        fields["reconciled"] = "true"
+    fields.update(extra or {})
+    entry: dict[str, Any] = {"state": state.value, "at": now}
+    if attempt is not None:
+        entry["attempt"] = attempt
+    if error is not None:
+        entry["reason"] = error.reason
+    return fields, json.dumps(entry)

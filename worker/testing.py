@@ -6,17 +6,16 @@ Shipped with the package so that users' own integration tests (and ours) can use
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from worker.publisher import redis_envelope, task_body
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.settings import Settings
 from worker.state import JobRecord, JobStore, State
@@ -52,23 +51,27 @@ def celery_message(
     headers. ``body`` overrides the encoded job, for tests of malformed messages.
     """
     if body is None:
-        call = [[], {"job": job}, {"callbacks": None, "errbacks": None, "chain": None}]
-        body = json.dumps(call).encode()
-    envelope = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8" if content_type == "application/json" else "binary",
-        "content-type": content_type,
-        "headers": {"lang": "py", "task": task, "id": job_id, "root_id": job_id},
+        body = task_body(job)
+    return redis_envelope(task, job_id, queue=queue, body=body, content_type=content_type)
+
+
+def celery_amqp_message(task: str, job_id: str, *, job: Any) -> dict[str, Any]:
+    """A Celery protocol 2 task message for a bare AMQP client, built by hand.
+
+    The parts of ``basic.publish`` a producer in any language sets: the JSON ``body``, the
+    message ``properties``, and the task name and id as AMQP ``headers``. Publish it to the
+    default exchange (``""``) with the queue's name as routing key.
+    """
+    return {
+        "body": task_body(job),
         "properties": {
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
             "correlation_id": job_id,
             "delivery_mode": 2,
-            "delivery_tag": str(uuid.uuid4()),
-            "body_encoding": "base64",
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
         },
+        "headers": {"lang": "py", "task": task, "id": job_id, "root_id": job_id},
     }
-    return json.dumps(envelope).encode()
 
 
 def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
@@ -98,13 +101,29 @@ class Workers:
         self.env = dict(env)
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, concurrency: int = 8) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            [sys.executable, "-m", "worker", "worker", "--concurrency", str(concurrency)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    def start(
+        self, concurrency: int = 8, *, args: Sequence[str] = (), log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start one worker; ``args`` go to `recq worker`, its output to ``log`` if given."""
+        output = log.open("ab") if log is not None else subprocess.DEVNULL
+        try:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                [
+                    sys.executable,
+                    "-m",
+                    "worker",
+                    "worker",
+                    "--concurrency",
+                    str(concurrency),
+                    *args,
+                ],
+                env=self.env,
+                stdout=output,
+                stderr=output,
+            )
+        finally:
+            if log is not None:
+                output.close()  # type: ignore[union-attr]
         self.processes.append(process)
         return process
 

@@ -11,8 +11,10 @@ on 2xx, :class:`~worker.errors.UpstreamUnavailable` for what may pass (network, 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
@@ -23,6 +25,14 @@ import urllib3
 from worker.errors import Answer, UpstreamError, UpstreamRejected, UpstreamUnavailable
 from worker.redact import redact
 from worker.tokens import TokenSigner
+
+logger = logging.getLogger(__name__)
+Observer = Callable[[str, "int | None", float], None]
+"""Told of every call: the endpoint, the HTTP status (None: no answer) and the seconds it took."""
+
+
+def _ignore(_endpoint: str, _status: int | None, _seconds: float) -> None:
+    return None
 
 
 class Endpoints:
@@ -65,8 +75,10 @@ class VideoSDKClient:
         tokens: TokenSigner,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        observe: Observer = _ignore,
     ) -> None:
         self._session = session
+        self._observe = observe
         self._base = endpoint.rstrip("/")
         self._tokens = tokens
         self._timeout = (connect_timeout, read_timeout)
@@ -89,6 +101,7 @@ class VideoSDKClient:
     ) -> Answer:
         headers = {"Authorization": self._tokens.token(), "Content-Type": "application/json"}
         data = None if json_body is None else json.dumps(json_body, separators=(",", ":"))
+        began = time.perf_counter()
         try:
             response = self._session.request(
                 method,
@@ -99,7 +112,13 @@ class VideoSDKClient:
                 timeout=self._timeout,
             )
         except requests.RequestException as exc:
-            raise _network_error(path, exc) from None
+            error = _network_error(path, exc)
+            self._observe(path, None, time.perf_counter() - began)
+            logger.debug("%s %s: no answer (%s)", method, path, error)
+            raise error from None
+        took = time.perf_counter() - began
+        self._observe(path, response.status_code, took)
+        logger.debug("%s %s: %d in %.0f ms", method, path, response.status_code, took * 1000)
         answer = _answer(response)
         if response.ok:
             return answer

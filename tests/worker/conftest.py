@@ -12,11 +12,12 @@ from worker.claims import Claims
 from worker.dead_letters import DeadLetters
 from worker.events import Event, Events
 from worker.fanout import FanOut
+from worker.publisher import TaskMessage
 from worker.reporter import Reporter
 from worker.retry import RetryPolicy
 from worker.runner import JobRunner, Limits
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
-from worker.schedule import Delivery, Schedule
+from worker.schedule import Schedule
 from worker.scheduler import Scheduler
 from worker.settings import Credentials, Secret
 from worker.state import JobStore
@@ -114,14 +115,14 @@ def reporter(store, sink, dead_letters, batches) -> Reporter:
 
 
 @pytest.fixture
-def published() -> list[Delivery]:
+def published() -> list[TaskMessage]:
     """What the runner's fan-out published, in order."""
     return []
 
 
 @pytest.fixture
 def fan_out(batches, store, published) -> FanOut:
-    return FanOut(batches=batches, store=store, publish=published.append)
+    return FanOut(batches=batches, store=store, publish=published.extend)
 
 
 @pytest.fixture

@@ -71,15 +71,16 @@ class TestFanOut:
         self, make_runner, batches, store, published
     ):
         """A crash mid-fan-out: the redelivery republishes at most the chunk it was in."""
-        attempts = []
+        chunks = []
 
-        def dies_at_the_fourth(delivery):
-            attempts.append(delivery.job_id)
-            if len(attempts) == 4:
-                raise ConnectionError("the worker died")
-            published.append(delivery)
+        def dies_in_the_second_chunk(messages):
+            chunks.append(messages)
+            if len(chunks) == 2:
+                published.append(messages[0])
+                raise ConnectionError("the worker died after one message of the chunk")
+            published.extend(messages)
 
-        fragile = FanOut(batches=batches, store=store, publish=dies_at_the_fourth, chunk=2)
+        fragile = FanOut(batches=batches, store=store, publish=dies_in_the_second_chunk, chunk=2)
         with pytest.raises(ConnectionError):
             make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")
         assert batches.progress("b1").published == 2

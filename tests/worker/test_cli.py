@@ -188,6 +188,30 @@ class TestStatusAndEvents:
         assert state["error"]["reason"] == "upstream_rejected"
         assert state["error"]["status"] == 403
 
+    def test_events_are_filtered_by_type_and_by_job(self, env, worker_process, sandbox):
+        """`recq events --type` keeps matching types, `--job` one job's events."""
+        from worker.sandbox import Fault  # noqa: PLC0415
+
+        sandbox.inject(Fault(status=403))
+        ids = []
+        for room in ("room-a", "room-b"):
+            result = recq(
+                "enqueue", "start-recording", "-", env=env, stdin=json.dumps({"roomId": room})
+            )
+            ids.append(result.stdout.strip())
+            wait_for_json_state(ids[-1], env)
+
+        def shown(*args: str) -> list[tuple[str, str]]:
+            lines = recq("events", *args, env=env).stdout.splitlines()
+            return [(e["type"], e["subject"]) for e in map(json.loads, lines)]
+
+        assert shown("--type", "*.failed") == [("recording.failed", ids[0])]
+        assert shown("--job", ids[1]) == [("recording.started", ids[1])]
+        assert shown("--type", "recording.*", "--type", "batch.*") == [
+            ("recording.failed", ids[0]),
+            ("recording.started", ids[1]),
+        ]
+
 
 class TestSchedulingCommands:
     def enqueue_later(self, env, job_id, start_at="2030-01-31T10:00:00+01:00"):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from worker.errors import ErrorInfo, Target
-from worker.state import HISTORY_LENGTH, JobStore, State
+from worker.state import HISTORY_LENGTH, JobStore, Queued, State
 
 START = datetime(2030, 1, 31, 9, 30, tzinfo=UTC)
 FAILURE = ErrorInfo(reason="upstream_rejected", message="VideoSDK answered 400", status=400)
@@ -114,6 +114,47 @@ class TestJobStore:
     def test_jobs_are_kept_under_the_namespace(self, store, namespace):
         """The key names the namespace and the job, so namespaces never see each other."""
         assert store.key("j1") == f"{namespace}:job:j1"
+
+
+class TestEnqueueMany:
+    def test_many_jobs_are_recorded_queued_in_one_call(self, store, redis_client):
+        """Each job gets its queued record, history entry, fields and expiry."""
+        ended = store.enqueue_many(
+            [
+                Queued("a", "start-recording", Target("room-a"), {"crm": 1}),
+                Queued(
+                    "b",
+                    "start-track-recording",
+                    Target("room-b", "p1", "audio"),
+                    {},
+                    {"batchId": "x"},
+                ),
+            ]
+        )
+        assert ended == [None, None]
+        a, b = store.get("a"), store.get("b")
+        assert (a.state, a.kind, a.metadata, a.attempts) == (
+            State.QUEUED,
+            "start-recording",
+            {"crm": 1},
+            0,
+        )
+        assert [entry["state"] for entry in a.history] == ["queued"]
+        assert b.batch_id == "x"
+        assert b.target == {"roomId": "room-b", "participantId": "p1", "kind": "audio"}
+        assert 0 < redis_client.ttl(store.key("a")) <= 300
+
+    def test_a_job_that_already_ended_keeps_its_outcome(self, store):
+        """An ended job is left as it is, and its terminal state is returned."""
+        store.transition("done", State.SUCCEEDED, kind="start-recording")
+        ended = store.enqueue_many(
+            [
+                Queued("done", "start-recording", Target("r"), {}),
+                Queued("new", "start-recording", Target("r"), {}),
+            ]
+        )
+        assert ended == [State.SUCCEEDED, None]
+        assert store.get("done").state is State.SUCCEEDED
 
 
 class TestJobRecordJson:

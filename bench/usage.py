@@ -1,0 +1,71 @@
+"""What the processes of a run cost while it runs: CPU shares and the worker's resident memory.
+
+A :class:`Usage` thread samples, twice a second, the CPU time of each watched process tree and
+the resident memory (RSS, every process of the tree) of the first one. CPU shares are then read
+over any window of the run, such as the span between the first and last VideoSDK call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+from bench.procs import cpu_seconds, rss_bytes
+
+INTERVAL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float
+    cpu: dict[str, float]
+    rss: int
+
+
+class Usage:
+    """Samples ``pids`` (name: pid) until stopped; the first one's memory is sampled too."""
+
+    def __init__(self, pids: Mapping[str, int], *, interval: float = INTERVAL) -> None:
+        self._pids = dict(pids)
+        self._interval = interval
+        self._stopped = threading.Event()
+        self.samples: list[Sample] = []
+        self._thread = threading.Thread(target=self._run, name="bench-usage", daemon=True)
+
+    def __enter__(self) -> Usage:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        first = next(iter(self._pids.values()))
+        while True:
+            cpu = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+            self.samples.append(Sample(time.time(), cpu, rss_bytes(first)))
+            if self._stopped.wait(self._interval):
+                return
+
+    def cpu_shares(self, start: float, end: float) -> dict[str, float]:
+        """Each tree's CPU use between the first and last samples within ``start``..``end``, in
+        cores (1.0: one core busy all along); empty when the window holds fewer than two."""
+        inside = [s for s in self.samples if start <= s.at <= end]
+        if len(inside) < 2:  # noqa: PLR2004 - a share needs two samples
+            return {}
+        first, last = inside[0], inside[-1]
+        span = last.at - first.at
+        return {name: (last.cpu[name] - first.cpu[name]) / span for name in self._pids}
+
+    def peak_rss(self) -> int:
+        """The largest resident memory sampled, in bytes."""
+        return max((s.rss for s in self.samples), default=0)

@@ -1,0 +1,167 @@
+"""A `recq worker` as an operator runs it: JSON logs at DEBUG, metrics over HTTP, probes.
+
+Each test starts a real worker process on this test's Redis namespace and the sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.jobs import START_RECORDING
+from worker.producer import Producer
+from worker.sandbox import DEFAULT_SECRET
+from worker.state import State
+from worker.testing import Workers, wait_for_state, worker_env
+
+pytestmark = pytest.mark.integration
+SIGNATURE = "X-Amz-Signature=0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+PRESIGNED = f"https://bucket.example.com/hook?{SIGNATURE}&X-Amz-Credential=AKIAEXAMPLE"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def heartbeat(tmp_path) -> Path:
+    return tmp_path / "recq.heartbeat"
+
+
+@pytest.fixture
+def workers(settings, heartbeat) -> Iterator[Workers]:
+    pool = Workers(
+        worker_env(
+            settings,
+            RECQ_LOG_FORMAT="json",
+            RECQ_HEARTBEAT_FILE=str(heartbeat),
+            RECQ_HEARTBEAT_INTERVAL="0.2",
+        )
+    )
+    yield pool
+    pool.stop_all()
+
+
+def _wait_for(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _health(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "health", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+class TestJsonLogs:
+    def test_a_job_run_at_debug_logs_json_lines_with_its_id_and_no_secret(
+        self, app, sandbox, workers, heartbeat, tmp_path
+    ):
+        """Every line is a JSON object; lines about the job name it; no secret at any level."""
+        log = tmp_path / "worker.log"
+        process = workers.start(concurrency=2, args=["--loglevel", "DEBUG"], log=log)
+        _wait_for(heartbeat)
+        job = {"roomId": "logged", "webhookUrl": PRESIGNED, "metadata": {"hook": PRESIGNED}}
+        job_id = Producer(app).enqueue(START_RECORDING, job)
+        assert wait_for_state(app.store, job_id, State.SUCCEEDED).state is State.SUCCEEDED
+        workers.stop_all()
+        assert process.returncode == 0
+        text = log.read_text()
+        # Celery prints its shutdown notice itself, outside logging ("\nworker: Warm shutdown"):
+        # the one line (and the blank one before it) that is not JSON.
+        printed = [line for line in text.splitlines() if line and not line.startswith("worker: ")]
+        lines = [json.loads(line) for line in printed]
+        about_job = [line for line in lines if job_id in line["message"]]
+        assert about_job
+        assert all(line["job_id"] == job_id for line in about_job), [
+            line for line in about_job if line["job_id"] != job_id
+        ]
+        assert any(
+            line["level"] == "DEBUG" and "POST /v2/recordings/start: 200" in line["message"]
+            for line in lines
+            if line["job_id"] == job_id
+        )
+        # "eyJ" starts every JWT: no token, ours or echoed back, is in the log.
+        for secret in (DEFAULT_SECRET, "eyJ", SIGNATURE, "AKIAEXAMPLE"):
+            assert secret not in text
+
+
+class TestMetricsEndpoint:
+    def test_the_worker_serves_prometheus_metrics_on_its_port(self, app, workers, heartbeat):
+        """RECQ_METRICS_PORT serves /metrics with the job counted, all names prefixed recq_."""
+        port = _free_port()
+        workers.env["RECQ_METRICS_PORT"] = str(port)
+        workers.start(concurrency=2)
+        _wait_for(heartbeat)
+        job_id = Producer(app).enqueue(START_RECORDING, {"roomId": "scraped"})
+        wait_for_state(app.store, job_id, State.SUCCEEDED)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            body = answer.read().decode()
+        assert 'recq_jobs_total{kind="start-recording",outcome="succeeded"} 1.0' in body
+        assert "recq_videosdk_request_duration_seconds_bucket" in body
+        assert "recq_pending_jobs 0.0" in body
+        assert "recq_scheduled_jobs 0.0" in body
+        names = {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line[:1] != "#"}
+        assert all(
+            name.startswith("recq_")
+            for name in names
+            if not name.startswith(("python_", "process_"))
+        )
+
+
+class TestProbes:
+    def test_liveness_follows_the_heartbeat_and_fails_when_the_worker_is_stuck(
+        self, workers, heartbeat
+    ):
+        """Alive while consuming; a stopped (stuck) process fails the probe; alive again after."""
+        env = workers.env
+        assert _health(env, "liveness").returncode == 1
+        process = workers.start(concurrency=2)
+        _wait_for(heartbeat)
+        alive = _health(env, "liveness", "--max-age", "2")
+        assert alive.returncode == 0, alive.stderr
+        process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(2.5)
+            stuck = _health(env, "liveness", "--max-age", "2")
+        finally:
+            process.send_signal(signal.SIGCONT)
+        assert stuck.returncode == 1
+        assert "stuck" in stuck.stderr
+        time.sleep(1)
+        assert _health(env, "liveness", "--max-age", "2").returncode == 0
+
+    def test_readiness_needs_the_broker_and_redis(self, workers):
+        """Ready with both answering; not ready, naming Redis, when Redis does not answer."""
+        env = workers.env
+        assert _health(env, "readiness").returncode == 0
+        dead = _health(
+            {**env, "RECQ_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0"}, "readiness"
+        )
+        assert dead.returncode == 1
+        assert "Redis redis://127.0.0.1" in dead.stderr
+
+    def test_the_heartbeat_file_is_removed_when_the_worker_stops(self, workers, heartbeat):
+        """After a clean shutdown, liveness fails at once instead of trusting an old beat."""
+        workers.start(concurrency=2)
+        _wait_for(heartbeat)
+        workers.stop_all()
+        assert not heartbeat.exists()

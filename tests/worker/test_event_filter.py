@@ -1,0 +1,30 @@
+"""Which events `recq events --type/--job` shows."""
+
+from __future__ import annotations
+
+from worker.event_log import EventFilter
+
+
+def _event(event_type: str, subject: str, batch_id: str | None = None) -> dict[str, object]:
+    data = {"batchId": batch_id} if batch_id else {}
+    return {"type": event_type, "subject": subject, "data": data}
+
+
+class TestEventFilter:
+    def test_no_filter_shows_everything(self):
+        """Without --type or --job every event passes."""
+        assert EventFilter()(_event("recording.started", "a"))
+
+    def test_types_are_shell_patterns_any_of_which_matches(self):
+        """--type recording.* --type *.failed keeps both families, and nothing else."""
+        wanted = EventFilter(types=("recording.*", "*.failed"))
+        assert wanted(_event("recording.started", "a"))
+        assert wanted(_event("track_recording.failed", "a"))
+        assert not wanted(_event("track_recording.started", "a"))
+
+    def test_a_job_keeps_its_own_events_and_its_batch_children(self):
+        """--job BATCH shows the batch's events and its children's."""
+        wanted = EventFilter(job="b1")
+        assert wanted(_event("batch.started", "b1"))
+        assert wanted(_event("track_recording.started", "b1:audio:p1", batch_id="b1"))
+        assert not wanted(_event("recording.started", "other"))

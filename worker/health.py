@@ -1,0 +1,122 @@
+"""Health probes: is this worker alive (liveness), and can it work (readiness)?
+
+**Liveness** is a heartbeat file. While a worker's consumer runs, its event loop rewrites
+``RECQ_HEARTBEAT_FILE`` every ``RECQ_HEARTBEAT_INTERVAL`` seconds (10). A loop that is stuck (a
+hung call, a deadlock, a process stopped by the kernel) or that has been unable to consume for
+long (the broker away beyond its reconnection attempts) stops the beats, and
+``recq health liveness`` fails once the last beat is older than ``--max-age`` (60 s): restarting
+the worker is then the right thing for a supervisor to do. The file is local, so the probe
+needs neither the broker nor Redis.
+
+**Readiness** asks the broker and Redis to answer within a timeout: a worker that cannot reach
+them should not count as serving, but restarting it would not help either.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kombu
+import redis
+from celery import bootsteps
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+
+from worker.settings import Settings
+
+DEFAULT_MAX_AGE = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A probe's answer: healthy or not, and a sentence saying why."""
+
+    healthy: bool
+    message: str
+
+
+def beat(path: Path, clock: Callable[[], float] = time.time) -> None:
+    """Record a heartbeat now (write, then rename: a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(f"{clock():.3f}\n", encoding="ascii")
+    partial.replace(path)
+
+
+def liveness(
+    path: Path, *, max_age: float = DEFAULT_MAX_AGE, clock: Callable[[], float] = time.time
+) -> Verdict:
+    """Whether the heartbeat at ``path`` is younger than ``max_age`` seconds."""
+    try:
+        last = float(path.read_text(encoding="ascii"))
+    except FileNotFoundError:
+        return Verdict(False, f"no heartbeat at {path}: the worker's consumer has not started")
+    except (OSError, ValueError) as exc:
+        return Verdict(False, f"cannot read the heartbeat at {path}: {exc}")
+    age = clock() - last
+    if age > max_age:
+        return Verdict(
+            False,
+            f"the last heartbeat is {age:.0f} s old (more than {max_age:.0f} s): the consumer "
+            "is stuck or has not reached the broker for that long",
+        )
+    return Verdict(True, f"alive: the last heartbeat is {age:.1f} s old")
+
+
+def readiness(settings: Settings, *, timeout: float = 3.0) -> Verdict:
+    """Whether the broker and Redis both answer within ``timeout`` seconds each."""
+    problems = []
+    broker = maybe_sanitize_url(settings.broker_url)
+    try:
+        with kombu.Connection(settings.broker_url, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, timeout=math.ceil(timeout))
+    except (OperationalError, OSError) as exc:
+        problems.append(f"the broker {broker} does not answer ({type(exc).__name__}: {exc})")
+    store = maybe_sanitize_url(settings.redis_url)
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        problems.append(f"Redis {store} does not answer ({type(exc).__name__}: {exc})")
+    finally:
+        client.close()
+    if problems:
+        return Verdict(False, "not ready: " + "; ".join(problems))
+    return Verdict(True, f"ready: the broker {broker} and Redis {store} answer")
+
+
+class HeartbeatStep(bootsteps.StartStopStep):
+    """Beats from the consumer's event loop while it consumes; removes the file at shutdown."""
+
+    label = "recq heartbeat"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._entry: Any = None
+
+    def start(self, parent: Any) -> None:
+        settings: Settings = parent.app.settings
+        beat(settings.heartbeat_file)
+        self._entry = parent.timer.call_repeatedly(
+            settings.heartbeat_interval, beat, (settings.heartbeat_file,)
+        )
+
+    def stop(self, parent: Any) -> None:
+        # A consumer restarting after a lost connection stops beating, but keeps its file: a
+        # short reconnection must not fail the probe.
+        if self._entry is not None:
+            self._entry.cancel()
+            self._entry = None
+
+    def shutdown(self, parent: Any) -> None:
+        self.stop(parent)
+        parent.app.settings.heartbeat_file.unlink(missing_ok=True)

@@ -1,0 +1,144 @@
+"""How a worker logs: readable lines by default, JSON lines with ``RECQ_LOG_FORMAT=json``.
+
+Every line about a job carries its id (``job_id``): the runner sets it for everything logged while
+it runs a job (:func:`job_context`), and Celery's own lines about a task ("received",
+"succeeded") give it in their arguments. Every line, at every level, passes through
+:func:`worker.redact.redact` and loses the account secret, so tokens, the secret and pre-signed
+URLs' query strings never reach a log, whatever a library chose to print.
+
+:class:`RecqLogging` is the app's ``log_cls``: Celery sets up logging as usual (levels, log
+file, task loggers, stdout redirection) and each handler it adds gets recq's formatter and
+filter. ``celery -A worker.app worker`` logs the same way as ``recq worker``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from celery.app.log import Logging
+
+from worker.redact import REDACTED, redact
+from worker.settings import Settings
+
+_current_job: ContextVar[str | None] = ContextVar("recq_job_id", default=None)
+TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(job)s%(message)s"
+
+
+@contextmanager
+def job_context(job_id: str | None) -> Iterator[None]:
+    """Tag every line logged in this context (this thread) with ``job_id``."""
+    token = _current_job.set(job_id)
+    try:
+        yield
+    finally:
+        _current_job.reset(token)
+
+
+class JobIdFilter(logging.Filter):
+    """Sets ``record.job_id``: the job being run, or the task id Celery logs about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job_id = _current_job.get()
+        if job_id is None and isinstance(record.args, Mapping):
+            # Celery's task lines: "Task %(name)s[%(id)s] received" and the like.
+            candidate = record.args.get("id")
+            job_id = candidate if isinstance(candidate, str) else None
+        record.job_id = job_id
+        return True
+
+
+class _Redacting(logging.Formatter):
+    """Formats a record whole (message, traceback, stack) and then removes secrets."""
+
+    def __init__(self, settings: Settings, fmt: str | None = None) -> None:
+        super().__init__(fmt)
+        credentials = settings.credentials
+        self._secret = credentials.secret.reveal() if credentials is not None else None
+
+    def clean(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, REDACTED)
+        return redact(text)
+
+
+class TextFormatter(_Redacting):
+    """``[time: LEVEL/Process] job=ID: message``."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        job_id = getattr(record, "job_id", None)
+        record.job = f"job={job_id}: " if job_id else ""
+        return self.clean(super().format(record))
+
+
+class JsonFormatter(_Redacting):
+    """One JSON object a line: time, level, logger, process, job_id, message, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "process": record.processName,
+            "job_id": getattr(record, "job_id", None),
+            "message": self.clean(record.getMessage()),
+        }
+        if record.exc_info:
+            line["exception"] = self.clean(self.formatException(record.exc_info))
+        if record.stack_info:
+            line["stack"] = self.clean(self.formatStack(record.stack_info))
+        return json.dumps(line, default=str)
+
+
+def formatter_for(settings: Settings) -> logging.Formatter:
+    """The formatter ``RECQ_LOG_FORMAT`` asks for."""
+    if settings.log_format == "json":
+        return JsonFormatter(settings)
+    return TextFormatter(settings)
+
+
+def prepared(handler: logging.Handler, settings: Settings) -> logging.Handler:
+    """``handler`` with recq's formatter and job-id filter."""
+    handler.setFormatter(formatter_for(settings))
+    handler.addFilter(JobIdFilter())
+    return handler
+
+
+def install(settings: Settings) -> None:
+    """Log through recq's formatter from the first line on, warnings included.
+
+    ``recq worker`` calls it before Celery starts, so that even what Celery says before it sets
+    up logging (a warning about running as root) comes out formatted and redacted. Celery then
+    keeps this handler and only sets the level.
+    """
+    logging.getLogger().addHandler(prepared(logging.StreamHandler(sys.stderr), settings))
+    logging.captureWarnings(True)
+
+
+class RecqLogging(Logging):
+    """Celery's logging set-up, with recq's formatter and job-id filter on every handler."""
+
+    def setup_handlers(
+        self,
+        logger: logging.Logger,
+        logfile: Any,
+        format: str,
+        colorize: bool,
+        formatter: Any = None,
+        **kwargs: Any,
+    ) -> logging.Logger:
+        celery_logging: Any = self  # celery-types does not declare these helpers
+        if celery_logging._is_configured(logger):
+            return logger
+        handler = celery_logging._detect_handler(logfile)
+        logger.addHandler(prepared(handler, celery_logging.app.settings))
+        return logger
