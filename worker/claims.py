@@ -12,7 +12,10 @@ Before a delivery may call VideoSDK it claims its job id: one Lua script, atomic
 
 The lease expires on its own if its holder dies, so a redelivered job is never blocked for longer
 than a job's longest delivery. Releasing checks the token, so a holder whose lease expired
-cannot release a claim that someone else has since taken.
+cannot release a claim that someone else has since taken. A delivery's last state write (its
+end, or handing the job back to the schedule) releases the claim in the same Lua call
+(:attr:`Claim.lease`): a replay or redelivery that sees the new state never finds the claim
+still taken and waits out a lease for nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class Claim:
 
     status: ClaimStatus
     token: str
+    key: str = ""
+    """The claim's key in Redis."""
     deliveries: int = 0
     retry_in: float = 0.0
     """For a busy claim: seconds until its lease runs out."""
@@ -72,6 +77,12 @@ class Claim:
     """The job's recorded state when it was claimed (None before its first record)."""
     batch_id: str | None = None
     """The batch the job is a child of."""
+
+    @property
+    def lease(self) -> tuple[str, str] | None:
+        """The key and token that release this claim, if it was taken (for a state write that
+        gives the claim back in the same step: :meth:`worker.state.JobStore.transition`)."""
+        return (self.key, self.token) if self.status is ClaimStatus.CLAIMED else None
 
 
 class Claims:
@@ -100,7 +111,9 @@ class Claims:
             keys=self._keys(job_id), args=[token, self._lease_ms, self._state_ttl]
         )
         name = status.decode() if isinstance(status, bytes) else status
-        claim = Claim(ClaimStatus(name), token, int(deliveries), max(int(pttl), 0) / 1000)
+        claim = Claim(
+            ClaimStatus(name), token, self.key(job_id), int(deliveries), max(int(pttl), 0) / 1000
+        )
         if not job:
             return claim
         attempts, since, requeues, state, batch_id = (_text(v) for v in job)

@@ -58,8 +58,16 @@ class Reporter:
         self._batches = batches
         self._metrics = metrics or Metrics()
 
-    def record(self, job: Job, report: Report, *, extra: Extra | None = None) -> None:
-        """Write the job's new state, with its kind, target, metadata and times."""
+    def record(
+        self,
+        job: Job,
+        report: Report,
+        *,
+        extra: Extra | None = None,
+        release: tuple[str, str] | None = None,
+    ) -> None:
+        """Write the job's new state, with its kind, target, metadata and times; with
+        ``release`` (a claim's key and token), give the delivery's claim back in the same write."""
         fields = dict(extra or {})
         if report.due_at is not None:
             fields["dueAt"] = report.due_at
@@ -75,6 +83,7 @@ class Reporter:
             error=report.error,
             reconciled=report.reconciled,
             extra=fields,
+            release=release,
         )
         if report.state.terminal:
             self._metrics.jobs.labels(kind=job.kind.name, outcome=report.state.value).inc()

@@ -181,8 +181,8 @@ class JobRunner:
         error = ErrorInfo(reason=reason, message=message)
         kind = BY_TASK.get(task or "")
         if kind is None:
-            self._store.transition(job_id, State.FAILED, error=error)
             self._reporter.dead_letter(job_id, task=task, job=None, error=error, attempts=0)
+            self._store.transition(job_id, State.FAILED, error=error)
             return
         self._finish(self._recorded(Job(job_id, kind, {})), _Attempts(before=0), error=error)
 
@@ -201,7 +201,7 @@ class JobRunner:
                 message=f"delivered {claim.deliveries} times without finishing "
                 f"(at most {self._limits.max_deliveries}): a worker may be dying on it",
             )
-            return self._finish(job, attempts, error=error)
+            return self._finish(job, attempts, error=error, claim=claim)
         timing = job.kind.timing(job.body, grace=self._limits.start_grace)
         if timing.due is not None and timing.due - self._clock() > EARLY_TOLERANCE:
             self._scheduler.hold(job, timing)
@@ -223,9 +223,9 @@ class JobRunner:
             return self._requeue_or_fail(job, attempts, claim, exc)
         except UpstreamError as exc:
             if job.kind.reconciles(exc, maybe_applied=attempts.maybe_applied):
-                return self._succeed(job, timing, attempts, reconciled=True)
-            return self._finish(job, attempts, error=exc.info())
-        return self._succeed(job, timing, attempts)
+                return self._succeed(job, timing, claim, attempts, reconciled=True)
+            return self._finish(job, attempts, error=exc.info(), claim=claim)
+        return self._succeed(job, timing, claim, attempts)
 
     def _unless_ready(
         self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts
@@ -240,7 +240,7 @@ class JobRunner:
                 reason="start_deadline_passed",
                 message=f"the job arrived after its start deadline ({shown}); it was not started",
             )
-            return self._finish(job, attempts, error=error)
+            return self._finish(job, attempts, error=error, claim=claim)
         if not timing.scheduled:
             return None
         before_stop = timing.stop_at is None or self._clock() < timing.stop_at
@@ -254,10 +254,10 @@ class JobRunner:
                 message=f"room {room} had no live session by the job's deadline "
                 f"({epoch_text(deadline)}): a recording needs a live meeting",
             )
-            return self._finish(job, attempts, error=error)
+            return self._finish(job, attempts, error=error, claim=claim)
         due = min(now + self._limits.live_poll, deadline)
         report = Report(State.WAITING, attempt=attempts.total, due_at=due, deadline=deadline)
-        self._reporter.record(job, report, extra={"deliveries": 0})
+        self._reporter.record(job, report, extra={"deliveries": 0}, release=claim.lease)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         if not waited:
             self._reporter.announce(job, "waiting", report)
@@ -304,7 +304,8 @@ class JobRunner:
         """Back on the schedule until the rate limit's turn comes, in the state it was in."""
         state = State(claim.state) if claim.state else State.QUEUED
         due = self._clock() + wait
-        self._reporter.record(job, Report(state, attempt=attempts.total), extra={"deliveries": 0})
+        report = Report(state, attempt=attempts.total)
+        self._reporter.record(job, report, extra={"deliveries": 0}, release=claim.lease)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         return Outcome(job.id, state, attempts.total, deferred=True)
 
@@ -323,7 +324,13 @@ class JobRunner:
         return Outcome(job.id, State.RUNNING, 0)
 
     def _succeed(
-        self, job: Job, timing: Timing, attempts: _Attempts, *, reconciled: bool = False
+        self,
+        job: Job,
+        timing: Timing,
+        claim: Claim,
+        attempts: _Attempts,
+        *,
+        reconciled: bool = False,
     ) -> Outcome:
         extra: dict[str, float | int | str] = {}
         if timing.stop_at is not None and not job.kind.stops:
@@ -332,7 +339,7 @@ class JobRunner:
             stop = stop_job_for(job)
             self._scheduler.hold(stop, stop.kind.timing(stop.body))
             extra["stopJobId"] = stop.id
-        return self._finish(job, attempts, reconciled=reconciled, extra=extra)
+        return self._finish(job, attempts, reconciled=reconciled, extra=extra, claim=claim)
 
     def _call(self, job: Job, attempts: _Attempts) -> None:
         # The slot first: a job re-queued for want of one has not made this attempt.
@@ -372,7 +379,7 @@ class JobRunner:
         if now + delay - since > self._limits.outage_window:
             window = f"VideoSDK stayed unavailable beyond the {self._limits.outage_window:.0f} s"
             final = dataclasses.replace(info, message=f"{info.message} ({window} outage window)")
-            return self._finish(job, attempts, error=final)
+            return self._finish(job, attempts, error=final, claim=claim)
         report = Report(State.RETRYING, attempt=attempts.total, error=info)
         extra = {
             "outageSince": since,
@@ -380,7 +387,7 @@ class JobRunner:
             "retryAt": now + delay,
             "deliveries": 0,
         }
-        self._reporter.record(job, report, extra=extra)
+        self._reporter.record(job, report, extra=extra, release=claim.lease)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), now + delay))
         self._metrics.retries.labels(reason="requeued_after_outage").inc()
         self._reporter.announce(job, "retrying", report)
@@ -411,15 +418,21 @@ class JobRunner:
         reconciled: bool = False,
         received: object = None,
         extra: Extra | None = None,
+        claim: Claim | None = None,
     ) -> Outcome:
+        """Record the job's end, and give its claim back in the same write.
+
+        A failure's dead letter is kept first: whoever sees the job failed can replay it at
+        once, and the replay's delivery finds the claim free instead of waiting out its lease.
+        """
         state = State.FAILED if error else State.SUCCEEDED
         report = Report(state, attempt=attempts.total, error=error, reconciled=reconciled)
-        self._reporter.record(job, report, extra=extra)
         if error is not None:
             kept = received if received is not None else dict(job.body)
             self._reporter.dead_letter(
                 job.id, task=job.kind.task_name, job=kept, error=error, attempts=attempts.total
             )
+        self._reporter.record(job, report, extra=extra, release=claim.lease if claim else None)
         outcome = "failed" if error else job.kind.succeeded_outcome
         self._reporter.announce(job, outcome, report)
         return Outcome(job.id, state, attempts.total, error=error, reconciled=reconciled)

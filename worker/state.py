@@ -56,8 +56,11 @@ TERMINAL_STATES = frozenset(
 # Write one transition, in one call: the hash's fields (createdAt only the first time; a stale
 # error removed unless this one has its own), the history entry, both expiries. With
 # ARGV[5] = '1' a job that already ended is left alone and its state returned (enqueueing).
-# KEYS: the job's hash and history. ARGV: now, the history entry, ttl, history length,
-# unless-ended flag, clear-error flag, then the fields as name, value...
+# With a token in ARGV[7], the claim KEYS[3] is released in the same step if it still holds
+# that token: a delivery's last write hands the job on, so a replay or a redelivery that sees
+# the new state never finds the claim still taken.
+# KEYS: the job's hash and history (and the claim). ARGV: now, the history entry, ttl, history
+# length, unless-ended flag, clear-error flag, claim token or '', then the fields as name, value...
 _WRITE = (
     "local terminal = {"
     + ", ".join(f"['{s.value}'] = true" for s in sorted(TERMINAL_STATES))
@@ -69,7 +72,7 @@ if ARGV[5] == '1' then
   end
 end
 redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 if ARGV[6] == '1' then
   redis.call('HDEL', KEYS[1], 'error')
 end
@@ -77,6 +80,9 @@ redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) == ARGV[7] then
+  redis.call('DEL', KEYS[3])
+end
 return false
 """
 )
@@ -186,8 +192,10 @@ class JobStore:
         error: ErrorInfo | None = None,
         reconciled: bool = False,
         extra: Extra | None = None,
+        release: tuple[str, str] | None = None,
     ) -> None:
-        """Record that ``job_id`` is now in ``state``, with whatever else is known."""
+        """Record that ``job_id`` is now in ``state``, with whatever else is known; with
+        ``release`` (a claim's key and token) give that claim back in the same step."""
         self._write(
             self._redis,
             job_id,
@@ -199,6 +207,7 @@ class JobStore:
             error=error,
             reconciled=reconciled,
             extra=extra,
+            release=release,
         )
 
     def enqueue(
@@ -259,6 +268,7 @@ class JobStore:
         extra: Extra | None = None,
         unless_ended: bool = False,
         now: str | None = None,
+        release: tuple[str, str] | None = None,
     ) -> Any:
         """Write one transition through :data:`_WRITE` (on ``client``, or queued on a pipe)."""
         now = now or iso(self._clock())
@@ -277,9 +287,11 @@ class JobStore:
         flat = [str(item) for pair in fields.items() for item in pair]
         key = self.key(job_id)
         flags = ["1" if unless_ended else "0", "1" if error is None else "0"]
+        claim, token = release or (None, "")
+        keys = [key, key + ":history"] + ([claim] if claim else [])
         return self._write_script(
-            keys=[key, key + ":history"],
-            args=[now, entry, self._ttl, HISTORY_LENGTH, *flags, *flat],
+            keys=keys,
+            args=[now, entry, self._ttl, HISTORY_LENGTH, *flags, token, *flat],
             client=client,
         )
 

@@ -43,6 +43,53 @@ class TestIdempotency:
         [delivery] = schedule.pending()
         assert clock.now + 29 < delivery.due <= clock.now + 31
 
+    @pytest.mark.parametrize(
+        ("faults", "state"),
+        [
+            ([], State.SUCCEEDED),
+            ([Fault(status=400)], State.FAILED),
+            ([Fault(status=503, times=5)], State.RETRYING),
+        ],
+        ids=["succeeded", "failed", "requeued-after-outage"],
+    )
+    def test_the_write_that_hands_a_job_on_frees_its_claim(
+        self, runner, sandbox, store, claims, dead_letters, redis_client, monkeypatch, faults, state
+    ):
+        """Whoever sees the job ended (or handed back) can run it again at once: the claim is
+        gone in the same write, and a failure's dead letter is already kept for a replay."""
+        seen = []
+        write = store.transition
+
+        def spy(job_id, new_state, **fields):
+            write(job_id, new_state, **fields)
+            if new_state is state:
+                seen.append((redis_client.exists(claims.key(job_id)), dead_letters.get(job_id)))
+
+        monkeypatch.setattr(store, "transition", spy)
+        sandbox.inject(*faults)
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        claimed, letter = seen[-1]  # the last: retries within the delivery keep the claim
+        assert claimed == 0
+        assert (letter is not None) == (state is State.FAILED)
+
+    def test_a_replay_on_the_failed_event_is_claimed_at_once(
+        self, runner, sandbox, store, claims, sink, monkeypatch
+    ):
+        """A consumer of job.failed that replays the job straight away is not held back."""
+        answers = []
+        publish = sink.publish
+
+        def replay_on_failure(event):
+            publish(event)
+            if event["type"].endswith(".failed"):
+                store.enqueue("j1", kind="start-recording", target=None, metadata={}, fresh=True)
+                answers.append(claims.acquire("j1").status)
+
+        monkeypatch.setattr(sink, "publish", replay_on_failure)
+        sandbox.inject(Fault(status=400))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert answers == [ClaimStatus.CLAIMED]
+
     def test_too_many_deliveries_fail_the_job(self, make_runner, sandbox, claims, dead_letters):
         """A job delivered more often than allowed (a crash loop) fails without a call."""
         runner = make_runner(limits=Limits(max_deliveries=2))

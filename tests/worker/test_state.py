@@ -101,6 +101,19 @@ class TestJobStore:
         store.transition("j1", State.RUNNING, attempt=2)
         assert store.get("j1").error is None
 
+    def test_a_transition_can_release_a_claim_that_still_holds_its_token(
+        self, store, redis_client, namespace
+    ):
+        """The claim goes in the same write; a claim someone else has since taken stays."""
+        claim = f"{namespace}:claim:j1"
+        redis_client.set(claim, "mine")
+        store.transition("j1", State.FAILED, error=FAILURE, release=(claim, "mine"))
+        assert not redis_client.exists(claim)
+        redis_client.set(claim, "theirs")
+        store.transition("j1", State.SUCCEEDED, release=(claim, "mine"))
+        assert redis_client.get(claim) == b"theirs"
+        assert store.get("j1").state is State.SUCCEEDED
+
     def test_both_keys_expire_after_the_ttl(self, store, redis_client):
         """The state hash and its history list each carry the store's TTL."""
         store.transition("j1", State.QUEUED)
