@@ -91,8 +91,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # be set alike in all three places or the shortest wins (Celery's Redis caveats).
         # The restore sweep runs every 10 s instead of every 100 s (kombu's default throttle),
         # so a dead worker's messages come back within visibility_timeout + 10 s.
+        # One priority step keeps the queue one Redis list, which recq's transport fetches
+        # without the window in which kombu's can lose a message (worker/transport.py).
         transport = {
             "visibility_timeout": settings.visibility_timeout,
+            "priority_steps": [0],
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
             "socket_timeout": 30,

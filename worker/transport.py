@@ -1,12 +1,32 @@
-"""kombu's Redis transport, with one Redis client per channel instead of one per command.
+"""kombu's Redis transport, with a fetch that cannot lose a message, and one client per channel.
 
-kombu's Redis channel builds a new ``redis.Redis`` for every synchronous command it sends
-(``conn_or_acquire`` calls ``_create_client`` each time): each publish's binding lookup, and the
-bookkeeping of every message a worker takes and acknowledges. The connections come from one pool
-either way, but building the client is not free: redis-py fills a table of response callbacks
-in its constructor, and the benchmark (``python -m bench --profile``) showed it at 12% of a
-worker's CPU. A ``redis.Redis`` is safe to share between threads (each command takes a pooled
-connection), so the channel keeps one and hands it out. Everything else is kombu's.
+**Fetching.** kombu takes a message with ``BRPOP`` and records it as unacknowledged (the
+``unacked`` hash and its time index, from which the restore sweep brings it back) in a second
+command, once the reply has been read and decoded. A worker killed between the two, or a Redis
+stopped while the reply is on its way, loses that message: it is in neither place. Under load
+the gap is not small (the reply can wait for the event loop behind busy threads), and our crash
+tests saw one message in a few hundred lost when a worker was SIGKILLed.
+
+Here the wait and the take are split. ``BLMOVE q q RIGHT RIGHT`` blocks until the queue has a
+message and changes nothing (it pops the tail and pushes it back where it was); then one Lua
+script pops the message *and* records it unacknowledged, atomically, in Redis. At every moment a
+message is in the queue or in the unacked hash, so a worker killed at any point leaves it to the
+restore sweep. Another worker may take the message between the two steps: the script then finds
+the next one, or nothing, and the wait starts again. It costs no extra round trip: the script
+replaces kombu's bookkeeping pipeline, which :class:`QoS` then skips.
+
+This applies when a channel consumes one Redis list, which is recq's shape: one queue, and
+``priority_steps`` of ``[0]`` (recq's broker options), so priorities do not split it into
+several lists. Otherwise (several queues or priority lists, ``global_keyprefix``, or ack
+emulation turned off) the channel fetches as kombu does.
+
+**One client per channel.** kombu's Redis channel builds a new ``redis.Redis`` for every
+synchronous command it sends (``conn_or_acquire`` calls ``_create_client`` each time): each
+publish's binding lookup, and the bookkeeping of every message a worker takes and acknowledges.
+The connections come from one pool either way, but building the client is not free: redis-py
+fills a table of response callbacks in its constructor, and the benchmark
+(``python -m bench --profile``) showed it at 12% of a worker's CPU. A ``redis.Redis`` is safe to
+share between threads (each command takes a pooled connection), so the channel keeps one.
 
 It also mends one of kombu's failures: see :meth:`Channel._create_client`.
 
@@ -15,19 +35,136 @@ Celery uses it through ``broker_transport`` for ``redis://`` and ``rediss://`` b
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 NAME = "worker.transport:Transport"
 
+# Pop the oldest message of KEYS[1] and record it unacknowledged in the same step, as kombu's
+# QoS.append would: the time index (KEYS[3], scored with the worker's clock, ARGV[1]) and the
+# hash (KEYS[2]) of tag -> [message, exchange, routing key]. The message is kept as it came.
+# A message without a delivery tag or delivery info is only popped: kombu's own bookkeeping then
+# fails on it in the worker, as it would have after BRPOP.
+_TAKE = """
+local item = redis.call('RPOP', KEYS[1])
+if not item then
+  return false
+end
+local ok, message = pcall(cjson.decode, item)
+if ok and type(message) == 'table' and type(message.properties) == 'table' then
+  local tag = message.properties.delivery_tag
+  local info = message.properties.delivery_info
+  if (type(tag) == 'string' or type(tag) == 'number') and type(info) == 'table'
+      and info.exchange ~= nil and info.routing_key ~= nil then
+    redis.call('ZADD', KEYS[3], ARGV[1], tag)
+    redis.call('HSET', KEYS[2], tag,
+      '[' .. item .. ',' .. cjson.encode(info.exchange) .. ','
+          .. cjson.encode(info.routing_key) .. ']')
+    return {item, 1}
+  end
+end
+return {item, 0}
+"""
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's QoS, that does not record again a message the fetch already recorded."""
+
+    channel: Channel
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        recorded = self.channel.recorded
+        if delivery_tag in recorded:
+            recorded.discard(delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)  # the in-memory count only
+        else:
+            super().append(message, delivery_tag)
+
 
 class Channel(kombu_redis.Channel):
-    """A Redis channel that reuses its synchronous client."""
+    """A Redis channel whose fetch never loses a message, and that reuses its client."""
+
+    QoS = QoS
+
+    # kombu's internals used here, which its type stubs do not declare.
+    _queue_cycle: Any
+    _q_for_pri: Callable[[str, int], str]
+    _flush_brpop_reauth: Callable[[], None]
+    connection_errors: tuple[type[BaseException], ...]
 
     _shared: tuple[Any, Any] | None = None
     """The pool the shared client was made for, and the client."""
+
+    _waiting_on: str | None = None
+    """The queue a pending ``BLMOVE`` waits on; None while fetching as kombu does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: set[Any] = set()
+        """Delivery tags the fetch recorded unacknowledged, for :class:`QoS` to skip."""
+        self._take: Any = None
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        kombu_channel: Any = super()  # celery-types does not declare the transport's internals
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        keys = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        if len(keys) != 1 or self.global_keyprefix or not self.ack_emulation:
+            self._waiting_on = None
+            kombu_channel._brpop_start(timeout)
+            return
+        [queue] = keys
+        self._waiting_on = queue
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        wait = self.brpop_timeout if timeout is None else timeout
+        self.client.connection.send_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", wait or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        kombu_channel: Any = super()
+        queue = self._waiting_on
+        if queue is None:
+            result: bool = kombu_channel._brpop_read(**options)
+            return result
+        try:
+            try:
+                ready = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                # As kombu: drop the connection so that the next poll reconnects.
+                self.client.connection.disconnect()
+                raise
+            taken = self._take_one(queue) if ready is not None else None
+            if taken is None:  # the wait timed out, or another worker took the message
+                raise virtual.Empty()
+            item, recorded = taken
+            message = loads(bytes_to_str(item))
+            if recorded:
+                self.recorded.add(message["properties"]["delivery_tag"])
+            self._queue_cycle.rotate(queue)
+            self.connection._deliver(message, queue)
+            return True
+        finally:
+            self._waiting_on = None
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _take_one(self, queue: str) -> tuple[bytes, bool] | None:
+        """Pop the queue's oldest message and record it unacknowledged, in one step."""
+        with self.conn_or_acquire() as client:
+            if self._take is None:
+                self._take = client.register_script(_TAKE)
+            keys = [queue, self.unacked_key, self.unacked_index_key]
+            answer = self._take(keys=keys, args=[time.time()], client=client)
+        if not answer:
+            return None
+        item, recorded = answer
+        return item, bool(recorded)
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         kombu_channel: Any = super()  # celery-types does not declare _create_client

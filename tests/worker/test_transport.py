@@ -1,11 +1,165 @@
-"""recq's Redis transport: kombu's, with one synchronous client per channel."""
+"""recq's Redis transport: kombu's, with a fetch that cannot lose a message and one client per
+channel."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import kombu
 import pytest
 import redis
 
-from worker.transport import Channel
+from worker.transport import Channel, Transport
+
+# A consumer that dies (os._exit, no clean-up at all) the moment a message reaches it: the
+# moment after the fetch, before kombu or Celery has done anything with the message.
+DYING_CONSUMER = """
+import os, sys
+import kombu
+from kombu.transport.virtual import base
+from worker.transport import Transport
+
+base.Transport._deliver = lambda self, message, queue: os._exit(17)
+url, queue, options = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+with kombu.Connection(url, transport=Transport, transport_options=options) as connection:
+    with connection.Consumer(kombu.Queue(queue), accept=["json"], callbacks=[]):
+        connection.drain_events(timeout=20)
+"""
+
+
+def options(namespace: str, **more: Any) -> dict[str, Any]:
+    """Transport options whose unacked keys are this test's own."""
+    return {
+        "unacked_key": f"{namespace}:unacked",
+        "unacked_index_key": f"{namespace}:unacked_index",
+        "unacked_mutex_key": f"{namespace}:unacked_mutex",
+        "priority_steps": [0],
+        **more,
+    }
+
+
+@pytest.fixture
+def connect(redis_url, namespace) -> Iterator[Any]:
+    """Open kombu connections on recq's transport, closed when the test ends."""
+    opened = []
+
+    def connect(**more: Any) -> kombu.Connection:
+        connection = kombu.Connection(
+            redis_url, transport=Transport, transport_options=options(namespace, **more)
+        )
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for connection in opened:
+        connection.close()
+
+
+def publish(connection: kombu.Connection, queue: str, *bodies: Any) -> None:
+    with connection.Producer(serializer="json") as producer:
+        for body in bodies:
+            producer.publish(body, routing_key=queue, declare=[kombu.Queue(queue)])
+
+
+def consume(
+    connection: kombu.Connection,
+    queue: str,
+    count: int,
+    *,
+    ack: bool = True,
+    into: list | None = None,
+) -> list:
+    """Take messages (appended to ``into``) until it holds ``count`` or 10 s have passed."""
+    received: list = [] if into is None else into
+    mine: list = []
+
+    def on_message(body: Any, message: Any) -> None:
+        received.append(body)
+        mine.append(body)
+        if ack:
+            message.ack()
+
+    with connection.Consumer(kombu.Queue(queue), callbacks=[on_message], accept=["json"]):
+        deadline = time.monotonic() + 10
+        while len(received) < count and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                connection.drain_events(timeout=0.5)
+    return mine
+
+
+class TestFetching:
+    def test_a_worker_killed_as_a_message_reaches_it_does_not_lose_it(
+        self, connect, redis_url, namespace, redis_client
+    ):
+        """Killed right after the fetch, the message is already recorded unacknowledged, and
+        the restore sweep brings it back (kombu's BRPOP fetch had lost it: in neither place)."""
+        queue = f"{namespace}:jobs"
+        publish(connect(), queue, {"n": 1})
+        died = subprocess.run(
+            [sys.executable, "-c", DYING_CONSUMER, redis_url, queue, repr(options(namespace))],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert died.returncode == 17, died.stderr.decode()
+        assert redis_client.llen(queue) == 0
+        assert redis_client.hlen(f"{namespace}:unacked") == 1
+        time.sleep(1.2)
+        survivor = connect(visibility_timeout=1, unacked_restore_throttle=1)
+        survivor.default_channel.qos.restore_visible(num=10, interval=1)
+        assert consume(survivor, queue, 1) == [{"n": 1}]
+
+    def test_messages_come_in_order_and_an_ack_forgets_them(self, connect, namespace, redis_client):
+        """Oldest first, each recorded unacknowledged until it is acknowledged."""
+        queue = f"{namespace}:jobs"
+        connection = connect()
+        publish(connection, queue, *({"n": n} for n in range(5)))
+        assert consume(connection, queue, 5) == [{"n": n} for n in range(5)]
+        assert redis_client.hlen(f"{namespace}:unacked") == 0
+        assert redis_client.zcard(f"{namespace}:unacked_index") == 0
+
+    def test_an_unacknowledged_message_stays_recorded(self, connect, namespace, redis_client):
+        """A message taken and not yet acknowledged is in the unacked hash and its index."""
+        queue = f"{namespace}:jobs"
+        connection = connect()
+        publish(connection, queue, {"n": 1})
+        assert consume(connection, queue, 1, ack=False) == [{"n": 1}]
+        assert redis_client.hlen(f"{namespace}:unacked") == 1
+        assert redis_client.zcard(f"{namespace}:unacked_index") == 1
+
+    def test_competing_workers_take_each_message_exactly_once(self, connect, namespace):
+        """Two consumers racing on one queue: between the wait and the take a message may go
+        to the other; none is lost, none is taken twice."""
+        queue = f"{namespace}:jobs"
+        publish(connect(), queue, *({"n": n} for n in range(300)))
+        everyone: list = []
+        taken: list[list] = [[], []]
+
+        def run(index: int) -> None:
+            taken[index] = consume(connect(), queue, 300, into=everyone)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        numbers = sorted(body["n"] for bodies in taken for body in bodies)
+        assert numbers == list(range(300))
+        assert all(taken), "both workers took messages"
+
+    def test_a_channel_on_several_lists_fetches_as_kombu_does(self, connect, namespace):
+        """With priority lists the queue is several Redis lists: kombu's own fetch takes it."""
+        queue = f"{namespace}:jobs"
+        connection = connect(priority_steps=[0, 5])
+        publish(connection, queue, {"n": 1})
+        assert consume(connection, queue, 1) == [{"n": 1}]
+        assert connection.default_channel._waiting_on is None
 
 
 class TestRedisChannel:
