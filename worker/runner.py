@@ -75,6 +75,8 @@ class Outcome:
     """The job had already ended: this delivery changed nothing."""
     deferred: bool = False
     """The job went back on the schedule, to be delivered again later."""
+    released: bool = False
+    """The delivery's last state write gave its claim back already."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +174,13 @@ class JobRunner:
         if claim.batch_id is not None:
             job = dataclasses.replace(job, batch_id=claim.batch_id)
         try:
-            return self._deliver(job, claim)
-        finally:
+            outcome = self._deliver(job, claim)
+        except BaseException:
             self._claims.release(job_id, claim)
+            raise
+        if not outcome.released:
+            self._claims.release(job_id, claim)
+        return outcome
 
     def refuse(self, job_id: str, task: str | None, *, reason: str, message: str) -> None:
         """Record a message the worker could not run at all: failed, dead-lettered, announced."""
@@ -261,7 +267,7 @@ class JobRunner:
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         if not waited:
             self._reporter.announce(job, "waiting", report)
-        return Outcome(job.id, State.WAITING, attempts.total, deferred=True)
+        return Outcome(job.id, State.WAITING, attempts.total, deferred=True, released=True)
 
     def _live(self, job: Job) -> bool:
         """Whether the job's room has an ongoing session (the first and last listing pages)."""
@@ -307,7 +313,7 @@ class JobRunner:
         report = Report(state, attempt=attempts.total)
         self._reporter.record(job, report, extra={"deliveries": 0}, release=claim.lease)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
-        return Outcome(job.id, state, attempts.total, deferred=True)
+        return Outcome(job.id, state, attempts.total, deferred=True, released=True)
 
     def _publish_children(self, job: Job) -> Outcome:
         """A bulk job's work: publish its children, recorded running until they all end."""
@@ -391,7 +397,9 @@ class JobRunner:
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), now + delay))
         self._metrics.retries.labels(reason="requeued_after_outage").inc()
         self._reporter.announce(job, "retrying", report)
-        return Outcome(job.id, State.RETRYING, attempts.total, error=info, deferred=True)
+        return Outcome(
+            job.id, State.RETRYING, attempts.total, error=info, deferred=True, released=True
+        )
 
     def _defer(self, job: Job, delay: float) -> Outcome:
         due = self._clock() + delay
@@ -435,7 +443,14 @@ class JobRunner:
         self._reporter.record(job, report, extra=extra, release=claim.lease if claim else None)
         outcome = "failed" if error else job.kind.succeeded_outcome
         self._reporter.announce(job, outcome, report)
-        return Outcome(job.id, state, attempts.total, error=error, reconciled=reconciled)
+        return Outcome(
+            job.id,
+            state,
+            attempts.total,
+            error=error,
+            reconciled=reconciled,
+            released=claim is not None,
+        )
 
 
 def epoch_text(epoch: float) -> str:

@@ -90,6 +90,39 @@ class TestIdempotency:
         runner.run(START_RECORDING, JOB, job_id="j1")
         assert answers == [ClaimStatus.CLAIMED]
 
+    @pytest.mark.parametrize(
+        ("job", "releases"),
+        [
+            (JOB, 0),
+            ({**JOB, "startAt": "2099-01-01T10:00:00Z"}, 1),
+        ],
+        ids=["ended: released by its last write", "scheduled: released after"],
+    )
+    def test_a_claim_is_released_once(
+        self, runner, claims, redis_client, monkeypatch, job, releases
+    ):
+        """No second round trip to release a claim the last write already gave back; a path
+        that writes without releasing still releases it after."""
+        calls = []
+        release = claims.release
+        monkeypatch.setattr(claims, "release", lambda *a: (calls.append(a), release(*a)))
+        runner.run(START_RECORDING, job, job_id="j1")
+        assert len(calls) == releases
+        assert not redis_client.exists(claims.key("j1"))
+
+    def test_a_delivery_that_raises_releases_its_claim(
+        self, runner, claims, redis_client, monkeypatch
+    ):
+        """An unexpected error (a Redis outage mid-delivery) does not leave the claim held."""
+
+        def broken(*args, **kwargs):
+            raise ConnectionError("Redis went away")
+
+        monkeypatch.setattr(runner, "_attempt", broken)
+        with pytest.raises(ConnectionError):
+            runner.run(START_RECORDING, JOB, job_id="j1")
+        assert not redis_client.exists(claims.key("j1"))
+
     def test_too_many_deliveries_fail_the_job(self, make_runner, sandbox, claims, dead_letters):
         """A job delivered more often than allowed (a crash loop) fails without a call."""
         runner = make_runner(limits=Limits(max_deliveries=2))
