@@ -2,9 +2,13 @@
 
 Every line about a job carries its id (``job_id``): the runner sets it for everything logged while
 it runs a job (:func:`job_context`), and Celery's own lines about a task ("received",
-"succeeded") give it in their arguments. Every line, at every level, passes through
-:func:`worker.redact.redact` and loses the account secret, so tokens, the secret and pre-signed
-URLs' query strings never reach a log, whatever a library chose to print.
+"succeeded") give it in their arguments. Those two lines come at ``--loglevel DEBUG`` only: at
+INFO, a worker running a thousand jobs a second would spend a tenth of its time writing them, and
+every job's state and events already record it (a task that raises is still logged at ERROR).
+
+Every line, at every level, passes through :func:`worker.redact.redact` and loses the account
+secret, so tokens, the secret and pre-signed URLs' query strings never reach a log, whatever a
+library chose to print.
 
 :class:`RecqLogging` is the app's ``log_cls``: Celery sets up logging as usual (levels, log
 file, task loggers, stdout redirection) and each handler it adds gets recq's formatter and
@@ -23,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery.app.log import Logging
+from celery.utils.log import mlevel
 
 from worker.redact import REDACTED, redact
 from worker.settings import Settings
@@ -124,8 +129,20 @@ def install(settings: Settings) -> None:
     logging.captureWarnings(True)
 
 
+# Celery's loggers for its two lines per task ("Task ... received", "Task ... succeeded in").
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
 class RecqLogging(Logging):
     """Celery's logging set-up, with recq's formatter and job-id filter on every handler."""
+
+    def setup(self, loglevel: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Celery's set-up; then Celery's per-task lines only when debugging."""
+        handled = super().setup(loglevel, *args, **kwargs)
+        debugging = mlevel(loglevel or self.loglevel) <= logging.DEBUG
+        for name in PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET if debugging else logging.WARNING)
+        return handled
 
     def setup_handlers(
         self,

@@ -19,7 +19,7 @@ import pytest
 
 from worker.jobs import START_RECORDING
 from worker.producer import Producer
-from worker.sandbox import DEFAULT_SECRET
+from worker.sandbox import DEFAULT_SECRET, Fault
 from worker.state import State
 from worker.testing import Workers, wait_for_state, worker_env
 
@@ -102,6 +102,31 @@ class TestJsonLogs:
         # "eyJ" starts every JWT: no token, ours or echoed back, is in the log.
         for secret in (DEFAULT_SECRET, "eyJ", SIGNATURE, "AKIAEXAMPLE"):
             assert secret not in text
+        # At DEBUG, Celery's own two lines per task are there, naming the job.
+        assert any("received" in line["message"] for line in about_job)
+        assert any("succeeded in" in line["message"] for line in about_job)
+
+    def test_at_the_default_level_a_success_writes_no_line_and_a_failure_one(
+        self, app, sandbox, workers, heartbeat, tmp_path
+    ):
+        """At INFO (the default), Celery's per-task lines are left out; recq's warning for a
+        failed job stays, with its id."""
+        log = tmp_path / "worker.log"
+        workers.start(concurrency=2, log=log)
+        _wait_for(heartbeat)
+        producer = Producer(app)
+        done = producer.enqueue(START_RECORDING, {"roomId": "quiet"})
+        sandbox.inject(Fault(status=400, room="refused", body='{"message": "no such room"}'))
+        failed = producer.enqueue(START_RECORDING, {"roomId": "refused"})
+        assert wait_for_state(app.store, done, State.SUCCEEDED).state is State.SUCCEEDED
+        assert wait_for_state(app.store, failed, State.FAILED).state is State.FAILED
+        workers.stop_all()
+        printed = [line for line in log.read_text().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in printed]
+        assert any(line["message"].startswith("celery@") for line in lines)  # the worker spoke
+        assert [line for line in lines if line["job_id"] == done] == []
+        about_failure = [line for line in lines if line["job_id"] == failed]
+        assert [line["level"] for line in about_failure] == ["WARNING"]
 
 
 class TestMetricsEndpoint:
