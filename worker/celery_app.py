@@ -281,7 +281,7 @@ class RecqCelery(Celery):
         settings = self.settings
         tokens = TokenSigner(settings.require_credentials(), ttl=settings.token_ttl)
         client = VideoSDKClient(
-            build_session(),
+            build_session(settings.api_endpoint),
             endpoint=settings.api_endpoint,
             tokens=tokens,
             connect_timeout=settings.connect_timeout,

@@ -52,8 +52,14 @@ _ALREADY_RUNNING_TEXT = re.compile(r"already\s+(running|started|starting|in prog
 _NOT_RUNNING_TEXT = re.compile(r"\b(not\s+|no\s+(\w+\s+){0,3})(running|active)\b", re.I)
 
 
-def build_session(pool_size: int = 32) -> requests.Session:
-    """A session with a connection pool sized for the worker and no retries of its own."""
+def build_session(endpoint: str, pool_size: int = 32) -> requests.Session:
+    """A session for ``endpoint``: a connection pool sized for the worker, no retries of its
+    own, and the environment's proxy and CA settings read once, here.
+
+    requests would otherwise read them again on every call (the proxy variables, ``NO_PROXY``,
+    ``REQUESTS_CA_BUNDLE``, and ``~/.netrc``: 5% of a worker's time). It also no longer reads
+    ``~/.netrc``, whose login for the API's host would replace the signed token.
+    """
     session = requests.Session()
     # max_retries=0: the one retry policy is RetryPolicy; the adapter must not add another layer.
     adapter = requests.adapters.HTTPAdapter(
@@ -61,6 +67,11 @@ def build_session(pool_size: int = 32) -> requests.Session:
     )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    environment = session.merge_environment_settings(endpoint, {}, None, None, None)
+    session.proxies = environment["proxies"]
+    session.verify = environment["verify"]
+    session.cert = environment["cert"]
+    session.trust_env = False
     return session
 
 

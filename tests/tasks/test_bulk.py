@@ -100,7 +100,7 @@ def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
 ):
     """p0001's audio is already being recorded: VideoSDK refuses that child, and only it."""
     client = VideoSDKClient(
-        build_session(),
+        build_session(sandbox_server.url),
         endpoint=sandbox_server.url,
         tokens=TokenSigner(Credentials(DEFAULT_API_KEY, Secret(DEFAULT_SECRET))),
     )

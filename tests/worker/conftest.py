@@ -57,7 +57,7 @@ def make_client(sandbox_server) -> Iterator[Callable[..., VideoSDKClient]]:
     sessions = []
 
     def make(read_timeout: float = 2.0) -> VideoSDKClient:
-        session = build_session()
+        session = build_session(sandbox_server.url)
         sessions.append(session)
         tokens = TokenSigner(CREDENTIALS)
         return VideoSDKClient(

@@ -35,11 +35,12 @@ def make_client(sandbox_server) -> Iterator[ClientFactory]:
     sessions = []
 
     def make(endpoint: str | None = None, read_timeout: float = 2.0) -> VideoSDKClient:
-        session = build_session()
+        endpoint = endpoint or sandbox_server.url
+        session = build_session(endpoint)
         sessions.append(session)
         return VideoSDKClient(
             session,
-            endpoint=endpoint or sandbox_server.url,
+            endpoint=endpoint,
             tokens=TokenSigner(CREDENTIALS),
             connect_timeout=2.0,
             read_timeout=read_timeout,
@@ -142,6 +143,33 @@ class TestVideoSDKClient:
         with pytest.raises(UpstreamUnavailable):
             client.post(START, {"roomId": "r1"})
         assert [call.status for call in sandbox.calls] == [503]
+
+    def test_a_netrc_login_for_the_host_does_not_replace_the_token(
+        self, make_client, sandbox, tmp_path, monkeypatch
+    ):
+        """requests would send ~/.netrc's login as Basic auth instead of the signed token."""
+        netrc = tmp_path / "netrc"
+        netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        make_client().post(START, {"roomId": "r1"})
+        [call] = sandbox.calls
+        assert call.claims is not None
+        assert call.claims["apikey"] == DEFAULT_API_KEY
+
+    def test_the_environment_s_proxy_is_used_as_it_was_when_the_session_was_built(
+        self, make_client, sandbox, monkeypatch
+    ):
+        """HTTP_PROXY and NO_PROXY are read once, by build_session, not on every call."""
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens
+        proxied = make_client()
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        direct = make_client()
+        monkeypatch.delenv("HTTP_PROXY")
+        with pytest.raises(UpstreamUnavailable):
+            proxied.post(START, {"roomId": "via-proxy"})
+        direct.post(START, {"roomId": "direct"})
+        assert [call.body for call in sandbox.calls] == [{"roomId": "direct"}]
 
     def test_error_bodies_are_redacted(self, client, sandbox):
         """An echoed JWT or pre-signed URL query is kept out of the error's body and message."""
