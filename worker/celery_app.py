@@ -27,7 +27,7 @@ from worker.dead_letters import DeadLetters
 from worker.dispatcher import DispatcherStep
 from worker.errors import SettingsError
 from worker.event_log import EventLog
-from worker.events import Events, ExchangeSink
+from worker.events import Events, ExchangeSink, RedisExchangeSink
 from worker.fanout import FanOut
 from worker.health import HeartbeatStep
 from worker.metrics import Metrics
@@ -267,7 +267,12 @@ class RecqCelery(Celery):
     @cached_property
     def publisher(self) -> Events:
         # The log first: an event a subscriber receives is then already in `recq events`.
-        return Events([self.event_log, ExchangeSink(self.producer_or_acquire)])
+        settings = self.settings
+        if is_amqp(settings.broker_url):
+            return Events([self.event_log, ExchangeSink(self.producer_or_acquire)])
+        if settings.redis_url == settings.broker_url:  # the default: one call for both
+            return Events([RedisExchangeSink(self.broker_redis, log=self.event_log)])
+        return Events([self.event_log, RedisExchangeSink(self.broker_redis)])
 
     @property
     def runner(self) -> JobRunner:

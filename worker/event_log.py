@@ -44,21 +44,21 @@ class EventLog:
     def __init__(self, client: redis.Redis, *, namespace: str = "recq") -> None:
         # redis-py's stream types are loose; the log is read through this one untyped handle.
         self._redis: Any = client
-        self._key = f"{namespace}:events"
+        self.key = f"{namespace}:events"
 
     def publish(self, event: dict[str, Any]) -> None:
         payload = json.dumps(event, separators=(",", ":"))
-        self._redis.xadd(self._key, {"event": payload}, maxlen=MAX_EVENTS, approximate=True)
+        self._redis.xadd(self.key, {"event": payload}, maxlen=MAX_EVENTS, approximate=True)
 
     def read(self, *, follow: bool = False, block_ms: int = 1000) -> Iterator[dict[str, Any]]:
         """Every logged event, oldest first; with ``follow``, then each new one as it comes."""
         if not follow:
-            for _entry_id, fields in self._redis.xrange(self._key):
+            for _entry_id, fields in self._redis.xrange(self.key):
                 yield _decode(fields)
             return
         last: Any = "0-0"
         while True:
-            batches = self._redis.xread({self._key: last}, count=500, block=block_ms)
+            batches = self._redis.xread({self.key: last}, count=500, block=block_ms)
             for entry_id, fields in batches[0][1] if batches else []:
                 last = entry_id
                 yield _decode(fields)

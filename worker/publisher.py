@@ -49,19 +49,43 @@ def redis_envelope(
     content_type: str = "application/json",
 ) -> bytes:
     """A Celery protocol 2 message in kombu's Redis envelope, around an encoded ``body``."""
+    return kombu_envelope(
+        body,
+        content_type=content_type,
+        content_encoding="utf-8" if content_type == "application/json" else "binary",
+        headers={"lang": "py", "task": task, "id": job_id, "root_id": job_id},
+        exchange="",
+        routing_key=queue,
+        correlation_id=job_id,
+    )
+
+
+def kombu_envelope(
+    body: bytes,
+    *,
+    content_type: str,
+    content_encoding: str,
+    exchange: str,
+    routing_key: str,
+    headers: Mapping[str, Any] | None = None,
+    correlation_id: str | None = None,
+) -> bytes:
+    """A persistent message as kombu's Redis transport stores it in a queue's list."""
+    properties: dict[str, Any] = {
+        "delivery_mode": 2,
+        "delivery_tag": str(uuid.uuid4()),
+        "body_encoding": "base64",
+        "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+        "priority": 0,
+    }
+    if correlation_id is not None:
+        properties["correlation_id"] = correlation_id
     envelope = {
         "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8" if content_type == "application/json" else "binary",
+        "content-encoding": content_encoding,
         "content-type": content_type,
-        "headers": {"lang": "py", "task": task, "id": job_id, "root_id": job_id},
-        "properties": {
-            "correlation_id": job_id,
-            "delivery_mode": 2,
-            "delivery_tag": str(uuid.uuid4()),
-            "body_encoding": "base64",
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-        },
+        "headers": dict(headers or {}),
+        "properties": properties,
     }
     return json.dumps(envelope, separators=(",", ":")).encode()
 

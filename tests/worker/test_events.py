@@ -16,7 +16,15 @@ from referencing.jsonschema import DRAFT202012
 import schemas
 from worker.errors import ErrorInfo, Target, Violation
 from worker.event_log import EventLog
-from worker.events import CONTENT_TYPE, EXCHANGE, Event, Events, ExchangeSink, build_event
+from worker.events import (
+    CONTENT_TYPE,
+    EXCHANGE,
+    Event,
+    Events,
+    ExchangeSink,
+    RedisExchangeSink,
+    build_event,
+)
 from worker.state import State
 
 ROOM = Target(room_id="r1")
@@ -184,3 +192,141 @@ class TestExchangeSink:
         assert received == [track_started, track_failed]
         with pytest.raises(track_queue.Empty):
             track_queue.get(timeout=0.5)
+
+
+BINDINGS = (
+    "recording.*",
+    "*.failed",
+    "#",
+    "recording.#",
+    "track_recording.started",
+    "*.*",
+    "batch.completed.#",
+    "no.such",
+)
+TYPES = (
+    "recording.started",
+    "recording.failed",
+    "track_recording.started",
+    "track_recording.retrying",
+    "batch.completed",
+    "recording.stop_scheduled",
+)
+
+
+@pytest.fixture
+def own_exchange(namespace) -> kombu.Exchange:
+    """A topic exchange of this test's own, so no other test's bindings receive its events."""
+    return kombu.Exchange(f"{namespace}-events", type="topic", durable=True)
+
+
+def bind(app, exchange: kombu.Exchange, prefix: str) -> list[str]:
+    """One queue per binding key in BINDINGS, declared and bound with kombu as a subscriber's."""
+    names = [f"{prefix}-{n}" for n in range(len(BINDINGS))]
+    with app.connection_for_write() as connection:
+        channel = connection.channel()
+        for name, key in zip(names, BINDINGS, strict=True):
+            kombu.Queue(name, exchange, routing_key=key)(channel).declare()
+    return names
+
+
+def routed(app, name: str) -> list[str]:
+    """The routing keys of the messages in a queue's list, oldest first; the list emptied."""
+    raw = app.broker_redis.lrange(name, 0, -1)
+    app.broker_redis.delete(name)
+    return [json.loads(m)["properties"]["delivery_info"]["routing_key"] for m in reversed(raw)]
+
+
+def drain(simple: Any) -> list[kombu.Message]:
+    messages = []
+    while True:
+        try:
+            message = simple.get(timeout=0.2)
+        except simple.Empty:
+            return messages
+        message.ack()
+        messages.append(message)
+
+
+class TestRedisExchangeSink:
+    """The one-script publisher a Redis broker uses delivers exactly what kombu would."""
+
+    def test_every_binding_receives_what_kombu_s_own_publisher_gives_it(
+        self, app, own_exchange, namespace
+    ):
+        """Same bindings, same events: kombu's publisher and the script fill the queues alike."""
+        received: dict[str, list[list[str]]] = {}
+        sinks = {
+            "kombu": ExchangeSink(app.producer_or_acquire, own_exchange),
+            "script": RedisExchangeSink(app.broker_redis, own_exchange),
+        }
+        for name, sink in sinks.items():
+            queues = bind(app, own_exchange, f"{namespace}-{name}")
+            for event_type in TYPES:
+                sink.publish(event(event_type))
+            received[name] = [routed(app, queue) for queue in queues]
+        assert received["script"] == received["kombu"]
+        by_binding = dict(zip(BINDINGS, received["script"], strict=True))
+        assert by_binding["recording.*"] == [
+            "recording.started",
+            "recording.failed",
+            "recording.stop_scheduled",
+        ]
+        assert by_binding["*.failed"] == ["recording.failed"]
+        assert by_binding["#"] == list(TYPES)
+        assert by_binding["no.such"] == []
+
+    def test_a_subscriber_reads_the_event_as_kombu_would_have_sent_it(
+        self, app, own_exchange, namespace
+    ):
+        """Content type, encoding, body and routing key: a kombu consumer sees no difference."""
+        [simple] = [
+            app.connection_for_write().SimpleQueue(
+                kombu.Queue(f"{namespace}-one", own_exchange, routing_key="recording.*")
+            )
+        ]
+        sent = event("recording.started")
+        RedisExchangeSink(app.broker_redis, own_exchange).publish(sent)
+        message = simple.get(timeout=5)
+        message.ack()
+        assert message.content_type == CONTENT_TYPE
+        assert message.content_encoding == "utf-8"
+        assert json.loads(message.body) == sent
+        assert message.delivery_info["exchange"] == own_exchange.name
+        assert message.properties["delivery_mode"] == 2
+        simple.queue.delete()
+        simple.close()
+
+    def test_a_queue_bound_twice_receives_one_copy(self, app, own_exchange, namespace):
+        """A queue bound with recording.* and # gets each event once, as with kombu."""
+        name = f"{namespace}-twice"
+        connection = app.connection_for_write()
+        simple = connection.SimpleQueue(kombu.Queue(name, own_exchange, routing_key="#"))
+        kombu.Queue(name, own_exchange, routing_key="recording.*")(connection.channel()).declare()
+        RedisExchangeSink(app.broker_redis, own_exchange).publish(event("recording.started"))
+        assert len(drain(simple)) == 1
+        simple.queue.delete()
+        simple.close()
+
+    def test_with_the_log_the_event_is_also_in_the_event_log(self, app, own_exchange, namespace):
+        """On one Redis, one call logs the event for `recq events` and routes it."""
+        log = EventLog(app.broker_redis, namespace=namespace)
+        simple = app.connection_for_write().SimpleQueue(
+            kombu.Queue(f"{namespace}-logged", own_exchange, routing_key="#")
+        )
+        sent = event("recording.failed", state=State.FAILED, error=INVALID)
+        RedisExchangeSink(app.broker_redis, own_exchange, log=log).publish(sent)
+        assert list(log.read()) == [sent]
+        assert [json.loads(m.body) for m in drain(simple)] == [sent]
+        simple.queue.delete()
+        simple.close()
+
+    def test_an_event_no_queue_is_bound_for_is_only_logged(self, app, own_exchange, namespace):
+        log = EventLog(app.broker_redis, namespace=namespace)
+        RedisExchangeSink(app.broker_redis, own_exchange, log=log).publish(event())
+        assert [e["type"] for e in log.read()] == ["recording.started"]
+
+    def test_the_worker_s_publisher_is_the_script_on_a_redis_broker(self, app):
+        """The default settings (one Redis for broker and state) take the one-call path."""
+        [sink] = app.publisher._sinks
+        assert isinstance(sink, RedisExchangeSink)
