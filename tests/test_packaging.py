@@ -50,3 +50,19 @@ class TestWheel:
         for module in ("worker/app.py", "tasks/recording.py", "worker/sandbox/server.py"):
             assert module in names
         assert not [n for n in names if n.startswith("tests/")]
+
+    def test_redis_replies_are_parsed_by_hiredis(self, wheel, app):
+        """The wheel requires hiredis, and recq's Redis clients use it: parsing replies in C is
+        a seventh of a worker's throughput (docs/performance.md)."""
+        [metadata] = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = [
+            line
+            for line in wheel.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist: redis[hiredis]")
+        ]
+        assert requires
+        connection = app.redis.connection_pool.get_connection()
+        try:
+            assert type(connection._parser).__name__ == "_HiredisParser"
+        finally:
+            app.redis.connection_pool.release(connection)
