@@ -224,11 +224,14 @@ class RecqCelery(Celery):
     @cached_property
     def claims(self) -> Claims:
         settings = self.settings
+        # Without a rate limit the limiter only checks for a 429's pause: the claim reads it.
+        unlimited = settings.rate_limit is None
         return Claims(
             self.redis,
             namespace=settings.namespace,
             lease=settings.claim_lease,
             state_ttl=settings.state_ttl,
+            pause_key=self.rate_limiter.pause_key if unlimited else None,
         )
 
     @cached_property

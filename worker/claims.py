@@ -10,6 +10,10 @@ Before a delivery may call VideoSDK it claims its job id: one Lua script, atomic
   needs no second read;
 - or answers ``busy`` with the lease's remaining time when another delivery holds the claim.
 
+Given the rate limiter's pause key (a worker with no ``RECQ_RATE_LIMIT``, where a 429's pause is
+all the limiter checks), a claim also answers how long calls stay paused, so the delivery's
+first call needs no round trip of its own to learn it (:attr:`Claim.paused`).
+
 The lease expires on its own if its holder dies, so a redelivered job is never blocked for longer
 than a job's longest delivery. Releasing checks the token, so a holder whose lease expired
 cannot release a claim that someone else has since taken. A delivery's last state write (its
@@ -38,8 +42,12 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  local paused = -1
+  if KEYS[3] then
+    paused = math.max(redis.call('PTTL', KEYS[3]), 0)
+  end
   return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0', state or '',
-          job[5] or ''}
+          job[5] or '', paused}
 end
 return {'busy', 0, redis.call('PTTL', KEYS[2])}
 """
@@ -77,6 +85,9 @@ class Claim:
     """The job's recorded state when it was claimed (None before its first record)."""
     batch_id: str | None = None
     """The batch the job is a child of."""
+    paused: float | None = None
+    """Seconds calls stay paused after a 429, as the claim found it (0.0: not paused); None
+    when the claim was not asked (a worker with a rate limit asks the limiter each time)."""
 
     @property
     def lease(self) -> tuple[str, str] | None:
@@ -89,26 +100,37 @@ class Claims:
     """Takes and releases claims on job ids."""
 
     def __init__(
-        self, client: redis.Redis, *, namespace: str, lease: float, state_ttl: int
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        lease: float,
+        state_ttl: int,
+        pause_key: str | None = None,
     ) -> None:
-        self._namespace = namespace
+        self.namespace = namespace
+        self._pause_key = pause_key
         self._lease_ms = int(lease * 1000)
         self._state_ttl = state_ttl
         self._acquire: Any = client.register_script(_ACQUIRE)
         self._release: Any = client.register_script(_RELEASE)
 
     def _keys(self, job_id: str) -> tuple[str, str]:
-        return f"{self._namespace}:job:{job_id}", self.key(job_id)
+        return f"{self.namespace}:job:{job_id}", self.key(job_id)
+
+    def _acquire_keys(self, job_id: str) -> list[str]:
+        pause = [self._pause_key] if self._pause_key else []
+        return [*self._keys(job_id), *pause]
 
     def key(self, job_id: str) -> str:
         """The claim's key: it exists while a delivery of the job runs."""
-        return f"{self._namespace}:claim:{job_id}"
+        return f"{self.namespace}:claim:{job_id}"
 
     def acquire(self, job_id: str) -> Claim:
         """Try to claim ``job_id`` for this delivery."""
         token = uuid.uuid4().hex
         status, deliveries, pttl, *job = self._acquire(
-            keys=self._keys(job_id), args=[token, self._lease_ms, self._state_ttl]
+            keys=self._acquire_keys(job_id), args=[token, self._lease_ms, self._state_ttl]
         )
         name = status.decode() if isinstance(status, bytes) else status
         claim = Claim(
@@ -116,7 +138,8 @@ class Claims:
         )
         if not job:
             return claim
-        attempts, since, requeues, state, batch_id = (_text(v) for v in job)
+        *found, paused = job
+        attempts, since, requeues, state, batch_id = (_text(v) for v in found)
         return dataclasses.replace(
             claim,
             attempts=int(attempts),
@@ -124,6 +147,7 @@ class Claims:
             requeues=int(requeues),
             state=state or None,
             batch_id=batch_id or None,
+            paused=int(paused) / 1000 if int(paused) >= 0 else None,
         )
 
     def release(self, job_id: str, claim: Claim) -> None:

@@ -232,6 +232,11 @@ class RateLimiter:
         self._try: Any = client.register_script(_TRY)
         self._pause: Any = client.register_script(_PAUSE)
 
+    @property
+    def pause_key(self) -> str:
+        """The key present while a 429's pause is in force (its expiry is the pause's end)."""
+        return self._keys[1]
+
     def try_acquire(self, ticket: str | None = None) -> float:
         """Take a slot if it is this caller's turn: 0.0 when granted, else seconds to wait (> 0).
 

@@ -108,6 +108,9 @@ class _Attempts:
     made: int = 0
     maybe_applied: bool = False
     last_error: UpstreamUnavailable | None = None
+    cleared: bool = False
+    """The claim found calls unpaused, with no rate limit to ask: the delivery's first call
+    goes without asking the limiter again."""
 
     @property
     def total(self) -> int:
@@ -200,7 +203,9 @@ class JobRunner:
 
     def _deliver(self, job: Job, claim: Claim) -> Outcome:
         # An earlier delivery that made a call may have started the recording.
-        attempts = _Attempts(before=claim.attempts, maybe_applied=claim.attempts > 0)
+        attempts = _Attempts(
+            before=claim.attempts, maybe_applied=claim.attempts > 0, cleared=claim.paused == 0.0
+        )
         if claim.deliveries > self._limits.max_deliveries:
             error = ErrorInfo(
                 reason="too_many_deliveries",
@@ -250,7 +255,7 @@ class JobRunner:
         if not timing.scheduled:
             return None
         before_stop = timing.stop_at is None or self._clock() < timing.stop_at
-        if before_stop and self._policy.call(lambda: self._live(job)):
+        if before_stop and self._policy.call(lambda: self._live(job, attempts)):
             return None
         now = self._clock()
         if now >= deadline:
@@ -269,28 +274,32 @@ class JobRunner:
             self._reporter.announce(job, "waiting", report)
         return Outcome(job.id, State.WAITING, attempts.total, deferred=True, released=True)
 
-    def _live(self, job: Job) -> bool:
+    def _live(self, job: Job, attempts: _Attempts) -> bool:
         """Whether the job's room has an ongoing session (the first and last listing pages)."""
         params = {"roomId": job.target.room_id}
-        first = self._get(job, Endpoints.SESSIONS, params)
+        first = self._get(job, attempts, Endpoints.SESSIONS, params)
         if ongoing_session(first):
             return True
         last = last_page(first)
         if last == 1:
             return False
-        return ongoing_session(self._get(job, Endpoints.SESSIONS, {**params, "page": str(last)}))
+        page = {**params, "page": str(last)}
+        return ongoing_session(self._get(job, attempts, Endpoints.SESSIONS, page))
 
-    def _get(self, job: Job, path: str, params: Mapping[str, str]) -> Answer:
-        self._take_slot(job)
+    def _get(self, job: Job, attempts: _Attempts, path: str, params: Mapping[str, str]) -> Answer:
+        self._take_slot(job, attempts)
         try:
             return self._client.get(path, params)
         except UpstreamUnavailable as exc:
             self._slow_down(exc)
             raise
 
-    def _take_slot(self, job: Job) -> None:
+    def _take_slot(self, job: Job, attempts: _Attempts) -> None:
         """Wait briefly for a call slot under the fleet-wide rate limit, or raise RateLimited."""
         if self._limiter is None:
+            return
+        if attempts.cleared:  # the claim, a moment ago, found no pause (and there is no limit)
+            attempts.cleared = False
             return
         began = time.perf_counter()
         wait = self._limiter.acquire(self._limits.rate_wait, ticket=job.id)
@@ -349,7 +358,7 @@ class JobRunner:
 
     def _call(self, job: Job, attempts: _Attempts) -> None:
         # The slot first: a job re-queued for want of one has not made this attempt.
-        self._take_slot(job)
+        self._take_slot(job, attempts)
         self._before_attempt(job, attempts)
         attempts.made += 1
         try:

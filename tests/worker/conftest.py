@@ -134,7 +134,7 @@ def scheduler(schedule, reporter, claims, clock, sleeps) -> Scheduler:
 
 @pytest.fixture
 def make_runner(
-    make_client, reporter, policy, claims, schedule, scheduler, fan_out, clock
+    make_client, reporter, policy, claims, schedule, scheduler, fan_out, clock, redis_client
 ) -> Callable[..., JobRunner]:
     def make(
         read_timeout: float = 2.0,
@@ -143,11 +143,20 @@ def make_runner(
         fan_out: FanOut = fan_out,
     ) -> JobRunner:
         client = make_client(read_timeout=read_timeout)
+        claimed = claims
+        if limiter is not None and limiter.rate is None:  # as the app: the claim reads the pause
+            claimed = Claims(
+                redis_client,
+                namespace=claims.namespace,
+                lease=30,
+                state_ttl=3600,
+                pause_key=limiter.pause_key,
+            )
         return JobRunner(
             client=client,
             reporter=reporter,
             policy=policy,
-            claims=claims,
+            claims=claimed,
             schedule=schedule,
             scheduler=scheduler,
             fan_out=fan_out,

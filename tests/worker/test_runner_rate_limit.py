@@ -59,3 +59,48 @@ def test_a_429_asking_for_hours_pauses_the_fleet_for_30_seconds_at_most(
     runner.run(START_RECORDING, {"roomId": "r2"}, job_id="b")
     assert schedule.get("a").due - clock.now >= 7200
     assert 29 < schedule.get("b").due - clock.now <= 30
+
+
+class CountingLimiter(RateLimiter):
+    """A limiter that counts how often it is asked for a slot."""
+
+    asked = 0
+
+    def try_acquire(self, ticket: str | None = None) -> float:
+        self.asked += 1
+        return super().try_acquire(ticket)
+
+
+def test_without_a_limit_the_claim_reads_the_pause_for_the_first_call(
+    make_runner, redis_client, namespace, sandbox
+):
+    """With no RECQ_RATE_LIMIT, the limiter checks only for a 429's pause, and the claim has
+    just read it: the delivery's first call asks nothing more; a retry asks again."""
+    limiter = CountingLimiter(redis_client, namespace=namespace, rate=None)
+    runner = make_runner(limiter=limiter)
+    assert runner.run(START_RECORDING, {"roomId": "r1"}, job_id="a").state is State.SUCCEEDED
+    assert limiter.asked == 0
+    sandbox.inject(Fault(status=503))
+    assert runner.run(START_RECORDING, {"roomId": "r2"}, job_id="b").state is State.SUCCEEDED
+    assert limiter.asked == 1  # the second attempt, after the 503
+
+
+def test_a_pause_found_by_the_claim_holds_the_first_call(
+    make_runner, redis_client, namespace, sandbox, schedule, clock
+):
+    """A pause already in force when the job is claimed: no call, the job waits it out."""
+    limiter = RateLimiter(redis_client, namespace=namespace, rate=None)
+    limiter.pause(20)
+    runner = make_runner(limiter=limiter, limits=Limits(rate_wait=0.0))
+    outcome = runner.run(START_RECORDING, {"roomId": "r1"}, job_id="a")
+    assert outcome.deferred
+    assert sandbox.calls == []
+    assert 19 < schedule.get("a").due - clock.now <= 20
+
+
+def test_with_a_limit_every_call_asks_the_limiter(make_runner, redis_client, namespace):
+    """The claim reads no pause under a rate limit: the limiter's log must count each call."""
+    limiter = CountingLimiter(redis_client, namespace=namespace, rate=Rate(100, 1.0))
+    runner = make_runner(limiter=limiter)
+    runner.run(START_RECORDING, {"roomId": "r1"}, job_id="a")
+    assert limiter.asked == 1
