@@ -1,8 +1,10 @@
-"""``python -m bench.pools JOBS [recq worker options]``: one worker's throughput with options.
+"""``python -m bench.pools JOBS [--processes N] [recq worker options]``: throughput with options.
 
 The pool and concurrency comparison of docs/performance.md: the same throughput step as the
-suite (jobs enqueued first, then one ``recq worker`` drains them, counted on the sandbox's clock),
-with the options given passed to ``recq worker``, e.g. ``--pool prefork --concurrency 2``.
+suite (jobs enqueued first, then ``recq worker`` drains them, counted on the sandbox's clock),
+with the options given passed to ``recq worker``, e.g. ``--pool prefork --concurrency 2``. With
+``--processes N``, N ``recq worker`` processes drain the queue together (one per core is what
+docs/performance.md advises); the CPU and memory shown are then the first process's.
 """
 
 from __future__ import annotations
@@ -23,18 +25,32 @@ MB = 1 << 20
 
 def main() -> None:
     jobs, options = int(sys.argv[1]), sys.argv[2:]
+    processes = 1
+    if options[:1] == ["--processes"]:
+        processes, options = int(options[1]), options[2:]
     with ExitStack() as stack:
         stand = Stand(stack)
         app = create_app(stand.settings)
         stack.callback(app.close)
         prefill(Producer(app), jobs, prefix="pools")
         command = python("-m", "worker", "worker", *options)
-        with WorkerProcess(stand, command, worker_env(stand.settings), "recq-worker") as worker:
+        env = worker_env(stand.settings)
+        others = [
+            stack.enter_context(WorkerProcess(stand, command, env, f"recq-worker-{n}"))
+            for n in range(2, processes + 1)
+        ]
+        with WorkerProcess(stand, command, env, "recq-worker") as worker:
             result = drain(stand, worker, jobs)
+        for other in others:
+            other.alive()
     rate = f"{result.rate:.0f} jobs/s" if result.rate else "n/a"
     cpu = result.cpu.get("worker", 0.0)
     shown = " ".join(options) or "(defaults)"
-    print(f"{shown}: {rate}, worker CPU {cpu:.2f} cores, RSS {result.rss_after / MB:.0f} MB")
+    if processes > 1:
+        shown = f"{processes} processes, {shown}"
+    each = " each" if processes > 1 else ""
+    memory = f"RSS {result.rss_after / MB:.0f} MB{each}"
+    print(f"{shown}: {rate}, worker CPU {cpu:.2f} cores{each}, {memory}")
 
 
 if __name__ == "__main__":
