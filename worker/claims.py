@@ -109,7 +109,7 @@ class Claims:
         pause_key: str | None = None,
     ) -> None:
         self.namespace = namespace
-        self._pause_key = pause_key
+        self._pause = [pause_key] if pause_key else []
         self._lease_ms = int(lease * 1000)
         self._state_ttl = state_ttl
         self._acquire: Any = client.register_script(_ACQUIRE)
@@ -119,8 +119,7 @@ class Claims:
         return f"{self.namespace}:job:{job_id}", self.key(job_id)
 
     def _acquire_keys(self, job_id: str) -> list[str]:
-        pause = [self._pause_key] if self._pause_key else []
-        return [*self._keys(job_id), *pause]
+        return [*self._keys(job_id), *self._pause]
 
     def key(self, job_id: str) -> str:
         """The claim's key: it exists while a delivery of the job runs."""

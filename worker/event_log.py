@@ -15,6 +15,8 @@ from typing import Any
 import redis
 
 MAX_EVENTS = 10_000
+EVENT_FIELD = "event"
+"""The stream entry's one field, holding the event as JSON."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +50,7 @@ class EventLog:
 
     def publish(self, event: dict[str, Any]) -> None:
         payload = json.dumps(event, separators=(",", ":"))
-        self._redis.xadd(self.key, {"event": payload}, maxlen=MAX_EVENTS, approximate=True)
+        self._redis.xadd(self.key, {EVENT_FIELD: payload}, maxlen=MAX_EVENTS, approximate=True)
 
     def read(self, *, follow: bool = False, block_ms: int = 1000) -> Iterator[dict[str, Any]]:
         """Every logged event, oldest first; with ``follow``, then each new one as it comes."""
@@ -65,6 +67,6 @@ class EventLog:
 
 
 def _decode(fields: dict[Any, Any]) -> dict[str, Any]:
-    raw = fields.get(b"event") or fields["event"]
+    raw = fields.get(EVENT_FIELD.encode()) or fields[EVENT_FIELD]
     event: dict[str, Any] = json.loads(raw)
     return event

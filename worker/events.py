@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 import kombu
 import redis
+from kombu.transport import redis as kombu_redis
 
 from worker.errors import ErrorInfo, Target
-from worker.event_log import MAX_EVENTS, EventLog
+from worker.event_log import EVENT_FIELD, MAX_EVENTS, EventLog
 from worker.publisher import kombu_envelope
 from worker.state import State, epoch_iso, iso, utc_now
 
@@ -129,9 +130,10 @@ class ExchangeSink:
 
 
 # KEYS: the exchange's binding set, then (optional) the event log's stream.
-# ARGV: routing key, envelope, then (with the log) the event and the log's length.
-# kombu keeps each binding as "<binding key>\6\22<regex>\6\22<queue>"; the binding key's words
-# are matched as kombu's regex does: "*" is one word, "#" any characters, others literally.
+# ARGV: kombu's separator, routing key, envelope, then (with the log) the log's field, the event
+# and the log's length. kombu keeps each binding as "<binding key><sep><regex><sep><queue>"; the
+# binding key's words are matched as kombu's regex does: "*" one word, "#" any characters, others
+# literally.
 _PUBLISH = r"""
 local function matches(binding, key)
   local parts = {}
@@ -147,16 +149,15 @@ local function matches(binding, key)
   return string.find(key, '^' .. table.concat(parts, '%.') .. '$') ~= nil
 end
 if KEYS[2] then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', ARGV[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', ARGV[4], ARGV[5])
 end
+local sep = ARGV[1]:gsub('%W', '%%%0')
 local pushed = {}
 for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local cut = string.find(member, '\6\22', 1, true)
-  local binding = string.sub(member, 1, cut - 1)
-  local queue = string.match(member, '\6\22[^\6]*\6\22(.*)$')
-  if queue and queue ~= '' and not pushed[queue] and matches(binding, ARGV[1]) then
+  local binding, queue = string.match(member, '^(.-)' .. sep .. '.-' .. sep .. '(.*)$')
+  if queue and queue ~= '' and not pushed[queue] and matches(binding, ARGV[2]) then
     pushed[queue] = true
-    redis.call('LPUSH', queue, ARGV[2])
+    redis.call('LPUSH', queue, ARGV[3])
   end
 end
 return 0
@@ -176,7 +177,8 @@ class RedisExchangeSink:
     ) -> None:
         self._script = client.register_script(_PUBLISH)
         self._exchange = exchange.name
-        self._keys = [f"_kombu.binding.{exchange.name}"] + ([log.key] if log else [])
+        bindings = kombu_redis.Channel.keyprefix_queue % (exchange.name,)
+        self._keys = [bindings] + ([log.key] if log else [])
 
     def publish(self, event: Event) -> None:
         body = json.dumps(event, separators=(",", ":"))
@@ -187,9 +189,9 @@ class RedisExchangeSink:
             exchange=self._exchange,
             routing_key=event["type"],
         )
-        args: list[str | bytes | int] = [event["type"], envelope]
+        args: list[str | bytes | int] = [kombu_redis.Channel.sep, event["type"], envelope]
         if len(self._keys) > 1:
-            args += [body, MAX_EVENTS]
+            args += [EVENT_FIELD, body, MAX_EVENTS]
         self._script(keys=self._keys, args=args)
 
 

@@ -74,9 +74,14 @@ def policy(sleeps) -> RetryPolicy:
     return RetryPolicy(sleep=sleeps)
 
 
+def claims_for(client, namespace: str, pause_key: str | None = None) -> Claims:
+    """Claims as the tests take them: a 30 s lease, states kept an hour."""
+    return Claims(client, namespace=namespace, lease=30, state_ttl=3600, pause_key=pause_key)
+
+
 @pytest.fixture
 def claims(redis_client, namespace) -> Claims:
-    return Claims(redis_client, namespace=namespace, lease=30, state_ttl=3600)
+    return claims_for(redis_client, namespace)
 
 
 @pytest.fixture
@@ -145,13 +150,7 @@ def make_runner(
         client = make_client(read_timeout=read_timeout)
         claimed = claims
         if limiter is not None and limiter.rate is None:  # as the app: the claim reads the pause
-            claimed = Claims(
-                redis_client,
-                namespace=claims.namespace,
-                lease=30,
-                state_ttl=3600,
-                pause_key=limiter.pause_key,
-            )
+            claimed = claims_for(redis_client, claims.namespace, limiter.pause_key)
         return JobRunner(
             client=client,
             reporter=reporter,
