@@ -15,6 +15,13 @@ restore sweep. Another worker may take the message between the two steps: the sc
 the next one, or nothing, and the wait starts again. It costs no extra round trip: the script
 replaces kombu's bookkeeping pipeline, which :class:`QoS` then skips.
 
+The take is not limited to one message: it pops as many as the consumer's prefetch window has
+room for (the ``can_consume_max_estimate`` kombu keeps for transports that fetch in bulk), so a
+busy worker whose threads free several slots while the event loop is elsewhere fills them with
+one wait and one script instead of a pair per message. The messages are delivered oldest first;
+should a delivery fail, those after it stay recorded unacknowledged, like a killed worker's, for
+the restore sweep.
+
 This applies when a channel consumes one Redis list, which is recq's shape: one queue, and
 ``priority_steps`` of ``[0]`` (recq's broker options), so priorities do not split it into
 several lists. Otherwise (several queues or priority lists, ``global_keyprefix``, or ack
@@ -47,31 +54,41 @@ from kombu.utils.json import loads
 
 NAME = "worker.transport:Transport"
 
-# Pop the oldest message of KEYS[1] and record it unacknowledged in the same step, as kombu's
-# QoS.append would: the time index (KEYS[3], scored with the worker's clock, ARGV[1]) and the
-# hash (KEYS[2]) of tag -> [message, exchange, routing key]. The message is kept as it came.
+# Pop up to ARGV[2] of the oldest messages of KEYS[1] and record each unacknowledged in the same
+# step, as kombu's QoS.append would: the time index (KEYS[3], scored with the worker's clock,
+# ARGV[1]) and the hash (KEYS[2]) of tag -> [message, exchange, routing key]. A message is kept
+# as it came. The answer is flat: message, recorded (1 or 0), message, recorded, ... oldest first.
 # A message without a delivery tag or delivery info is only popped: kombu's own bookkeeping then
 # fails on it in the worker, as it would have after BRPOP.
 _TAKE = """
-local item = redis.call('RPOP', KEYS[1])
-if not item then
-  return false
-end
-local ok, message = pcall(cjson.decode, item)
-if ok and type(message) == 'table' and type(message.properties) == 'table' then
-  local tag = message.properties.delivery_tag
-  local info = message.properties.delivery_info
-  if (type(tag) == 'string' or type(tag) == 'number') and type(info) == 'table'
-      and info.exchange ~= nil and info.routing_key ~= nil then
-    redis.call('ZADD', KEYS[3], ARGV[1], tag)
-    redis.call('HSET', KEYS[2], tag,
-      '[' .. item .. ',' .. cjson.encode(info.exchange) .. ','
-          .. cjson.encode(info.routing_key) .. ']')
-    return {item, 1}
+local taken = {}
+for _ = 1, tonumber(ARGV[2]) do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then
+    break
   end
+  local recorded = 0
+  local ok, message = pcall(cjson.decode, item)
+  if ok and type(message) == 'table' and type(message.properties) == 'table' then
+    local tag = message.properties.delivery_tag
+    local info = message.properties.delivery_info
+    if (type(tag) == 'string' or type(tag) == 'number') and type(info) == 'table'
+        and info.exchange ~= nil and info.routing_key ~= nil then
+      redis.call('ZADD', KEYS[3], ARGV[1], tag)
+      redis.call('HSET', KEYS[2], tag,
+        '[' .. item .. ',' .. cjson.encode(info.exchange) .. ','
+            .. cjson.encode(info.routing_key) .. ']')
+      recorded = 1
+    end
+  end
+  taken[#taken + 1] = item
+  taken[#taken + 1] = recorded
 end
-return {item, 0}
+return taken
 """
+
+MOST_TAKEN = 64
+"""The most messages one fetch takes when the consumer sets no prefetch limit."""
 
 
 class QoS(kombu_redis.QoS):
@@ -109,7 +126,7 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         self.recorded: set[Any] = set()
         """Delivery tags the fetch recorded unacknowledged, for :class:`QoS` to skip."""
-        self._take: Any = None
+        self._take_script: Any = None
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         kombu_channel: Any = super()  # celery-types does not declare the transport's internals
@@ -139,32 +156,32 @@ class Channel(kombu_redis.Channel):
                 # As kombu: drop the connection so that the next poll reconnects.
                 self.client.connection.disconnect()
                 raise
-            taken = self._take_one(queue) if ready is not None else None
-            if taken is None:  # the wait timed out, or another worker took the message
+            taken = self._take(queue) if ready is not None else []
+            if not taken:  # the wait timed out, or another worker took the message
                 raise virtual.Empty()
-            item, recorded = taken
-            message = loads(bytes_to_str(item))
-            if recorded:
-                self.recorded.add(message["properties"]["delivery_tag"])
             self._queue_cycle.rotate(queue)
-            self.connection._deliver(message, queue)
+            for item, recorded in taken:
+                message = loads(bytes_to_str(item))
+                if recorded:
+                    self.recorded.add(message["properties"]["delivery_tag"])
+                self.connection._deliver(message, queue)
             return True
         finally:
             self._waiting_on = None
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _take_one(self, queue: str) -> tuple[bytes, bool] | None:
-        """Pop the queue's oldest message and record it unacknowledged, in one step."""
+    def _take(self, queue: str) -> list[tuple[bytes, bool]]:
+        """Pop the queue's oldest messages, as many as the prefetch window has room for, and
+        record them unacknowledged, in one step."""
+        room = self.qos.can_consume_max_estimate()
+        limit = MOST_TAKEN if room is None else max(room, 1)
         with self.conn_or_acquire() as client:
-            if self._take is None:
-                self._take = client.register_script(_TAKE)
+            if self._take_script is None:
+                self._take_script = client.register_script(_TAKE)
             keys = [queue, self.unacked_key, self.unacked_index_key]
-            answer = self._take(keys=keys, args=[time.time()], client=client)
-        if not answer:
-            return None
-        item, recorded = answer
-        return item, bool(recorded)
+            answer = self._take_script(keys=keys, args=[time.time(), limit], client=client)
+        return [(answer[i], bool(answer[i + 1])) for i in range(0, len(answer), 2)]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         kombu_channel: Any = super()  # celery-types does not declare _create_client

@@ -133,6 +133,31 @@ class TestFetching:
         assert redis_client.hlen(f"{namespace}:unacked") == 1
         assert redis_client.zcard(f"{namespace}:unacked_index") == 1
 
+    def test_one_fetch_fills_the_prefetch_window_and_no_more(
+        self, connect, namespace, redis_client
+    ):
+        """With room for three, one wait takes three messages, oldest first, each recorded
+        unacknowledged; the other two stay queued until acknowledgements make room."""
+        queue = f"{namespace}:jobs"
+        connection = connect()
+        publish(connection, queue, *({"n": n} for n in range(5)))
+        received: list = []
+        consumer = connection.Consumer(
+            kombu.Queue(queue),
+            callbacks=[lambda body, message: received.append((body, message))],
+            accept=["json"],
+        )
+        consumer.qos(prefetch_count=3)
+        with consumer:
+            connection.drain_events(timeout=5)
+            assert [body for body, _ in received] == [{"n": 0}, {"n": 1}, {"n": 2}]
+            assert redis_client.llen(queue) == 2
+            assert redis_client.hlen(f"{namespace}:unacked") == 3
+            received[0][1].ack()
+            connection.drain_events(timeout=5)
+        assert [body for body, _ in received][3:] == [{"n": 3}]
+        assert redis_client.llen(queue) == 1
+
     def test_competing_workers_take_each_message_exactly_once(self, connect, namespace):
         """Two consumers racing on one queue: between the wait and the take a message may go
         to the other; none is lost, none is taken twice."""
