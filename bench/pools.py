@@ -9,7 +9,7 @@ docs/performance.md advises); the CPU and memory shown are then the first proces
 
 from __future__ import annotations
 
-import sys
+import argparse
 from contextlib import ExitStack
 
 from bench.procs import python
@@ -23,11 +23,26 @@ from worker.testing import worker_env
 MB = 1 << 20
 
 
-def main() -> None:
-    jobs, options = int(sys.argv[1]), sys.argv[2:]
-    processes = 1
-    if options[:1] == ["--processes"]:
-        processes, options = int(options[1]), options[2:]
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pools",
+        description="Enqueue JOBS jobs, let `recq worker` drain them from a throwaway Redis "
+        "against the VideoSDK sandbox (20 ms answers), and print the jobs per second (on the "
+        "sandbox's clock), the worker's CPU and its memory. Options after JOBS other than "
+        "--processes go to `recq worker`, e.g. --pool prefork --concurrency 2.",
+    )
+    parser.add_argument("jobs", type=int, metavar="JOBS", help="how many jobs to drain")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N `recq worker` processes side by side (default 1)",
+    )
+    args, options = parser.parse_known_args(argv)
+    if args.jobs < 1 or args.processes < 1:
+        parser.error("JOBS and --processes must be at least 1")
+    jobs, processes = args.jobs, args.processes
     with ExitStack() as stack:
         stand = Stand(stack)
         app = create_app(stand.settings)

@@ -6,11 +6,12 @@ folded stacks; :func:`hotspots` reads them back as the functions with the larges
 samples, by their own time (``self``) and with what they call (``total``).
 
 py-spy is an optional tool (``pip install py-spy``); ``python -m bench.profile FILE`` prints the
-summary of a folded-stacks file.
+summary of a folded-stacks file, and ``--under FUNCTION`` where the samples under one function go.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -116,9 +117,61 @@ def render(spots: list[Hotspot]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def under(folded: str, function: str, *, depth: int = 1, top: int = 25) -> list[Hotspot]:
+    """Where the samples under ``function`` (its first frame whose ``file:function`` contains
+    it) go: the ``depth`` frames below it, joined by ``;``, each with its share of all samples
+    (``self_share``: the samples in ``function`` itself are ``<self>``)."""
+    below: Counter[str] = Counter()
+    samples = inside = 0
+    for line in folded.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [name for frame in stack.split(";") if (name := _name(frame)) is not None]
+        samples += count
+        at = next((i for i, frame in enumerate(frames) if function in frame), None)
+        if at is None:
+            continue
+        inside += count
+        below[";".join(frames[at + 1 : at + 1 + depth]) or "<self>"] += count
+    if not samples:
+        return []
+    spots = [Hotspot(where, n / samples, n / samples) for where, n in below.most_common(top)]
+    return [Hotspot(f"{function} (all)", inside / samples, inside / samples), *spots]
+
+
+def main(argv: list[str] | None = None) -> None:
     """Print the hotspots of a py-spy raw (folded) file, by own time and by inclusive time."""
-    text = Path(sys.argv[1]).read_text()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile",
+        description="Summarise py-spy's folded stacks (python -m bench --profile FILE writes "
+        "them): the top functions by own and by inclusive time, or with --under where the "
+        "samples under one function go.",
+    )
+    parser.add_argument("file", type=Path, help="a py-spy raw (folded stacks) file")
+    parser.add_argument(
+        "--under",
+        metavar="FUNCTION",
+        help="break down the samples under the first frame whose file:function contains this "
+        "text, e.g. JobRunner._finish",
+    )
+    parser.add_argument(
+        "--depth", type=int, default=1, help="frames below FUNCTION to group by (default 1)"
+    )
+    args = parser.parse_args(argv)
+    if not args.file.is_file():
+        parser.error(f"{args.file}: no such file")
+    text = args.file.read_text()
+    if args.under:
+        print(f"under {args.under}, shares of all samples")
+        print(
+            "\n".join(
+                f"{s.total_share:6.1%}  {s.where}"
+                for s in under(text, args.under, depth=args.depth)
+            )
+        )
+        return
     print("by own time\n" + render(hotspots(text)))
     print("\nby inclusive time\n" + render(inclusive(text, top=25)))
 
