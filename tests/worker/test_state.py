@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 
 from worker.errors import ErrorInfo, Target
+from worker.redis_server import throwaway_redis
 from worker.state import HISTORY_LENGTH, JobStore, Queued, State
 
 START = datetime(2030, 1, 31, 9, 30, tzinfo=UTC)
@@ -168,6 +170,28 @@ class TestEnqueueMany:
         )
         assert ended == [State.SUCCEEDED, None]
         assert store.get("done").state is State.SUCCEEDED
+
+    def test_the_jobs_are_written_in_one_round_trip_without_asking_for_the_script(self):
+        """The pipeline carries the writes themselves: no SCRIPT EXISTS first (redis-py's way
+        with a script on a pipeline), which was a second round trip for every enqueue."""
+        with throwaway_redis() as server, redis.Redis.from_url(server.url) as client:
+            store = JobStore(client, namespace="count")
+            store.enqueue_many([Queued("first", "start-recording", Target("r"), {})])
+            client.config_resetstat()
+            jobs = [Queued(f"j{n}", "start-recording", Target("r"), {}) for n in range(3)]
+            assert store.enqueue_many(jobs) == [None, None, None]
+            stats = client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 3
+        assert not any(name.startswith("cmdstat_script") for name in stats)
+
+    def test_scripts_flushed_from_redis_are_loaded_again(self):
+        """After a Redis restart or SCRIPT FLUSH, the write script is loaded and the jobs are
+        written all the same."""
+        with throwaway_redis() as server, redis.Redis.from_url(server.url) as client:
+            store = JobStore(client, namespace="flushed")
+            client.script_flush()
+            assert store.enqueue_many([Queued("a", "start-recording", Target("r"), {})]) == [None]
+            assert store.get("a").state is State.QUEUED
 
 
 class TestJobRecordJson:
