@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,19 +69,24 @@ class Profiler:
         return hotspots(self.output.read_text()) if self.output.exists() else []
 
 
+def _samples(folded: str) -> Iterator[tuple[list[str], int]]:
+    """Each stack of py-spy's folded ``folded`` text, as its ``file:function`` frames (outermost
+    first, process and thread frames left out), with how many samples it had."""
+    for line in folded.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [name for frame in stack.split(";") if (name := _name(frame)) is not None]
+        if frames:
+            yield frames, int(count_text)
+
+
 def hotspots(folded: str, *, top: int = 15) -> list[Hotspot]:
     """The ``top`` functions by own share of the samples in py-spy's folded ``folded`` stacks."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
-    for line in folded.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [name for frame in stack.split(";") if (name := _name(frame)) is not None]
-        if not frames:
-            continue
+    for frames, count in _samples(folded):
         samples += count
         own[frames[-1]] += count
         for frame in set(frames):
@@ -118,17 +124,13 @@ def render(spots: list[Hotspot]) -> str:
 
 
 def under(folded: str, function: str, *, depth: int = 1, top: int = 25) -> list[Hotspot]:
-    """Where the samples under ``function`` (its first frame whose ``file:function`` contains
-    it) go: the ``depth`` frames below it, joined by ``;``, each with its share of all samples
-    (``self_share``: the samples in ``function`` itself are ``<self>``)."""
+    """Where the samples under ``function`` go (its outermost frame whose ``file:function``
+    contains that text): first ``function`` itself, then the ``depth`` frames below it joined
+    by ``;`` (``<self>`` for samples in ``function`` itself), each with its share of all the
+    samples as both shares of its :class:`Hotspot`."""
     below: Counter[str] = Counter()
     samples = inside = 0
-    for line in folded.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [name for frame in stack.split(";") if (name := _name(frame)) is not None]
+    for frames, count in _samples(folded):
         samples += count
         at = next((i for i, frame in enumerate(frames) if function in frame), None)
         if at is None:
