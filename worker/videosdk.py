@@ -93,6 +93,24 @@ class VideoSDKClient:
         self._base = endpoint.rstrip("/")
         self._tokens = tokens
         self._timeout = (connect_timeout, read_timeout)
+        self._templates: dict[tuple[str, str], requests.PreparedRequest] = {}
+
+    def _prepared(self, method: str, path: str) -> requests.PreparedRequest:
+        """The request for ``method`` and ``path``, merged with the session's headers, hooks
+        and auth once: each call copies it and adds its body, query and token.
+
+        ``Session.request`` would merge and parse all of it again on every call (a fifth of a
+        call's CPU). The one difference: the session's cookies are not sent; VideoSDK's API
+        authenticates by token alone.
+        """
+        key = (method, path)
+        prepared = self._templates.get(key)
+        if prepared is None:
+            headers = {"Content-Type": "application/json"}
+            request = requests.Request(method, self._base + path, headers=headers)
+            prepared = self._templates[key] = self._session.prepare_request(request)
+            prepared.headers.pop("Cookie", None)
+        return prepared
 
     def post(self, path: str, body: Mapping[str, Any]) -> Answer:
         """POST ``body`` as JSON to ``path``; return the answer or raise a classified error."""
@@ -110,18 +128,15 @@ class VideoSDKClient:
         json_body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Answer:
-        headers = {"Authorization": self._tokens.token(), "Content-Type": "application/json"}
-        data = None if json_body is None else json.dumps(json_body, separators=(",", ":"))
+        request = self._prepared(method, path).copy()
+        if params:
+            request.prepare_url(request.url, params)
+        if json_body is not None:
+            request.prepare_body(json.dumps(json_body, separators=(",", ":")), None)
+        request.headers["Authorization"] = self._tokens.token()
         began = time.perf_counter()
         try:
-            response = self._session.request(
-                method,
-                self._base + path,
-                data=data,
-                params=params,
-                headers=headers,
-                timeout=self._timeout,
-            )
+            response = self._session.send(request, timeout=self._timeout)
         except requests.RequestException as exc:
             error = _network_error(path, exc)
             self._observe(path, None, time.perf_counter() - began)

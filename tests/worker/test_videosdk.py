@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import jwt
 import pytest
+import requests
 
 from worker.errors import Answer, UpstreamRejected, UpstreamUnavailable
 from worker.redis_server import free_port
@@ -170,6 +171,40 @@ class TestVideoSDKClient:
             proxied.post(START, {"roomId": "via-proxy"})
         direct.post(START, {"roomId": "direct"})
         assert [call.body for call in sandbox.calls] == [{"roomId": "direct"}]
+
+    def test_each_endpoint_s_request_is_prepared_once_not_on_every_call(self, sandbox_server):
+        """The session's headers and settings are merged once per endpoint, then copied."""
+        prepared: list[str] = []
+
+        class CountingSession(requests.Session):
+            def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+                prepared.append(request.url)
+                return super().prepare_request(request)
+
+        session = CountingSession()
+        client = VideoSDKClient(
+            session, endpoint=sandbox_server.url, tokens=TokenSigner(CREDENTIALS)
+        )
+        for room in ("r1", "r2", "r3"):
+            client.post(START, {"roomId": room})
+            client.get(Endpoints.SESSIONS, {"roomId": room})
+        session.close()
+        assert prepared == [sandbox_server.url + START, sandbox_server.url + Endpoints.SESSIONS]
+
+    def test_each_call_sends_only_its_own_body_and_query(self, client, sandbox):
+        """A copied request carries nothing over from the calls before it."""
+        client.get(Endpoints.SESSIONS, {"roomId": "r1", "page": "2"})
+        client.get(Endpoints.SESSIONS, {"roomId": "r2"})
+        client.post(START, {"roomId": "r3"})
+        client.post(START, {"roomId": "r4", "config": {"mode": "audio"}})
+        sent = [(call.method, call.query, call.body) for call in sandbox.calls]
+        assert sent == [
+            ("GET", {"roomId": "r1", "page": "2"}, None),
+            ("GET", {"roomId": "r2"}, None),
+            ("POST", {}, {"roomId": "r3"}),
+            ("POST", {}, {"roomId": "r4", "config": {"mode": "audio"}}),
+        ]
+        assert all(call.claims is not None for call in sandbox.calls)
 
     def test_error_bodies_are_redacted(self, client, sandbox):
         """An echoed JWT or pre-signed URL query is kept out of the error's body and message."""
