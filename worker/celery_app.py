@@ -273,8 +273,10 @@ class RecqCelery(Celery):
         settings = self.settings
         if is_amqp(settings.broker_url):
             return Events([self.event_log, ExchangeSink(self.producer_or_acquire)])
-        if settings.redis_url == settings.broker_url:  # the default: one call for both
-            return Events([RedisExchangeSink(self.broker_redis, log=self.event_log)])
+        if settings.redis_url == settings.broker_url:
+            # The default: one call for the log and the exchange, on the state store's client,
+            # so a job's final state write and its event share one round trip.
+            return Events([RedisExchangeSink(self.redis, log=self.event_log)])
         return Events([self.event_log, RedisExchangeSink(self.broker_redis)])
 
     @property

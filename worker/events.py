@@ -11,7 +11,9 @@ emulation: a set of bindings, each a routing-key pattern and a queue's list. Pub
 kombu reads that set, matches it in Python and pushes to each list, a fifth of a worker's time
 per job; :class:`RedisExchangeSink` does the same in one Lua script, inside Redis, with the
 same matching (``*`` one word, ``#`` any words) and the envelope kombu would have pushed, and
-appends to the event log in that call too when the log lives on the broker's Redis.
+appends to the event log in that call too when the log lives on the broker's Redis. When that
+Redis is also the state store (the default), the state write an event reports and the event go
+to Redis in one round trip (:meth:`Events.publish` with ``after``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kombu.transport import redis as kombu_redis
 from worker.errors import ErrorInfo, Target
 from worker.event_log import EVENT_FIELD, MAX_EVENTS, EventLog
 from worker.publisher import kombu_envelope
+from worker.scripts import ScriptCall, run_together
 from worker.state import State, epoch_iso, iso, utc_now
 
 logger = logging.getLogger(__name__)
@@ -175,12 +178,17 @@ class RedisExchangeSink:
         *,
         log: EventLog | None = None,
     ) -> None:
+        self.client = client
         self._script = client.register_script(_PUBLISH)
         self._exchange = exchange.name
         bindings = kombu_redis.Channel.keyprefix_queue % (exchange.name,)
         self._keys = [bindings] + ([log.key] if log else [])
 
     def publish(self, event: Event) -> None:
+        self.call(event).run()
+
+    def call(self, event: Event) -> ScriptCall:
+        """The script call that publishes ``event`` (for a round trip shared with others)."""
         body = json.dumps(event, separators=(",", ":"))
         envelope = kombu_envelope(
             body.encode(),
@@ -192,7 +200,7 @@ class RedisExchangeSink:
         args: list[str | bytes | int] = [kombu_redis.Channel.sep, event["type"], envelope]
         if len(self._keys) > 1:
             args += [EVENT_FIELD, body, MAX_EVENTS]
-        self._script(keys=self._keys, args=args)
+        return ScriptCall(self.client, self._script, self._keys, args)
 
 
 class Events:
@@ -201,15 +209,38 @@ class Events:
     def __init__(self, sinks: Sequence[EventSink]) -> None:
         self._sinks = tuple(sinks)
 
-    def publish(self, event: Event) -> None:
-        for sink in self._sinks:
+    def publish(self, event: Event, *, after: ScriptCall | None = None) -> None:
+        """Send ``event`` to every sink.
+
+        With ``after``, the state write the event reports: the write is made first, in the same
+        round trip as the sinks that publish on its Redis client (a Redis broker that is also
+        the state store, the default). The write's failure raises, as the write alone would; a
+        sink's failure is only logged.
+        """
+        rest: Sequence[EventSink] = self._sinks
+        if after is not None:
+            joined = [
+                sink
+                for sink in self._sinks
+                if isinstance(sink, RedisExchangeSink) and sink.client is after.client
+            ]
+            rest = [sink for sink in self._sinks if sink not in joined]
+            written, *published = run_together([after, *(sink.call(event) for sink in joined)])
+            if isinstance(written, Exception):
+                raise written
+            for shared, answer in zip(joined, published, strict=True):
+                if isinstance(answer, Exception):
+                    logger.error(_UNPUBLISHED, *_naming(event, shared), exc_info=answer)
+        for sink in rest:
             try:
                 sink.publish(event)
             except Exception:
                 # The job's outcome is already in its state; an unpublished event must not undo it.
-                logger.exception(
-                    "could not publish %s for job %s to %s",
-                    event["type"],
-                    event["subject"],
-                    type(sink).__name__,
-                )
+                logger.exception(_UNPUBLISHED, *_naming(event, sink))
+
+
+_UNPUBLISHED = "could not publish %s for job %s to %s"
+
+
+def _naming(event: Event, sink: EventSink) -> tuple[str, str, str]:
+    return event["type"], event["subject"], type(sink).__name__

@@ -16,9 +16,10 @@ from typing import Any
 from worker.batches import Batches, child_outcomes
 from worker.dead_letters import DeadLetters
 from worker.errors import ErrorInfo
-from worker.events import Events, build_event
+from worker.events import Event, Events, build_event
 from worker.jobs import BY_NAME, Job
 from worker.metrics import Metrics
+from worker.scripts import ScriptCall
 from worker.state import Extra, JobStore, State
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,37 @@ class Reporter:
     ) -> None:
         """Write the job's new state, with its kind, target, metadata and times; with
         ``release`` (a claim's key and token), give the delivery's claim back in the same write."""
+        self._write(job, report, extra, release).run()
+        self._recorded(job, report)
+
+    def announce(self, job: Job, outcome: str, report: Report) -> None:
+        """Publish the event ``<prefix>.<outcome>`` about the job."""
+        self._events.publish(self._event(job, outcome, report))
+
+    def record_and_announce(
+        self,
+        job: Job,
+        outcome: str,
+        report: Report,
+        *,
+        extra: Extra | None = None,
+        release: tuple[str, str] | None = None,
+    ) -> None:
+        """:meth:`record` and then :meth:`announce`, in one round trip to Redis where the event
+        is published on the state store's Redis (the default)."""
+        write = self._write(job, report, extra, release)
+        self._events.publish(self._event(job, outcome, report), after=write)
+        self._recorded(job, report)
+
+    def _write(
+        self, job: Job, report: Report, extra: Extra | None, release: tuple[str, str] | None
+    ) -> ScriptCall:
         fields = dict(extra or {})
         if report.due_at is not None:
             fields["dueAt"] = report.due_at
         if report.deadline is not None:
             fields["deadline"] = report.deadline
-        self.store.transition(
+        return self.store.write_call(
             job.id,
             report.state,
             kind=job.kind.name,
@@ -85,38 +111,38 @@ class Reporter:
             extra=fields,
             release=release,
         )
-        if report.state.terminal:
-            self._metrics.jobs.labels(kind=job.kind.name, outcome=report.state.value).inc()
-            # Celery already logs every task at INFO: recq adds a line of its own for failures.
-            level = logging.WARNING if report.state is State.FAILED else logging.DEBUG
-            logger.log(
-                level, "%s %s (attempt %d)", job.kind.name, report.state.value, report.attempt
-            )
+
+    def _recorded(self, job: Job, report: Report) -> None:
+        """What follows a recorded state: a terminal one is counted, logged, and told to its
+        batch, whose last child completes it."""
+        if not report.state.terminal:
+            return
+        self._metrics.jobs.labels(kind=job.kind.name, outcome=report.state.value).inc()
+        # Celery already logs every task at INFO: recq adds a line of its own for failures.
+        level = logging.WARNING if report.state is State.FAILED else logging.DEBUG
+        logger.log(level, "%s %s (attempt %d)", job.kind.name, report.state.value, report.attempt)
         # A child knows its batch from its claim (or its record): no extra read per transition.
-        if job.batch_id is not None and report.state.terminal and self._batches is not None:
+        if job.batch_id is not None and self._batches is not None:
             succeeded = report.state is State.SUCCEEDED
             if self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded):
                 self._complete(job.batch_id)
 
-    def announce(self, job: Job, outcome: str, report: Report) -> None:
-        """Publish the event ``<prefix>.<outcome>`` about the job."""
-        self._events.publish(
-            build_event(
-                job.kind.event_type(outcome),
-                job_id=job.id,
-                kind=job.kind.name,
-                state=report.state,
-                target=job.target,
-                attempt=report.attempt,
-                metadata=job.metadata,
-                error=report.error,
-                reconciled=report.reconciled,
-                due_at=report.due_at,
-                deadline=report.deadline,
-                batch_id=job.batch_id,
-                counts=report.counts,
-                children=report.children,
-            )
+    def _event(self, job: Job, outcome: str, report: Report) -> Event:
+        return build_event(
+            job.kind.event_type(outcome),
+            job_id=job.id,
+            kind=job.kind.name,
+            state=report.state,
+            target=job.target,
+            attempt=report.attempt,
+            metadata=job.metadata,
+            error=report.error,
+            reconciled=report.reconciled,
+            due_at=report.due_at,
+            deadline=report.deadline,
+            batch_id=job.batch_id,
+            counts=report.counts,
+            children=report.children,
         )
 
     def dead_letter(
@@ -144,5 +170,4 @@ class Reporter:
         else:
             state = State.PARTIALLY_FAILED
         report = Report(state, error=failure, counts=progress.counts(), children=outcomes)
-        self.record(batch, report)
-        self.announce(batch, "completed", report)
+        self.record_and_announce(batch, "completed", report)

@@ -332,8 +332,7 @@ class JobRunner:
         def starting(total: int) -> None:
             counts = {"total": total, "succeeded": 0, "failed": 0, "pending": total}
             report = Report(State.RUNNING, counts=counts)
-            self._reporter.record(job, report)
-            self._reporter.announce(job, "started", report)
+            self._reporter.record_and_announce(job, "started", report)
 
         self._fan_out.run(job, starting=starting)
         return Outcome(job.id, State.RUNNING, 0)
@@ -449,9 +448,9 @@ class JobRunner:
             self._reporter.dead_letter(
                 job.id, task=job.kind.task_name, job=kept, error=error, attempts=attempts.total
             )
-        self._reporter.record(job, report, extra=extra, release=claim.lease if claim else None)
         outcome = "failed" if error else job.kind.succeeded_outcome
-        self._reporter.announce(job, outcome, report)
+        release = claim.lease if claim else None
+        self._reporter.record_and_announce(job, outcome, report, extra=extra, release=release)
         return Outcome(
             job.id,
             state,

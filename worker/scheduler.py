@@ -129,8 +129,7 @@ class Scheduler:
             raise JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
         job = _job_of(record)
         report = Report(State.CANCELLED, attempt=record.attempts)
-        self._reporter.record(job, report)
-        self._reporter.announce(job, "cancelled", report)
+        self._reporter.record_and_announce(job, "cancelled", report)
         return job
 
     def reschedule(
@@ -172,8 +171,7 @@ class Scheduler:
         report = Report(
             State.SCHEDULED, attempt=record.attempts, due_at=due, deadline=timing.deadline
         )
-        self._reporter.record(job, report, extra={"deliveries": 0})
-        self._reporter.announce(job, "scheduled", report)
+        self._reporter.record_and_announce(job, "scheduled", report, extra={"deliveries": 0})
         return job, timing
 
     def upcoming(self) -> list[tuple[Delivery, JobRecord | None]]:

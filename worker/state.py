@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from worker.errors import ErrorInfo, Target
+from worker.scripts import ScriptCall, run_together
 
 HISTORY_LENGTH = 20
 
@@ -196,7 +197,7 @@ class JobStore:
     ) -> None:
         """Record that ``job_id`` is now in ``state``, with whatever else is known; with
         ``release`` (a claim's key and token) give that claim back in the same step."""
-        call = self._write_call(
+        self.write_call(
             job_id,
             state,
             kind=kind,
@@ -207,8 +208,7 @@ class JobStore:
             reconciled=reconciled,
             extra=extra,
             release=release,
-        )
-        self._write(self._redis, call)
+        ).run()
 
     def enqueue(
         self,
@@ -236,16 +236,10 @@ class JobStore:
             pipe.multi()
             if fresh:
                 pipe.hdel(key, "deliveries", "outageSince", "requeues", "retryAt", "reconciled")
-            call = self._write_call(
-                job_id,
-                state,
-                kind=kind,
-                attempt=0,
-                target=target,
-                metadata=metadata,
-                extra=extra,
+            call = self.write_call(
+                job_id, state, kind=kind, attempt=0, target=target, metadata=metadata, extra=extra
             )
-            self._write(pipe, call)
+            self._write_script(keys=call.keys, args=call.args, client=pipe)
             return None
 
         # redis-py types transaction()'s callable as returning None; it returns its value.
@@ -253,30 +247,24 @@ class JobStore:
         result: State | None = transaction(write, key, value_from_callable=True)
         return result
 
-    def _write(
-        self, client: redis.Redis | redis.client.Pipeline, call: tuple[list[str], list[str | int]]
-    ) -> Any:
-        """Run one transition's :data:`_WRITE` (on ``client``, or queued on a pipe)."""
-        keys, args = call
-        return self._write_script(keys=keys, args=args, client=client)
-
-    def _write_call(
+    def write_call(
         self,
         job_id: str,
         state: State,
         *,
-        kind: str | None,
-        attempt: int | None,
-        target: Target | None,
-        metadata: Mapping[str, Any] | None,
+        kind: str | None = None,
+        attempt: int | None = None,
+        target: Target | None = None,
+        metadata: Mapping[str, Any] | None = None,
         error: ErrorInfo | None = None,
         reconciled: bool = False,
         extra: Extra | None = None,
         unless_ended: bool = False,
         now: str | None = None,
         release: tuple[str, str] | None = None,
-    ) -> tuple[list[str], list[str | int]]:
-        """The keys and arguments of :data:`_WRITE` for one transition."""
+    ) -> ScriptCall:
+        """One transition's :data:`_WRITE`, to make now (:meth:`transition`) or in a round trip
+        shared with other calls on this store's client (:func:`worker.scripts.run_together`)."""
         now = now or iso(self._clock())
         fields, entry = _fields(
             job_id,
@@ -295,14 +283,15 @@ class JobStore:
         flags = ["1" if unless_ended else "0", "1" if error is None else "0"]
         claim, token = release or (None, "")
         keys = [key, key + ":history"] + ([claim] if claim else [])
-        return keys, [now, entry, self._ttl, HISTORY_LENGTH, *flags, token, *flat]
+        args: list[str | int] = [now, entry, self._ttl, HISTORY_LENGTH, *flags, token, *flat]
+        return ScriptCall(self._redis, self._write_script, keys, args)
 
     def enqueue_many(self, jobs: Sequence[Queued]) -> list[State | None]:
         """:meth:`enqueue` for many jobs in one round trip (never ``fresh``): for each, None
         when it was recorded queued, or the terminal state it had already reached."""
         now = iso(self._clock())
         calls = [
-            self._write_call(
+            self.write_call(
                 job.id,
                 State.QUEUED,
                 kind=job.kind,
@@ -315,21 +304,12 @@ class JobStore:
             )
             for job in jobs
         ]
-
-        def write_all() -> list[Any]:
-            # EVALSHA itself, not the script object: redis-py would first ask SCRIPT EXISTS in
-            # a round trip of its own, a third of a one-job enqueue's time.
-            pipe = self._redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self._write_script.sha, len(keys), *keys, *args)
-            return pipe.execute()
-
-        try:
-            ended = write_all()
-        except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts
-            self._redis.script_load(_WRITE)
-            ended = write_all()
-        return [State(_text(state)) if state else None for state in ended]
+        ended = []
+        for answer in run_together(calls):
+            if isinstance(answer, Exception):
+                raise answer
+            ended.append(State(_text(answer)) if answer else None)
+        return ended
 
     def states(self, job_ids: Sequence[str]) -> list[tuple[State | None, dict[str, Any] | None]]:
         """Each job's state and error (None for an unknown job), in one round trip."""

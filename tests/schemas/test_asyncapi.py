@@ -154,8 +154,9 @@ EMITTED = sorted({kind.event_type(outcome) for kind in KINDS for outcome in outc
 
 
 def announced(call: ast.Call, function: ast.AST) -> set[str]:
-    """The outcomes one ``announce(job, outcome, report)`` call can pass: string literals, and
-    the ``succeeded_outcome`` of any kind, in the argument or the local variable it names."""
+    """The outcomes one ``announce(job, outcome, report)`` (or ``record_and_announce``) call can
+    pass: string literals, and the ``succeeded_outcome`` of any kind, in the argument or the
+    local variable it names."""
     argument = call.args[1] if len(call.args) > 1 else call.keywords[0].value
     if isinstance(argument, ast.Name):
         argument = next(
@@ -171,13 +172,17 @@ def announced(call: ast.Call, function: ast.AST) -> set[str]:
     return found
 
 
+ANNOUNCING = {"announce", "record_and_announce"}
+"""The reporter's methods that publish an event: ``(job, outcome, report)`` each."""
+
+
 def announced_in_worker() -> set[str]:
     found: set[str] = set()
     for path in Path(worker.__file__).parent.rglob("*.py"):
         for function in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(function, ast.FunctionDef):
                 for call in ast.walk(function):
-                    if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "announce":
+                    if isinstance(call, ast.Call) and getattr(call.func, "attr", "") in ANNOUNCING:
                         found |= announced(call, function)
     return found
 
@@ -333,8 +338,8 @@ class TestEventMessages:
         assert sorted(DOC["channels"]["events"]["parameters"]["eventType"]["enum"]) == EMITTED
 
     def test_the_worker_announces_no_outcome_the_document_leaves_out(self):
-        """The outcomes passed to ``Reporter.announce`` anywhere in ``worker/`` are those the
-        kinds' outcomes above are built from."""
+        """The outcomes passed to ``Reporter.announce`` (or ``record_and_announce``) anywhere
+        in ``worker/`` are those the kinds' outcomes above are built from."""
         assert announced_in_worker() == set().union(*(outcomes(kind) for kind in KINDS))
 
     @pytest.mark.parametrize(("name", "event"), schemas.examples("events", "valid"))

@@ -327,6 +327,8 @@ class TestRedisExchangeSink:
         assert [e["type"] for e in log.read()] == ["recording.started"]
 
     def test_the_worker_s_publisher_is_the_script_on_a_redis_broker(self, app):
-        """The default settings (one Redis for broker and state) take the one-call path."""
+        """The default settings (one Redis for broker and state) take the one-call path, on
+        the state store's client, so a job's end and its event can share a round trip."""
         [sink] = app.publisher._sinks
         assert isinstance(sink, RedisExchangeSink)
+        assert sink.client is app.store.write_call("j", State.SUCCEEDED).client

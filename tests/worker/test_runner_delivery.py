@@ -53,23 +53,36 @@ class TestIdempotency:
         ids=["succeeded", "failed", "requeued-after-outage"],
     )
     def test_the_write_that_hands_a_job_on_frees_its_claim(
-        self, runner, sandbox, store, claims, dead_letters, redis_client, monkeypatch, faults, state
+        self,
+        runner,
+        sandbox,
+        store,
+        claims,
+        dead_letters,
+        redis_client,
+        sink,
+        monkeypatch,
+        faults,
+        state,
     ):
         """Whoever sees the job ended (or handed back) can run it again at once: the claim is
-        gone in the same write, and a failure's dead letter is already kept for a replay."""
+        gone with the write its event reports, and a failure's dead letter is already kept."""
         seen = []
-        write = store.transition
+        publish = sink.publish
 
-        def spy(job_id, new_state, **fields):
-            write(job_id, new_state, **fields)
-            if new_state is state:
-                seen.append((redis_client.exists(claims.key(job_id)), dead_letters.get(job_id)))
+        def spy(event):
+            publish(event)
+            if event["data"]["state"] == state.value:
+                job_id = event["subject"]
+                recorded = store.get(job_id).state
+                claimed = redis_client.exists(claims.key(job_id))
+                seen.append((recorded, claimed, dead_letters.get(job_id)))
 
-        monkeypatch.setattr(store, "transition", spy)
+        monkeypatch.setattr(sink, "publish", spy)
         sandbox.inject(*faults)
         runner.run(START_RECORDING, JOB, job_id="j1")
-        claimed, letter = seen[-1]  # the last: retries within the delivery keep the claim
-        assert claimed == 0
+        recorded, claimed, letter = seen[-1]  # the last: retries within the delivery keep it
+        assert (recorded, claimed) == (state, 0)
         assert (letter is not None) == (state is State.FAILED)
 
     def test_a_replay_on_the_failed_event_is_claimed_at_once(
