@@ -326,43 +326,6 @@ class RecqCelery(Celery):
         )
 
 
-GEVENT_SPARE_CONNECTIONS = 10
-"""Broker connections a gevent worker has beyond one per green thread: fetch, control, events."""
-
-
-def prepare_pool(worker: Any) -> None:
-    """Check the worker's pool, and size the broker's connection pool for a gevent one.
-
-    The threads pool (the default) and prefork need nothing. eventlet is refused: recq's
-    clients were not made to work under it. gevent needs the process patched before anything
-    was imported (``recq worker --pool gevent`` and Celery's ``celery worker -P gevent`` do it);
-    its green threads acknowledge their messages themselves, each holding a broker connection
-    for it, so kombu's default limit of 10 connections becomes the concurrency and some spare.
-    """
-    pool = worker.pool_cls
-    name = (pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}").lower()
-    if "eventlet" in name:
-        raise SettingsError(
-            ["--pool eventlet is not supported; use --pool threads (the default) or --pool gevent"]
-        )
-    if "gevent" not in name:
-        return
-    from gevent import monkey  # noqa: PLC0415 - only for a gevent worker
-
-    if not monkey.is_module_patched("socket"):
-        raise SettingsError(
-            [
-                "--pool gevent needs the process patched by gevent before anything is imported: "
-                "start it with `recq worker --pool gevent` (or `celery -A worker.app worker "
-                "-P gevent`)"
-            ]
-        )
-    if isinstance(worker.concurrency, int):  # "auto" is resolved later, to the CPU count
-        options = worker.app.conf.broker_transport_options
-        needed = worker.concurrency + GEVENT_SPARE_CONNECTIONS
-        options["max_connections"] = max(options.get("max_connections", 10), needed)
-
-
 def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> RecqCelery:
     """A configured recq Celery app, with its tasks registered."""
     app = RecqCelery(settings, sleep=sleep)
@@ -373,12 +336,11 @@ def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.slee
     if is_amqp(settings.broker_url):
         app.steps["consumer"].add(TopologyStep)
 
-    def check_worker(sender: Any, **_: Any) -> None:
+    def check_credentials(sender: Any, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:
             return
         try:
             settings.require_credentials()
-            prepare_pool(sender)
         except SettingsError as exc:
             # SystemExit, not an exception: Celery's signal dispatch swallows exceptions.
             print(f"recq worker: {exc}", file=sys.stderr)
@@ -388,6 +350,6 @@ def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.slee
         if getattr(sender, "app", None) is app and settings.metrics_port:
             app.metrics.serve(settings.metrics_port)
 
-    signals.worker_init.connect(check_worker, weak=False)
+    signals.worker_init.connect(check_credentials, weak=False)
     signals.worker_ready.connect(serve_metrics, weak=False)
     return app

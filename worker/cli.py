@@ -13,11 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from worker.entry import WORKER_DEFAULTS
 from worker.errors import BrokerUnavailable, InvalidJob, JobConflict, SettingsError, UnknownJob
 from worker.jobs import BY_COMMAND, BY_TASK
 from worker.settings import Settings
 from worker.state import epoch_iso
+
+WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "16", "--loglevel", "INFO")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +195,7 @@ def _add_health(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``recq`` command line (the console script enters through :mod:`worker.entry`)."""
+    """Entry point of the ``recq`` console script."""
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "worker":
         print(f"recq {args.command}: unrecognised arguments: {' '.join(extra)}", file=sys.stderr)

@@ -158,41 +158,6 @@ class TestFetching:
         assert [body for body, _ in received][3:] == [{"n": 3}]
         assert redis_client.llen(queue) == 1
 
-    def test_an_acknowledgement_wakes_a_wait_on_a_full_window(self, connect, namespace):
-        """Without an event loop (the gevent pool), a consumer whose window is full waits in
-        drain_events; the acknowledgement that makes room wakes it and it fetches at once, not
-        when its wait ends (kombu's poller sent nothing until then: one window every 2 s)."""
-        queue = f"{namespace}:jobs"
-        connection = connect()
-        publish(connection, queue, {"n": 0}, {"n": 1})
-        received: list = []
-        consumer = connection.Consumer(
-            kombu.Queue(queue),
-            callbacks=[lambda body, message: received.append((body, message))],
-            accept=["json"],
-        )
-        consumer.qos(prefetch_count=1)
-        outcome: list[BaseException | None] = []
-
-        def wait_for_room() -> None:
-            try:
-                connection.drain_events(timeout=30)
-                outcome.append(None)
-            except BaseException as exc:  # noqa: BLE001 - reported to the test below
-                outcome.append(exc)
-
-        with consumer:
-            connection.drain_events(timeout=5)
-            assert [body for body, _ in received] == [{"n": 0}]
-            waiting = threading.Thread(target=wait_for_room)
-            waiting.start()
-            time.sleep(0.5)  # the wait is in its poll, on a full window
-            assert waiting.is_alive()
-            received[0][1].ack()
-            waiting.join(timeout=20)
-            assert outcome == [None], "the wait ended only with its timeout"
-        assert [body for body, _ in received] == [{"n": 0}, {"n": 1}]
-
     def test_competing_workers_take_each_message_exactly_once(self, connect, namespace):
         """Two consumers racing on one queue: between the wait and the take a message may go
         to the other; none is lost, none is taken twice."""
