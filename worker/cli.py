@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker (extra arguments go to `celery worker`)",
         description="Run a Celery worker for recq with defaults for I/O-bound work "
         f"({' '.join(WORKER_DEFAULTS)}). Any further arguments are passed to `celery worker` "
-        "and override these defaults, e.g. `recq worker --concurrency 32`.",
+        "and override these defaults, e.g. `recq worker --concurrency 32`. The gevent and "
+        "eventlet pools are refused (see docs/performance.md).",
     )
     worker.set_defaults(handler=_worker)
 

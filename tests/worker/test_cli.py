@@ -368,6 +368,27 @@ class TestWorkerCommand:
         assert result.returncode == 2
         assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
 
+    @pytest.mark.parametrize(
+        ("options", "pool"),
+        [
+            (["--pool", "gevent"], "gevent"),
+            (["--pool=gevent"], "gevent"),
+            (["-P", "eventlet"], "eventlet"),
+        ],
+    )
+    def test_a_green_pool_is_refused_before_any_job_is_taken(self, env, options, pool):
+        """gevent left jobs unended in the crash tests (docs/performance.md): `recq worker`
+        refuses green pools with exit 2 and a reason, and takes nothing off the queue."""
+        queued = recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(ROOM_JOB))
+        job_id = queued.stdout.strip()
+        result = recq("worker", *options, env=env, timeout=60)
+        assert result.returncode == 2
+        assert f"--pool {pool} is not supported" in result.stderr
+        assert "the threads pool (the default)" in result.stderr
+        assert "Traceback" not in result.stderr
+        status = recq("status", job_id, "--json", env=env)
+        assert json.loads(status.stdout)["state"] == "queued"
+
     def test_malformed_settings_are_named(self, env):
         """A broker URL that is not one is named, with exit code 2."""
         result = recq("status", "x", env={**env, "CELERY_BROKER_URL": "kafka://nope"})
