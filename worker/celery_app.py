@@ -334,8 +334,8 @@ def refuse_green_pool(pool: Any) -> None:
 
     Made to run (the process patched first, the broker's connections sized, the fetch woken
     when an acknowledgement makes room), the gevent pool drained jobs 1.15-1.23x as fast as
-    threads, but left jobs unended after a worker was killed or Redis restarted, which the
-    threads pool never does (docs/performance.md).
+    threads, but left jobs unended after a worker was killed or Redis restarted, where the
+    threads pool ends every one in the same tests (docs/performance.md).
     """
     name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
     for green in GREEN_POOLS:
