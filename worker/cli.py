@@ -218,8 +218,25 @@ def _app(settings: Settings) -> Any:
     return create_app(settings)
 
 
+def requested_pool(args: Sequence[str]) -> str | None:
+    """The pool ``celery worker ARGS`` would run: the last ``-P``/``--pool`` given, if any."""
+    pool = None
+    for index, arg in enumerate(args):
+        if arg in ("-P", "--pool") and index + 1 < len(args):
+            pool = args[index + 1]
+        elif arg.startswith("--pool="):
+            pool = arg.partition("=")[2]
+        elif arg.startswith("-P") and len(arg) > len("-P"):
+            pool = arg[len("-P") :]
+    return pool
+
+
 def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> int:
     settings.require_credentials()
+    from worker.celery_app import refuse_green_pool  # noqa: PLC0415
+
+    # Before Celery's option parsing, which imports the pool's module (eventlet's needs greenlet).
+    refuse_green_pool(requested_pool([*WORKER_DEFAULTS, *extra]) or "")
     from worker.logs import install  # noqa: PLC0415
 
     install(settings)

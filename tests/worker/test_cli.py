@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from worker.cli import WORKER_DEFAULTS, requested_pool
 from worker.processes import stop_process
 from worker.redis_server import free_port
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
@@ -369,11 +370,26 @@ class TestWorkerCommand:
         assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
 
     @pytest.mark.parametrize(
+        ("args", "pool"),
+        [
+            ([], "threads"),
+            (["--pool", "gevent"], "gevent"),
+            (["-Pgevent"], "gevent"),
+            (["--pool=eventlet"], "eventlet"),
+            (["-P", "gevent", "--concurrency", "8", "--pool", "threads"], "threads"),
+        ],
+    )
+    def test_the_pool_asked_for_is_the_last_one_given(self, args, pool):
+        """As for Celery's options, the last -P/--pool wins over recq's defaults."""
+        assert requested_pool([*WORKER_DEFAULTS, *args]) == pool
+
+    @pytest.mark.parametrize(
         ("options", "pool"),
         [
             (["--pool", "gevent"], "gevent"),
             (["--pool=gevent"], "gevent"),
             (["-P", "eventlet"], "eventlet"),
+            (["-Peventlet"], "eventlet"),
         ],
     )
     def test_a_green_pool_is_refused_before_any_job_is_taken(self, env, options, pool):
@@ -388,6 +404,26 @@ class TestWorkerCommand:
         assert "Traceback" not in result.stderr
         status = recq("status", job_id, "--json", env=env)
         assert json.loads(status.stdout)["state"] == "queued"
+
+    def test_a_worker_started_from_code_on_gevent_is_refused_too(self, env):
+        """`celery -A worker.app worker -P gevent`, or Celery started from code, is refused when
+        the worker starts, with the same reason."""
+        code = (
+            "import os\n"
+            "from worker.celery_app import create_app\n"
+            "from worker.settings import Settings\n"
+            "create_app(Settings.from_env(os.environ)).worker_main(['worker', '-P', 'gevent'])\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "--pool gevent is not supported" in result.stderr
 
     def test_malformed_settings_are_named(self, env):
         """A broker URL that is not one is named, with exit code 2."""
