@@ -35,6 +35,14 @@ fills a table of response callbacks in its constructor, and the benchmark
 (``python -m bench --profile``) showed it at 12% of a worker's CPU. A ``redis.Redis`` is safe to
 share between threads (each command takes a pooled connection), so the channel keeps one.
 
+**Room in the window, at once.** Without Celery's event loop (the gevent pool runs without it),
+the worker waits for messages in ``drain_events(timeout=2.0)``, and kombu's poller sends no
+``BRPOP`` while the prefetch window is full: a job acknowledged at its end, as recq's are, frees
+room that the poller sees only when its 2-second wait ends, so the worker ran one window of jobs
+every 2 seconds. :class:`Poller` also waits on a pipe that an acknowledgement writes to when the
+poller is waiting for room, and fetches again at once; and it runs the restore sweep on time,
+which kombu's event loop does with a timer (see :class:`Poller`).
+
 It also mends one of kombu's failures: see :meth:`Channel._create_client`.
 
 Celery uses it through ``broker_transport`` for ``redis://`` and ``rediss://`` brokers.
@@ -42,6 +50,8 @@ Celery uses it through ``broker_transport`` for ``redis://`` and ``rediss://`` b
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -92,7 +102,8 @@ MOST_TAKEN = 64
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's QoS, that does not record again a message the fetch already recorded."""
+    """kombu's QoS, that does not record again a message the fetch already recorded, and that
+    tells a poller waiting for room in the window when a message leaves it."""
 
     channel: Channel
 
@@ -103,6 +114,81 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)  # the in-memory count only
         else:
             super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: Any) -> None:
+        super().ack(delivery_tag)
+        self._made_room()
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        super().reject(delivery_tag, requeue)
+        self._made_room()
+
+    def _made_room(self) -> None:
+        poller = getattr(self.channel.connection, "cycle", None)  # None once the channel closed
+        if isinstance(poller, Poller):
+            poller.made_room()
+
+
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, for ``drain_events`` woken when room opens in a full prefetch window and
+    sweeping unacknowledged messages back on time.
+
+    :meth:`get` is ``drain_events``, used without an event loop (the gevent pool). With Celery's
+    event loop, kombu registers the channels' sockets in the loop itself, which checks for room
+    on every turn and runs the restore sweep on a timer. Without it, kombu sweeps only when a
+    poll ends with nothing to read, which a waiting fetch (its reply comes every second) never
+    lets happen: a killed worker's messages were never brought back. :meth:`get` sweeps every
+    ``unacked_restore_interval`` seconds itself.
+    """
+
+    _channels: set[Any]  # kombu's, which its type stubs do not declare
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wake: tuple[int, int] | None = None  # the pipe's ends, made when first needed
+        self._waiting_for_room = False
+        self._next_restore = 0.0  # monotonic time of the next restore sweep
+
+    def made_room(self) -> None:
+        """A message left a window: wake :meth:`get` if it waits for room."""
+        if self._waiting_for_room and self._wake is not None:
+            self._waiting_for_room = False
+            with contextlib.suppress(BlockingIOError):  # a full pipe: a wake is pending anyway
+                os.write(self._wake[1], b"\0")
+
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        now = time.monotonic()
+        if now >= self._next_restore:
+            intervals = [c.unacked_restore_interval for c in self._channels]
+            self._next_restore = now + (min(intervals, default=0) or 10)
+            self.maybe_restore_messages()
+        full = any(c.active_queues and not c.qos.can_consume() for c in self._channels)
+        if full and self._wake is None:
+            self._wake = os.pipe()
+            for end in self._wake:
+                os.set_blocking(end, False)
+            self.poller.register(self._wake[0], self.eventflags)
+        self._waiting_for_room = full
+        try:
+            return super().get(callback, timeout)
+        finally:
+            self._waiting_for_room = False
+
+    def handle_event(self, fileno: int, event: int) -> Any:
+        if self._wake is not None and fileno == self._wake[0]:
+            with contextlib.suppress(BlockingIOError):
+                os.read(fileno, 4096)
+            return None  # no message: kombu's get ends empty, and drain_events polls again
+        return super().handle_event(fileno, event)
+
+    def close(self) -> None:
+        super().close()
+        if self._wake is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):  # as lenient as kombu's
+                self.poller.unregister(self._wake[0])
+            for end in self._wake:
+                os.close(end)
+            self._wake = None
 
 
 class Channel(kombu_redis.Channel):
@@ -205,6 +291,10 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport on :class:`Channel`."""
+    """kombu's Redis transport on :class:`Channel` and :class:`Poller`."""
 
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()

@@ -115,6 +115,37 @@ class TestFetching:
         survivor.default_channel.qos.restore_visible(num=10, interval=1)
         assert consume(survivor, queue, 1) == [{"n": 1}]
 
+    def test_a_drain_events_wait_brings_a_dead_worker_s_messages_back(
+        self, connect, redis_url, namespace, redis_client
+    ):
+        """Without an event loop (the gevent pool) the restore sweep still runs: kombu's only
+        swept when a poll found nothing to read, and a waiting fetch answers every second."""
+        queue = f"{namespace}:jobs"
+        publish(connect(), queue, {"n": 1})
+        died = subprocess.run(
+            [sys.executable, "-c", DYING_CONSUMER, redis_url, queue, repr(options(namespace))],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert died.returncode == 17, died.stderr.decode()
+        time.sleep(1.2)  # past the survivor's visibility timeout
+        survivor = connect(
+            visibility_timeout=1, unacked_restore_interval=1, unacked_restore_throttle=1
+        )
+        received: list = []
+        with survivor.Consumer(
+            kombu.Queue(queue),
+            callbacks=[lambda body, message: (received.append(body), message.ack())],
+            accept=["json"],
+        ):
+            deadline = time.monotonic() + 10
+            while not received and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    survivor.drain_events(timeout=2.0)  # as Celery's loop without a hub
+        assert received == [{"n": 1}]
+        assert redis_client.hlen(f"{namespace}:unacked") == 0
+
     def test_messages_come_in_order_and_an_ack_forgets_them(self, connect, namespace, redis_client):
         """Oldest first, each recorded unacknowledged until it is acknowledged."""
         queue = f"{namespace}:jobs"
@@ -157,6 +188,41 @@ class TestFetching:
             connection.drain_events(timeout=5)
         assert [body for body, _ in received][3:] == [{"n": 3}]
         assert redis_client.llen(queue) == 1
+
+    def test_an_acknowledgement_wakes_a_wait_on_a_full_window(self, connect, namespace):
+        """Without an event loop (the gevent pool), a consumer whose window is full waits in
+        drain_events; the acknowledgement that makes room wakes it and it fetches at once, not
+        when its wait ends (kombu's poller sent nothing until then: one window every 2 s)."""
+        queue = f"{namespace}:jobs"
+        connection = connect()
+        publish(connection, queue, {"n": 0}, {"n": 1})
+        received: list = []
+        consumer = connection.Consumer(
+            kombu.Queue(queue),
+            callbacks=[lambda body, message: received.append((body, message))],
+            accept=["json"],
+        )
+        consumer.qos(prefetch_count=1)
+        outcome: list[BaseException | None] = []
+
+        def wait_for_room() -> None:
+            try:
+                connection.drain_events(timeout=30)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - reported to the test below
+                outcome.append(exc)
+
+        with consumer:
+            connection.drain_events(timeout=5)
+            assert [body for body, _ in received] == [{"n": 0}]
+            waiting = threading.Thread(target=wait_for_room)
+            waiting.start()
+            time.sleep(0.5)  # the wait is in its poll, on a full window
+            assert waiting.is_alive()
+            received[0][1].ack()
+            waiting.join(timeout=20)
+            assert outcome == [None], "the wait ended only with its timeout"
+        assert [body for body, _ in received] == [{"n": 0}, {"n": 1}]
 
     def test_competing_workers_take_each_message_exactly_once(self, connect, namespace):
         """Two consumers racing on one queue: between the wait and the take a message may go
