@@ -184,9 +184,10 @@ class TestProbes:
         assert dead.returncode == 1
         assert "Redis redis://127.0.0.1" in dead.stderr
 
-    def test_the_heartbeat_file_is_removed_when_the_worker_stops(self, workers, heartbeat):
+    @pytest.mark.parametrize("pool", ["threads", "gevent"])
+    def test_the_heartbeat_file_is_removed_when_the_worker_stops(self, workers, heartbeat, pool):
         """After a clean shutdown, liveness fails at once instead of trusting an old beat."""
-        workers.start(concurrency=2)
+        workers.start(concurrency=2, args=["--pool", pool])
         _wait_for(heartbeat)
         workers.stop_all()
         assert not heartbeat.exists()
