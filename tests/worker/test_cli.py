@@ -40,6 +40,18 @@ def env(redis_url, namespace, sandbox_server) -> dict[str, str]:
     }
 
 
+def python(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """This interpreter run with ``args``, its output captured (60 s at most)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def recq(
     *args: str, env: Mapping[str, str], stdin: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -358,14 +370,7 @@ class TestWorkerCommand:
     def test_celery_run_worker_without_credentials_stops_too(self, env):
         """`celery -A worker.app worker` with no VideoSDK key exits 2 with the same message."""
         bare = {k: v for k, v in env.items() if not k.startswith("VIDEOSDK_")}
-        result = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads"],
-            env=bare,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = python("-m", "celery", "-A", "worker.app", "worker", "-P", "threads", env=bare)
         assert result.returncode == 2
         assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
 
@@ -406,14 +411,7 @@ class TestWorkerCommand:
             "from worker.settings import Settings\n"
             "create_app(Settings.from_env(os.environ)).worker_main(['worker', '-P', 'gevent'])\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = python("-c", code, env=env)
         assert result.returncode == 2
         assert "--pool gevent needs the process patched by gevent" in result.stderr
         assert "recq worker --pool gevent" in result.stderr

@@ -93,21 +93,40 @@ def consume(
     return mine
 
 
+def keeping_consumer(
+    connection: kombu.Connection, queue: str, received: list, *, prefetch: int
+) -> kombu.Consumer:
+    """A consumer that keeps each (body, message) unacknowledged, ``prefetch`` at a time."""
+    consumer = connection.Consumer(
+        kombu.Queue(queue),
+        callbacks=[lambda body, message: received.append((body, message))],
+        accept=["json"],
+    )
+    consumer.qos(prefetch_count=prefetch)
+    return consumer
+
+
+def die_holding_one_message(connect: Any, redis_url: str, namespace: str) -> str:
+    """Publish one message and let a consumer die the moment it has it; return the queue."""
+    queue = f"{namespace}:jobs"
+    publish(connect(), queue, {"n": 1})
+    died = subprocess.run(
+        [sys.executable, "-c", DYING_CONSUMER, redis_url, queue, repr(options(namespace))],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert died.returncode == 17, died.stderr.decode()
+    return queue
+
+
 class TestFetching:
     def test_a_worker_killed_as_a_message_reaches_it_does_not_lose_it(
         self, connect, redis_url, namespace, redis_client
     ):
         """Killed right after the fetch, the message is already recorded unacknowledged, and
         the restore sweep brings it back (kombu's BRPOP fetch had lost it: in neither place)."""
-        queue = f"{namespace}:jobs"
-        publish(connect(), queue, {"n": 1})
-        died = subprocess.run(
-            [sys.executable, "-c", DYING_CONSUMER, redis_url, queue, repr(options(namespace))],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert died.returncode == 17, died.stderr.decode()
+        queue = die_holding_one_message(connect, redis_url, namespace)
         assert redis_client.llen(queue) == 0
         assert redis_client.hlen(f"{namespace}:unacked") == 1
         time.sleep(1.2)
@@ -120,15 +139,7 @@ class TestFetching:
     ):
         """Without an event loop (the gevent pool) the restore sweep still runs: kombu's only
         swept when a poll found nothing to read, and a waiting fetch answers every second."""
-        queue = f"{namespace}:jobs"
-        publish(connect(), queue, {"n": 1})
-        died = subprocess.run(
-            [sys.executable, "-c", DYING_CONSUMER, redis_url, queue, repr(options(namespace))],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        assert died.returncode == 17, died.stderr.decode()
+        queue = die_holding_one_message(connect, redis_url, namespace)
         time.sleep(1.2)  # past the survivor's visibility timeout
         survivor = connect(
             visibility_timeout=1, unacked_restore_interval=1, unacked_restore_throttle=1
@@ -173,12 +184,7 @@ class TestFetching:
         connection = connect()
         publish(connection, queue, *({"n": n} for n in range(5)))
         received: list = []
-        consumer = connection.Consumer(
-            kombu.Queue(queue),
-            callbacks=[lambda body, message: received.append((body, message))],
-            accept=["json"],
-        )
-        consumer.qos(prefetch_count=3)
+        consumer = keeping_consumer(connection, queue, received, prefetch=3)
         with consumer:
             connection.drain_events(timeout=5)
             assert [body for body, _ in received] == [{"n": 0}, {"n": 1}, {"n": 2}]
@@ -197,12 +203,7 @@ class TestFetching:
         connection = connect()
         publish(connection, queue, {"n": 0}, {"n": 1})
         received: list = []
-        consumer = connection.Consumer(
-            kombu.Queue(queue),
-            callbacks=[lambda body, message: received.append((body, message))],
-            accept=["json"],
-        )
-        consumer.qos(prefetch_count=1)
+        consumer = keeping_consumer(connection, queue, received, prefetch=1)
         outcome: list[BaseException | None] = []
 
         def wait_for_room() -> None:
