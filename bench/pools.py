@@ -1,10 +1,13 @@
-"""``python -m bench.pools JOBS [--processes N] [recq worker options]``: throughput with options.
+"""``python -m bench.pools JOBS [--processes N] [--latency] [recq worker options]``: throughput
+with options.
 
 The pool and concurrency comparison of docs/performance.md: the same throughput step as the
 suite (jobs enqueued first, then ``recq worker`` drains them, counted on the sandbox's clock),
 with the options given passed to ``recq worker``, e.g. ``--pool prefork --concurrency 2``. With
 ``--processes N``, N ``recq worker`` processes drain the queue together (one per core is what
-docs/performance.md advises); the CPU and memory shown are then the first process's.
+docs/performance.md advises); the CPU and memory shown are then the first process's. With
+``--latency``, the same worker then gets jobs one at a time at half the drained rate, and the
+added latency from enqueue to the VideoSDK call is printed (as the suite's latency row).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 from contextlib import ExitStack
 
+from bench import latency
 from bench.procs import python
 from bench.recq_run import WorkerProcess, drain
 from bench.recq_run import enqueue as prefill
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Enqueue JOBS jobs, let `recq worker` drain them from a throwaway Redis "
         "against the VideoSDK sandbox (20 ms answers), and print the jobs per second (on the "
         "sandbox's clock), the worker's CPU and its memory. Options after JOBS other than "
-        "--processes go to `recq worker`, e.g. --pool prefork --concurrency 2.",
+        "--processes and --latency go to `recq worker`, e.g. --pool gevent --concurrency 32.",
     )
     parser.add_argument("jobs", type=int, metavar="JOBS", help="how many jobs to drain")
     parser.add_argument(
@@ -38,6 +42,12 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         metavar="N",
         help="run N `recq worker` processes side by side (default 1)",
+    )
+    parser.add_argument(
+        "--latency",
+        action="store_true",
+        help="then measure the added latency from enqueue to the VideoSDK call at half of the "
+        "drained rate, for 5 seconds, with the same worker",
     )
     args, options = parser.parse_known_args(argv)
     if args.jobs < 1 or args.processes < 1:
@@ -56,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
         ]
         with WorkerProcess(stand, command, env, "recq-worker") as worker:
             result = drain(stand, worker, jobs)
+            if args.latency and result.rate:
+                added = latency.measure(
+                    stand, Producer(app), worker, per_second=result.rate / 2, seconds=5
+                )
         for other in others:
             other.alive()
     rate = f"{result.rate:.0f} jobs/s" if result.rate else "n/a"
@@ -66,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     each = " each" if processes > 1 else ""
     memory = f"RSS {result.rss_after / MB:.0f} MB{each}"
     print(f"{shown}: {rate}, worker CPU {cpu:.2f} cores{each}, {memory}")
+    if args.latency and result.rate:
+        p50, p99 = (
+            f"{v * 1000:.1f} ms" if v is not None else "n/a" for v in (added.p50, added.p99)
+        )
+        print(f"  added latency at {added.achieved:.0f} jobs/s: p50 {p50}, p99 {p99}")
 
 
 if __name__ == "__main__":

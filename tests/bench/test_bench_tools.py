@@ -60,6 +60,25 @@ def test_pools_refuses_a_job_count_below_one():
     assert "at least 1" in result.stderr
 
 
+@pytest.mark.integration
+def test_pools_drains_with_the_options_given_and_measures_latency_with_the_same_worker():
+    """A tiny run on gevent: the options reach `recq worker`, and --latency adds its line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.pools", "40", "--latency", "--pool", "gevent", "-c", "4"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, second = result.stdout.splitlines()[-2:]
+    assert first.startswith("--pool gevent -c 4: ")
+    assert "jobs/s, worker CPU" in first
+    assert second.strip().startswith("added latency at ")
+    assert "p99" in second
+
+
 def test_hotspots_rank_functions_by_their_own_samples():
     top = hotspots(FOLDED, top=2)
     assert [spot.where for spot in top] == [
