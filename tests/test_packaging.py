@@ -42,7 +42,7 @@ class TestWheel:
     def test_the_recq_command_is_declared(self, wheel):
         """The wheel declares the `recq` console script."""
         [entry_points] = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
-        assert "recq = worker.entry:main" in wheel.read(entry_points).decode()
+        assert "recq = worker.cli:main" in wheel.read(entry_points).decode()
 
     def test_the_code_packages_are_in_the_wheel(self, wheel):
         """worker/, tasks/ and the sandbox are shipped; tests are not."""

@@ -2,6 +2,6 @@
 
 import sys
 
-from worker.entry import main
+from worker.cli import main
 
 sys.exit(main())

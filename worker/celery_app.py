@@ -326,60 +326,27 @@ class RecqCelery(Celery):
         )
 
 
-GEVENT_SPARE_CONNECTIONS = 10
-"""Broker connections a gevent worker has beyond one per green thread: fetch, control, events."""
+GREEN_POOLS = ("gevent", "eventlet")
 
 
-def _pool_name(pool: Any) -> str:
-    """A worker's pool, named (``"gevent"``) or given as a class, as a lower-case name."""
-    return (pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}").lower()
+def refuse_green_pool(pool: Any) -> None:
+    """Raise :class:`SettingsError` for a gevent or eventlet pool, named or given as a class.
 
-
-def refuse_unsupported_pool(pool: Any) -> None:
-    """Raise :class:`SettingsError` for the eventlet pool, named or given as a class: recq's
-    clients were never run under it (threads, the default, and gevent are measured and tested).
+    Made to run (five fixes, docs/performance.md), the gevent pool drained jobs 1.15-1.23x as
+    fast as threads, but still left a job unended after a worker was SIGKILLed (1 of 300, in
+    CI), where the threads pool ends every one in the same tests.
     """
-    if "eventlet" in _pool_name(pool):
-        raise SettingsError(
-            [
-                "--pool eventlet is not supported; use the threads pool (the default) or "
-                "--pool gevent (see docs/performance.md)"
-            ]
-        )
-
-
-def prepare_pool(worker: Any) -> None:
-    """Check the worker's pool, and set a gevent worker up as recq's tests run it.
-
-    The threads pool (the default) and prefork need nothing; eventlet is refused. gevent needs
-    the process patched before anything was imported (``recq worker --pool gevent`` and
-    Celery's ``celery worker -P gevent`` do it). Its green threads acknowledge their messages
-    themselves, each holding a broker connection for it, so kombu's limit of 10 connections
-    becomes the concurrency and some spare. And a lost broker connection must not kill the jobs
-    in flight: Celery kills green threads then (it cannot kill OS threads), and jobs killed
-    mid-run stayed ``running`` with their messages gone from the broker. Left to finish, as on
-    the threads pool, they end, and a message that could not be acknowledged comes back for
-    the claim to settle.
-    """
-    refuse_unsupported_pool(worker.pool_cls)
-    if "gevent" not in _pool_name(worker.pool_cls):
-        return
-    from gevent import monkey  # noqa: PLC0415 - only for a gevent worker
-
-    if not monkey.is_module_patched("socket"):
-        raise SettingsError(
-            [
-                "--pool gevent needs the process patched by gevent before anything is imported: "
-                "start it with `recq worker --pool gevent` (or `celery -A worker.app worker "
-                "-P gevent`)"
-            ]
-        )
-    conf = worker.app.conf
-    conf.worker_cancel_long_running_tasks_on_connection_loss = False
-    if isinstance(worker.concurrency, int):  # "auto" is resolved later, to the CPU count
-        options = conf.broker_transport_options
-        needed = worker.concurrency + GEVENT_SPARE_CONNECTIONS
-        options["max_connections"] = max(options.get("max_connections", 10), needed)
+    name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
+    for green in GREEN_POOLS:
+        if green in name.lower():
+            raise SettingsError(
+                [
+                    f"--pool {green} is not supported: recq does not run on green pools (on "
+                    "gevent, a job was left unended after a worker was killed); use the threads "
+                    "pool (the default), and more worker processes for more throughput (see "
+                    "docs/performance.md)"
+                ]
+            )
 
 
 def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> RecqCelery:
@@ -397,7 +364,7 @@ def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.slee
             return
         try:
             settings.require_credentials()
-            prepare_pool(sender)
+            refuse_green_pool(sender.pool_cls)
         except SettingsError as exc:
             # SystemExit, not an exception: Celery's signal dispatch swallows exceptions.
             print(f"recq worker: {exc}", file=sys.stderr)

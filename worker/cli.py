@@ -13,11 +13,12 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from worker.entry import WORKER_DEFAULTS, requested_pool
 from worker.errors import BrokerUnavailable, InvalidJob, JobConflict, SettingsError, UnknownJob
 from worker.jobs import BY_COMMAND, BY_TASK
 from worker.settings import Settings
 from worker.state import epoch_iso
+
+WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "16", "--loglevel", "INFO")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker (extra arguments go to `celery worker`)",
         description="Run a Celery worker for recq with defaults for I/O-bound work "
         f"({' '.join(WORKER_DEFAULTS)}). Any further arguments are passed to `celery worker` "
-        "and override these defaults, e.g. `recq worker --concurrency 32`, or `recq worker "
-        "--pool gevent --concurrency 32 --prefetch-multiplier 2` (needs recq[gevent]; see "
-        "docs/performance.md). The eventlet pool is refused.",
+        "and override these defaults, e.g. `recq worker --concurrency 32`. The gevent and "
+        "eventlet pools are refused (see docs/performance.md).",
     )
     worker.set_defaults(handler=_worker)
 
@@ -196,7 +196,7 @@ def _add_health(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``recq`` command line (the console script enters through :mod:`worker.entry`)."""
+    """Entry point of the ``recq`` console script."""
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "worker":
         print(f"recq {args.command}: unrecognised arguments: {' '.join(extra)}", file=sys.stderr)
@@ -218,12 +218,25 @@ def _app(settings: Settings) -> Any:
     return create_app(settings)
 
 
+def requested_pool(args: Sequence[str]) -> str | None:
+    """The pool ``celery worker ARGS`` would run: the last ``-P``/``--pool`` given, if any."""
+    pool = None
+    for index, arg in enumerate(args):
+        if arg in ("-P", "--pool") and index + 1 < len(args):
+            pool = args[index + 1]
+        elif arg.startswith("--pool="):
+            pool = arg.partition("=")[2]
+        elif arg.startswith("-P") and len(arg) > len("-P"):
+            pool = arg[len("-P") :]
+    return pool
+
+
 def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> int:
     settings.require_credentials()
-    from worker.celery_app import refuse_unsupported_pool  # noqa: PLC0415
+    from worker.celery_app import refuse_green_pool  # noqa: PLC0415
 
     # Before Celery's option parsing, which imports the pool's module (eventlet's needs greenlet).
-    refuse_unsupported_pool(requested_pool([*WORKER_DEFAULTS, *extra]) or "")
+    refuse_green_pool(requested_pool([*WORKER_DEFAULTS, *extra]) or "")
     from worker.logs import install  # noqa: PLC0415
 
     install(settings)

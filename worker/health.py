@@ -107,14 +107,8 @@ class HeartbeatStep(bootsteps.StartStopStep):
         settings: Settings = parent.app.settings
         beat(settings.heartbeat_file)
         self._entry = parent.timer.call_repeatedly(
-            settings.heartbeat_interval, self._beat, (settings.heartbeat_file,)
+            settings.heartbeat_interval, beat, (settings.heartbeat_file,)
         )
-
-    def _beat(self, path: Path) -> None:
-        # On the gevent pool the timer runs in a green thread of its own, and could fire once
-        # more after shutdown removed the file, writing it back; a cancelled beat writes nothing.
-        if self._entry is not None:
-            beat(path)
 
     def stop(self, parent: Any) -> None:
         # A consumer restarting after a lost connection stops beating, but keeps its file: a

@@ -35,13 +35,14 @@ fills a table of response callbacks in its constructor, and the benchmark
 (``python -m bench --profile``) showed it at 12% of a worker's CPU. A ``redis.Redis`` is safe to
 share between threads (each command takes a pooled connection), so the channel keeps one.
 
-**Room in the window, at once.** Without Celery's event loop (the gevent pool runs without it),
-the worker waits for messages in ``drain_events(timeout=2.0)``, and kombu's poller sends no
-``BRPOP`` while the prefetch window is full: a job acknowledged at its end, as recq's are, frees
-room that the poller sees only when its 2-second wait ends, so the worker ran one window of jobs
-every 2 seconds. :class:`Poller` also waits on a pipe that an acknowledgement writes to when the
-poller is waiting for room, and fetches again at once; and it runs the restore sweep on time,
-which kombu's event loop does with a timer (see :class:`Poller`).
+**Room in the window, at once.** Without Celery's event loop (green pools run without it; recq
+refuses them for now, docs/performance.md; and any ``drain_events`` consumer), a consumer waits
+for messages in ``drain_events(timeout=2.0)``, and kombu's poller sends no ``BRPOP`` while the
+prefetch window is full: a job acknowledged at its end, as recq's are, frees room that the
+poller sees only when its 2-second wait ends, so a gevent worker ran one window of jobs every 2
+seconds. :class:`Poller` also waits on a pipe that an acknowledgement writes to when the poller
+is waiting for room, and fetches again at once; and it runs the restore sweep on time, which
+kombu's event loop does with a timer (see :class:`Poller`).
 
 It also mends one of kombu's failures: see :meth:`Channel._create_client`.
 
@@ -133,7 +134,7 @@ class Poller(kombu_redis.MultiChannelPoller):
     """kombu's poller, for ``drain_events`` woken when room opens in a full prefetch window and
     sweeping unacknowledged messages back on time.
 
-    :meth:`get` is ``drain_events``, used without an event loop (the gevent pool). With Celery's
+    :meth:`get` is ``drain_events``, used without an event loop (green pools). With Celery's
     event loop, kombu registers the channels' sockets in the loop itself, which checks for room
     on every turn and runs the restore sweep on a timer. Without it, kombu sweeps only when a
     poll ends with nothing to read, which a waiting fetch (its reply comes every second) never

@@ -62,9 +62,9 @@ def test_pools_refuses_a_job_count_below_one():
 
 @pytest.mark.integration
 def test_pools_drains_with_the_options_given_and_measures_latency_with_the_same_worker():
-    """A tiny run on gevent: the options reach `recq worker`, and --latency adds its line."""
+    """A tiny run: the options reach `recq worker`, and --latency adds its line."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench.pools", "40", "--latency", "--pool", "gevent", "-c", "4"],
+        [sys.executable, "-m", "bench.pools", "40", "--latency", "--pool", "threads", "-c", "4"],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -73,7 +73,7 @@ def test_pools_drains_with_the_options_given_and_measures_latency_with_the_same_
     )
     assert result.returncode == 0, result.stdout + result.stderr
     first, second = result.stdout.splitlines()[-2:]
-    assert first.startswith("--pool gevent -c 4: ")
+    assert first.startswith("--pool threads -c 4: ")
     assert "jobs/s, worker CPU" in first
     assert second.strip().startswith("added latency at ")
     assert "p99" in second

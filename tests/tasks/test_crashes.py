@@ -25,9 +25,6 @@ pytestmark = pytest.mark.integration
 
 START = START_RECORDING.endpoint
 
-# The default pool, and gevent (recq[gevent]), whose worker needed its own fixes to pass these.
-POOLS = ["threads", "gevent"]
-
 
 @pytest.fixture
 def slow_sandbox(sandbox):
@@ -63,18 +60,14 @@ def accepted_per_room(sandbox: Any) -> dict[str, int]:
 # The killed worker's jobs come back after the visibility timeout (90 s) and the restore sweep:
 # the test asserts recovery within 120 s, so the test as a whole needs more than the suite's 120 s.
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("pool", POOLS)
 def test_a_worker_killed_mid_run_loses_nothing_and_starts_nothing_twice(
-    settings, slow_sandbox, namespace, pool
+    settings, slow_sandbox, namespace
 ):
     """SIGKILL one of two workers mid-run: every job succeeds, each room is started once."""
     app = create_app(settings)
     workers = Workers(worker_env(settings))
     try:
-        victim, _survivor = (
-            workers.start(args=["--pool", pool]),
-            workers.start(args=["--pool", pool]),
-        )
+        victim, _survivor = workers.start(), workers.start()
         job_ids = enqueue_rooms(app, 300, "kill")
         slow_sandbox.wait_for_calls(60, timeout=60, path=START)
         victim.send_signal(signal.SIGKILL)
@@ -88,7 +81,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_starts_nothing_twice(
     states = [record.state for record in ended.values()]
     reconciled = sum(1 for record in ended.values() if record.reconciled)
     print(
-        f"\nSIGKILL ({pool}): 300 jobs, {unfinished} unfinished at the kill, all ended "
+        f"\nSIGKILL: 300 jobs, {unfinished} unfinished at the kill, all ended "
         f"{recovered_in:.0f} s after it; {reconciled} reconciled as already running"
     )
     assert len(ended) == 300
@@ -110,14 +103,13 @@ def own_redis() -> Iterator[RedisServer]:
 # Jobs in flight when Redis stopped come back after the visibility timeout (90 s) plus the
 # restore sweep (10 s): the whole test needs about 100 s, too close to the suite's 120 s limit.
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("pool", POOLS)
-def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis, pool):
+def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis):
     """Stop and restart the broker and state store mid-run: every job ends succeeded."""
     settings = settings.replace(broker_url=own_redis.url, redis_url=own_redis.url)
     app = create_app(settings)
     workers = Workers(worker_env(settings))
     try:
-        workers.start(args=["--pool", pool])
+        workers.start()
         job_ids = enqueue_rooms(app, 200, "restart")
         slow_sandbox.wait_for_calls(40, timeout=60, path=START)
         own_redis.stop()
@@ -130,7 +122,7 @@ def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis
         workers.stop_all()
         app.close()
     states = [record.state for record in ended.values()]
-    print(f"\nRedis restart ({pool}): 200 jobs, all ended {recovered_in:.0f} s after the stop")
+    print(f"\nRedis restart: 200 jobs, all ended {recovered_in:.0f} s after the stop")
     assert len(ended) == 200
     assert states.count(State.SUCCEEDED) == 200
     assert set(accepted_per_room(slow_sandbox).values()) == {1}

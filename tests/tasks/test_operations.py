@@ -184,10 +184,9 @@ class TestProbes:
         assert dead.returncode == 1
         assert "Redis redis://127.0.0.1" in dead.stderr
 
-    @pytest.mark.parametrize("pool", ["threads", "gevent"])
-    def test_the_heartbeat_file_is_removed_when_the_worker_stops(self, workers, heartbeat, pool):
+    def test_the_heartbeat_file_is_removed_when_the_worker_stops(self, workers, heartbeat):
         """After a clean shutdown, liveness fails at once instead of trusting an old beat."""
-        workers.start(concurrency=2, args=["--pool", pool])
+        workers.start(concurrency=2)
         _wait_for(heartbeat)
         workers.stop_all()
         assert not heartbeat.exists()
