@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             stack.enter_context(WorkerProcess(stand, command, env, f"recq-worker-{n}"))
             for n in range(2, processes + 1)
         ]
+        added: latency.Latency | None = None
         with WorkerProcess(stand, command, env, "recq-worker") as worker:
             result = drain(stand, worker, jobs)
             if args.latency and result.rate:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     each = " each" if processes > 1 else ""
     memory = f"RSS {result.rss_after / MB:.0f} MB{each}"
     print(f"{shown}: {rate}, worker CPU {cpu:.2f} cores{each}, {memory}")
-    if args.latency and result.rate:
+    if added is not None:
         p50, p99 = (
             f"{v * 1000:.1f} ms" if v is not None else "n/a" for v in (added.p50, added.p99)
         )
