@@ -14,6 +14,10 @@ Given the rate limiter's pause key (a worker with no ``RECQ_RATE_LIMIT``, where 
 all the limiter checks), a claim also answers how long calls stay paused, so the delivery's
 first call needs no round trip of its own to learn it (:attr:`Claim.paused`).
 
+Given a :class:`Start` (a delivery that will call VideoSDK at once), a claim also records the
+job running its next attempt, in the same script: the delivery's first state write takes no
+round trip of its own.
+
 The lease expires on its own if its holder dies, so a redelivered job is never blocked for longer
 than a job's longest delivery. Releasing checks the token, so a holder whose lease expired
 cannot release a claim that someone else has since taken. A delivery's last state write (its
@@ -32,7 +36,15 @@ from typing import Any
 
 import redis
 
-_ACQUIRE = """
+from worker.scripts import ScriptCall
+from worker.state import WRITE_FUNCTION
+
+# KEYS: the job's hash, its claim, its history (and the 429 pause). ARGV: token, lease (ms),
+# state ttl, then for a start (:class:`Start`) its delivery limit and its state write's
+# arguments, whose attempt number the claim adds: only it knows how many came before.
+_ACQUIRE = (
+    WRITE_FUNCTION
+    + """
 local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'outageSince', 'requeues', 'batchId')
 local state = job[1]
 if state == 'succeeded' or state == 'failed' or state == 'cancelled'
@@ -43,14 +55,25 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   local paused = -1
-  if KEYS[3] then
-    paused = math.max(redis.call('PTTL', KEYS[3]), 0)
+  if KEYS[4] then
+    paused = math.max(redis.call('PTTL', KEYS[4]), 0)
+  end
+  local started = 0
+  if ARGV[4] and deliveries <= tonumber(ARGV[4]) and paused <= 0 then
+    local attempt = tonumber(job[2] or '0') + 1
+    local write = {unpack(ARGV, 5)}
+    write[2] = string.sub(write[2], 1, -2) .. ', "attempt": ' .. attempt .. '}'
+    table.insert(write, 'attempts')
+    table.insert(write, attempt)
+    write_state({KEYS[1], KEYS[3]}, write)
+    started = 1
   end
   return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0', state or '',
-          job[5] or '', paused}
+          job[5] or '', paused, started}
 end
 return {'busy', 0, redis.call('PTTL', KEYS[2])}
 """
+)
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -88,12 +111,29 @@ class Claim:
     paused: float | None = None
     """Seconds calls stay paused after a 429, as the claim found it (0.0: not paused); None
     when the claim was not asked (a worker with a rate limit asks the limiter each time)."""
+    started: bool = False
+    """The claim made its :class:`Start` write: the job is recorded running its next attempt."""
 
     @property
     def lease(self) -> tuple[str, str] | None:
         """The key and token that release this claim, if it was taken (for a state write that
         gives the claim back in the same step: :meth:`worker.state.JobStore.transition`)."""
         return (self.key, self.token) if self.status is ClaimStatus.CLAIMED else None
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """A delivery about to call VideoSDK at once: the claim records the job running.
+
+    ``write`` is the job's state write (:meth:`worker.state.JobStore.write_call`, with no
+    attempt), made by the claim's script when it claims the job, the delivery is within
+    ``max_deliveries`` and calls are not paused after a 429; the claim adds the attempt's number
+    (the attempts earlier deliveries made, and one). The claim and the delivery's first state
+    write so take one round trip instead of two.
+    """
+
+    write: ScriptCall
+    max_deliveries: int
 
 
 class Claims:
@@ -119,25 +159,32 @@ class Claims:
         return f"{self.namespace}:job:{job_id}", self.key(job_id)
 
     def _acquire_keys(self, job_id: str) -> list[str]:
-        return [*self._keys(job_id), *self._pause]
+        job, claim = self._keys(job_id)
+        return [job, claim, f"{job}:history", *self._pause]
+
+    @property
+    def reads_pause(self) -> bool:
+        """Whether a claim answers how long calls stay paused after a 429 (:attr:`Claim.paused`)."""
+        return bool(self._pause)
 
     def key(self, job_id: str) -> str:
         """The claim's key: it exists while a delivery of the job runs."""
         return f"{self.namespace}:claim:{job_id}"
 
-    def acquire(self, job_id: str) -> Claim:
-        """Try to claim ``job_id`` for this delivery."""
+    def acquire(self, job_id: str, start: Start | None = None) -> Claim:
+        """Try to claim ``job_id`` for this delivery; with ``start``, record it running too."""
         token = uuid.uuid4().hex
-        status, deliveries, pttl, *job = self._acquire(
-            keys=self._acquire_keys(job_id), args=[token, self._lease_ms, self._state_ttl]
-        )
+        args: list[Any] = [token, self._lease_ms, self._state_ttl]
+        if start is not None:
+            args += [start.max_deliveries, *start.write.args]
+        status, deliveries, pttl, *job = self._acquire(keys=self._acquire_keys(job_id), args=args)
         name = status.decode() if isinstance(status, bytes) else status
         claim = Claim(
             ClaimStatus(name), token, self.key(job_id), int(deliveries), max(int(pttl), 0) / 1000
         )
         if not job:
             return claim
-        *found, paused = job
+        *found, paused, started = job
         attempts, since, requeues, state, batch_id = (_text(v) for v in found)
         return dataclasses.replace(
             claim,
@@ -147,6 +194,7 @@ class Claims:
             state=state or None,
             batch_id=batch_id or None,
             paused=int(paused) / 1000 if int(paused) >= 0 else None,
+            started=bool(started),
         )
 
     def release(self, job_id: str, claim: Claim) -> None:

@@ -91,6 +91,13 @@ class Reporter:
         self._events.publish(self._event(job, outcome, report), after=write)
         self._recorded(job, report)
 
+    def running_write(self, job: Job) -> ScriptCall:
+        """The write recording ``job`` running, without the attempt's number: for a claim that
+        counts the attempt and makes the write itself (:class:`worker.claims.Start`)."""
+        return self.store.write_call(
+            job.id, State.RUNNING, kind=job.kind.name, target=job.target, metadata=job.metadata
+        )
+
     def _write(
         self, job: Job, report: Report, extra: Extra | None, release: tuple[str, str] | None
     ) -> ScriptCall:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.claims import Claim, Claims, ClaimStatus
+from worker.claims import Claim, Claims, ClaimStatus, Start
 from worker.errors import (
     Answer,
     ErrorInfo,
@@ -111,6 +111,9 @@ class _Attempts:
     cleared: bool = False
     """The claim found calls unpaused, with no rate limit to ask: the delivery's first call
     goes without asking the limiter again."""
+    recorded: bool = False
+    """The claim recorded the job running this delivery's first attempt (:class:`Start`): the
+    first call goes without a state write of its own."""
 
     @property
     def total(self) -> int:
@@ -169,7 +172,8 @@ class JobRunner:
             job = self._recorded(Job(job_id, kind, partial))
             return self._finish(job, _Attempts(before=0), error=exc.info(), received=raw)
         job = Job(job_id, kind, body)
-        claim = self._claims.acquire(job_id)
+        timing = kind.timing(body, grace=self._limits.start_grace)
+        claim = self._claims.acquire(job_id, self._start(job, timing))
         if claim.status is ClaimStatus.DONE:
             return self._duplicate(job_id)
         if claim.status is ClaimStatus.BUSY:
@@ -177,7 +181,7 @@ class JobRunner:
         if claim.batch_id is not None:
             job = dataclasses.replace(job, batch_id=claim.batch_id)
         try:
-            outcome = self._deliver(job, claim)
+            outcome = self._deliver(job, claim, timing)
         except BaseException:
             self._claims.release(job_id, claim)
             raise
@@ -201,10 +205,32 @@ class JobRunner:
         batch_id = record.batch_id if record is not None else None
         return dataclasses.replace(job, batch_id=batch_id) if batch_id else job
 
-    def _deliver(self, job: Job, claim: Claim) -> Outcome:
+    def _start(self, job: Job, timing: Timing) -> Start | None:
+        """The claim's running write, for a delivery that will call VideoSDK at once: due, a
+        stop or a start with no meeting to wait for and its deadline ahead, not a batch, and no
+        rate limit to ask first. :meth:`_deliver` checks all of it again after the claim (and
+        records whatever else happens instead); this only saves the first call's round trip."""
+        if job.kind.fans_out or (self._limiter is not None and not self._claims.reads_pause):
+            return None
+        if self._early(timing):
+            return None
+        if not job.kind.stops:
+            deadline = timing.deadline if timing.deadline is not None else float("inf")
+            if timing.scheduled or self._clock() > deadline:
+                return None
+        return Start(self._reporter.running_write(job), self._limits.max_deliveries)
+
+    def _early(self, timing: Timing) -> bool:
+        """Whether the job is delivered before its time (beyond the clocks' tolerance)."""
+        return timing.due is not None and timing.due - self._clock() > EARLY_TOLERANCE
+
+    def _deliver(self, job: Job, claim: Claim, timing: Timing) -> Outcome:
         # An earlier delivery that made a call may have started the recording.
         attempts = _Attempts(
-            before=claim.attempts, maybe_applied=claim.attempts > 0, cleared=claim.paused == 0.0
+            before=claim.attempts,
+            maybe_applied=claim.attempts > 0,
+            cleared=claim.paused == 0.0,
+            recorded=claim.started,
         )
         if claim.deliveries > self._limits.max_deliveries:
             error = ErrorInfo(
@@ -213,8 +239,7 @@ class JobRunner:
                 f"(at most {self._limits.max_deliveries}): a worker may be dying on it",
             )
             return self._finish(job, attempts, error=error, claim=claim)
-        timing = job.kind.timing(job.body, grace=self._limits.start_grace)
-        if timing.due is not None and timing.due - self._clock() > EARLY_TOLERANCE:
+        if self._early(timing):
             self._scheduler.hold(job, timing)
             return Outcome(job.id, State.SCHEDULED, attempts.total, deferred=True)
         return self._attempt(job, timing, claim, attempts)
@@ -371,7 +396,10 @@ class JobRunner:
     def _before_attempt(self, job: Job, attempts: _Attempts) -> None:
         number = attempts.total + 1
         state = State.RUNNING if attempts.made == 0 else State.RETRYING
-        self._reporter.record(job, Report(state, attempt=number))
+        if attempts.recorded:  # by the claim, a moment ago
+            attempts.recorded = False
+        else:
+            self._reporter.record(job, Report(state, attempt=number))
         if attempts.last_error is not None:
             self._metrics.retries.labels(reason=retry_reason(attempts.last_error)).inc()
             report = Report(state, attempt=number, error=attempts.last_error.info())

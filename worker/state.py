@@ -62,31 +62,35 @@ TERMINAL_STATES = frozenset(
 # the new state never finds the claim still taken.
 # KEYS: the job's hash and history (and the claim). ARGV: now, the history entry, ttl, history
 # length, unless-ended flag, clear-error flag, claim token or '', then the fields as name, value...
-_WRITE = (
+# It is a Lua function so that the claim's script can make the same write (worker.claims).
+WRITE_FUNCTION = (
     "local terminal = {"
     + ", ".join(f"['{s.value}'] = true" for s in sorted(TERMINAL_STATES))
     + """}
-if ARGV[5] == '1' then
-  local current = redis.call('HGET', KEYS[1], 'state')
-  if current and terminal[current] then
-    return current
+local function write_state(KEYS, ARGV)
+  if ARGV[5] == '1' then
+    local current = redis.call('HGET', KEYS[1], 'state')
+    if current and terminal[current] then
+      return current
+    end
   end
+  redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+  if ARGV[6] == '1' then
+    redis.call('HDEL', KEYS[1], 'error')
+  end
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) == ARGV[7] then
+    redis.call('DEL', KEYS[3])
+  end
+  return false
 end
-redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
-if ARGV[6] == '1' then
-  redis.call('HDEL', KEYS[1], 'error')
-end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) == ARGV[7] then
-  redis.call('DEL', KEYS[3])
-end
-return false
 """
 )
+_WRITE = WRITE_FUNCTION + "return write_state(KEYS, ARGV)\n"
 
 
 def utc_now() -> datetime:

@@ -6,11 +6,19 @@ sink that records events; retry waits are recorded by ``sleeps``, not spent.
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+import pytest
+import redis
+
 from worker.errors import Target
-from worker.jobs import START_RECORDING
+from worker.jobs import START_RECORDING, STOP_RECORDING
+from worker.rate_limit import Rate, RateLimiter
+from worker.runner import Limits
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, Fault
 from worker.settings import Credentials, Secret
-from worker.state import State
+from worker.state import State, epoch_iso
 
 START = START_RECORDING.endpoint
 CREDENTIALS = Credentials(api_key=DEFAULT_API_KEY, secret=Secret(DEFAULT_SECRET))
@@ -128,3 +136,106 @@ class TestJobRunner:
         """The state records what the job is about."""
         runner.run(START_RECORDING, JOB, job_id="j1")
         assert store.get("j1").target == Target(room_id="r1").to_json()
+
+
+@pytest.fixture
+def sends(monkeypatch) -> list[bytes]:
+    """What this test's thread sends to Redis from now on, by any client (other tests may have
+    left threads of their own behind): one send is one round trip."""
+    sent: list[bytes] = []
+    send = redis.Connection.send_packed_command
+    mine = threading.get_ident()
+
+    def counted(connection: redis.Connection, command: Any, check_health: bool = True) -> None:
+        if threading.get_ident() == mine:
+            first = command[0] if isinstance(command, list) else command
+            sent.append(bytes(first).split(b"\r\n")[2])  # the first command's name
+        send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.Connection, "send_packed_command", counted)
+    return sent
+
+
+def history(store, job_id: str) -> list[tuple[str, int | None]]:
+    return [(h["state"], h.get("attempt")) for h in store.get(job_id).history]
+
+
+class TestTheClaimRecordsTheCall:
+    """A delivery that will call VideoSDK at once is recorded running by its claim: the claim
+    and the first state write are one round trip (the job's end and its event another)."""
+
+    def test_a_delivery_that_calls_at_once_takes_two_round_trips(self, runner, store, sends):
+        runner.run(START_RECORDING, {"roomId": "r0"}, job_id="j0")  # the scripts known to Redis
+        sends.clear()
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert outcome.state is State.SUCCEEDED
+        assert sends == [b"EVALSHA", b"EVALSHA"]  # the claim (running), the end
+        assert history(store, "j1") == [("running", 1), ("succeeded", 1)]
+        entry = store.get("j1").history[0]
+        assert entry == {"state": "running", "at": entry["at"], "attempt": 1}
+        assert store.get("j1").kind == "start-recording"
+        assert store.get("j1").target == Target(room_id="r1").to_json()
+
+    def test_a_redelivery_is_recorded_running_its_next_attempt(self, runner, store):
+        """The claim counts the attempts earlier deliveries made."""
+        store.transition("j1", State.RETRYING, kind="start-recording", attempt=2)
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.attempts) == (State.SUCCEEDED, 3)
+        assert history(store, "j1")[1:] == [("running", 3), ("succeeded", 3)]
+
+    def test_a_retry_within_the_delivery_is_recorded_by_a_write_of_its_own(
+        self, runner, sandbox, store
+    ):
+        sandbox.inject(Fault(status=503))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert history(store, "j1") == [("running", 1), ("retrying", 2), ("succeeded", 2)]
+
+    @pytest.mark.parametrize("kind", [START_RECORDING, STOP_RECORDING], ids=["start", "stop"])
+    def test_a_job_delivered_before_its_time_is_not_recorded_running(
+        self, runner, store, clock, kind
+    ):
+        field = "stopAt" if kind.stops else "startAt"
+        early = {**JOB, field: epoch_iso(clock.now + 3600)}
+        runner.run(kind, early, job_id="j1")
+        assert [state for state, _ in history(store, "j1")] == ["scheduled"]
+
+    def test_a_scheduled_start_waiting_for_its_meeting_is_not_recorded_running(
+        self, runner, sandbox, store, clock
+    ):
+        """Due, but its room has no live session: it waits, and was never running."""
+        sandbox.end_session("r1")
+        due = {**JOB, "startAt": epoch_iso(clock.now)}
+        assert runner.run(START_RECORDING, due, job_id="j1").state is State.WAITING
+        assert [state for state, _ in history(store, "j1")] == ["waiting"]
+
+    def test_a_job_over_its_delivery_limit_is_not_recorded_running(
+        self, make_runner, claims, store
+    ):
+        runner = make_runner(limits=Limits(max_deliveries=1))
+        claims.release("j1", claims.acquire("j1"))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert [state for state, _ in history(store, "j1")] == ["failed"]
+
+    def test_a_job_claimed_while_calls_are_paused_is_not_recorded_running(
+        self, make_runner, redis_client, namespace, store
+    ):
+        limiter = RateLimiter(redis_client, namespace=namespace, rate=None)
+        limiter.pause(20)
+        runner = make_runner(limiter=limiter, limits=Limits(rate_wait=0.0))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").deferred
+        assert [state for state, _ in history(store, "j1")] == ["queued"]
+
+    def test_a_start_past_its_deadline_is_not_recorded_running(self, runner, store, clock):
+        late = {**JOB, "startDeadline": epoch_iso(clock.now - 1)}
+        assert runner.run(START_RECORDING, late, job_id="j1").state is State.FAILED
+        assert [state for state, _ in history(store, "j1")] == ["failed"]
+
+    def test_under_a_rate_limit_a_job_without_a_slot_is_not_recorded_running(
+        self, make_runner, redis_client, namespace, store
+    ):
+        """The limiter decides before the attempt is recorded: the claim makes no write."""
+        limiter = RateLimiter(redis_client, namespace=namespace, rate=Rate(1, 60.0), margin=0)
+        runner = make_runner(limiter=limiter, limits=Limits(rate_wait=0.0))
+        runner.run(START_RECORDING, {"roomId": "r0"}, job_id="j0")  # takes the one slot
+        assert runner.run(START_RECORDING, JOB, job_id="j1").deferred
+        assert [state for state, _ in history(store, "j1")] == ["queued"]
