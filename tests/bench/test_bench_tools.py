@@ -40,7 +40,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("command", ["bench", "bench.pools", "bench.profile"])
+@pytest.mark.parametrize("command", ["bench", "bench.pools", "bench.profile", "bench.task"])
 def test_each_command_has_a_help_that_explains_it(command):
     result = run(command, "--help")
     assert result.returncode == 0, result.stderr
@@ -54,10 +54,22 @@ def test_a_missing_file_is_a_clear_error_not_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_pools_refuses_a_job_count_below_one():
-    result = run("bench.pools", "0")
+@pytest.mark.parametrize("command", ["bench.pools", "bench.task"])
+def test_a_job_count_below_one_is_refused(command):
+    result = run(command, "0")
     assert result.returncode == 2
     assert "at least 1" in result.stderr
+
+
+@pytest.mark.integration
+def test_task_runs_the_jobs_and_prints_what_each_cost():
+    """The task's path alone: CPU and Redis commands per job, from a run of its own."""
+    result = run("bench.task", "20")
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = result.stdout.splitlines()[-1]
+    assert line.startswith("20 jobs: ")
+    assert "us of CPU per job" in line
+    assert "Redis commands per job" in line
 
 
 @pytest.mark.integration
