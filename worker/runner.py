@@ -214,10 +214,8 @@ class JobRunner:
             return None
         if self._early(timing):
             return None
-        if not job.kind.stops:
-            deadline = timing.deadline if timing.deadline is not None else float("inf")
-            if timing.scheduled or self._clock() > deadline:
-                return None
+        if not job.kind.stops and (timing.scheduled or timing.past_deadline(self._clock())):
+            return None
         return Start(self._reporter.running_write(job), self._limits.max_deliveries)
 
     def _early(self, timing: Timing) -> bool:
@@ -270,7 +268,7 @@ class JobRunner:
         live meeting. Else how this delivery ended instead (failed, or waiting)."""
         deadline = timing.deadline if timing.deadline is not None else float("inf")
         waited = claim.state == State.WAITING
-        if self._clock() > deadline and not waited:
+        if timing.past_deadline(self._clock()) and not waited:
             shown = epoch_text(deadline)
             error = ErrorInfo(
                 reason="start_deadline_passed",

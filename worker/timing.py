@@ -61,6 +61,10 @@ class Timing:
         stop_at = optional_time(job, "stopAt")
         return cls(due=stop_at, stop_at=stop_at)
 
+    def past_deadline(self, now: float) -> bool:
+        """Whether a start is too late at ``now`` (never for a job with no deadline)."""
+        return self.deadline is not None and now > self.deadline
+
     @property
     def scheduled(self) -> bool:
         """Whether the job named a start time (and so waits for its meeting to be live)."""
