@@ -48,7 +48,7 @@ def measure(
         sent[room] = time.time()
         producer.enqueue(START_RECORDING, {"roomId": room})
     achieved = (jobs - 1) / (time.time() - begin) if jobs > 1 else 0.0
-    wait(stand, worker, jobs)
+    wait(stand, [worker], jobs)
     added = [call.at - sent[call.room] for call in stand.sandbox.calls(START) if call.room in sent]
     return Latency(
         offered=per_second,

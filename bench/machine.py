@@ -19,6 +19,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), which a container's cpuset limits."""
+    return len(os.sched_getaffinity(0))
+
+
 def describe(redis_version: str) -> dict[str, str]:
     """What the figures depend on: cores, CPU, system, Python and the libraries on the path."""
     return {

@@ -35,4 +35,4 @@ def measure(stand: Stand, *, jobs: int, concurrency: int) -> Throughput:
     args = ["-A", "bench.peer_app", "worker", "--pool", "threads"]
     command = python("-m", "celery", *args, "--concurrency", str(concurrency))
     with WorkerProcess(stand, command, env, "peer-worker") as worker:
-        return drain(stand, worker, jobs)
+        return drain(stand, [worker], jobs)

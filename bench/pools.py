@@ -1,12 +1,13 @@
 """``python -m bench.pools JOBS [--processes N] [--latency] [recq worker options]``: throughput
 with options.
 
-The pool and concurrency comparison of docs/performance.md: the same throughput step as the
-suite (jobs enqueued first, then ``recq worker`` drains them, counted on the sandbox's clock),
-with the options given passed to ``recq worker``, e.g. ``--pool prefork --concurrency 2``. With
+The pool and concurrency comparison of docs/performance.md: the suite's throughput step, with
+the options given passed to ``recq worker``, e.g. ``--pool prefork --concurrency 2``. With
 ``--processes N``, N ``recq worker`` processes drain the queue together (one per core is what
-docs/performance.md advises); the CPU and memory shown are then the first process's. With
-``--latency``, the same worker then gets jobs one at a time at half the drained rate, and the
+docs/performance.md advises); the CPU and memory shown are then their sum. The workers start
+first and the jobs are enqueued once every one consumes, so no worker drains alone while
+another starts; the rate is counted on the sandbox's clock, first call to last. With
+``--latency``, the first worker then gets jobs one at a time at half the drained rate, and the
 added latency from enqueue to the VideoSDK call is printed (as the suite's latency row).
 """
 
@@ -16,13 +17,11 @@ import argparse
 from contextlib import ExitStack
 
 from bench import latency
-from bench.procs import python
-from bench.recq_run import WorkerProcess, drain
+from bench.recq_run import drain, recq_workers
 from bench.recq_run import enqueue as prefill
 from bench.stand import Stand
 from worker.celery_app import create_app
 from worker.producer import Producer
-from worker.testing import worker_env
 
 MB = 1 << 20
 
@@ -57,30 +56,22 @@ def main(argv: list[str] | None = None) -> None:
         stand = Stand(stack)
         app = create_app(stand.settings)
         stack.callback(app.close)
+        workers = recq_workers(stand, stack, processes, options)
         prefill(Producer(app), jobs, prefix="pools")
-        command = python("-m", "worker", "worker", *options)
-        env = worker_env(stand.settings)
-        others = [
-            stack.enter_context(WorkerProcess(stand, command, env, f"recq-worker-{n}"))
-            for n in range(2, processes + 1)
-        ]
+        result = drain(stand, workers, jobs)
         added: latency.Latency | None = None
-        with WorkerProcess(stand, command, env, "recq-worker") as worker:
-            result = drain(stand, worker, jobs)
-            if args.latency and result.rate:
-                added = latency.measure(
-                    stand, Producer(app), worker, per_second=result.rate / 2, seconds=5
-                )
-        for other in others:
-            other.alive()
+        if args.latency and result.rate:
+            added = latency.measure(
+                stand, Producer(app), workers[0], per_second=result.rate / 2, seconds=5
+            )
     rate = f"{result.rate:.0f} jobs/s" if result.rate else "n/a"
     cpu = result.cpu.get("worker", 0.0)
     shown = " ".join(options) or "(defaults)"
     if processes > 1:
         shown = f"{processes} processes, {shown}"
-    each = " each" if processes > 1 else ""
-    memory = f"RSS {result.rss_after / MB:.0f} MB{each}"
-    print(f"{shown}: {rate}, worker CPU {cpu:.2f} cores{each}, {memory}")
+    together = " in all" if processes > 1 else ""
+    memory = f"RSS {result.rss_after / MB:.0f} MB{together}"
+    print(f"{shown}: {rate}, worker CPU {cpu:.2f} cores{together}, {memory}")
     if added is not None:
         p50, p99 = (
             f"{v * 1000:.1f} ms" if v is not None else "n/a" for v in (added.p50, added.p99)

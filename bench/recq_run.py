@@ -4,12 +4,19 @@ The jobs are enqueued first, with no worker running; then one ``recq worker`` st
 option at all (its defaults are whatever ``worker.cli.WORKER_DEFAULTS`` says at run time) and
 drains the queue. Throughput is counted on the sandbox's clock, between the first and the last
 call it receives, so the worker's start-up is not in the figure.
+
+Several workers draining together (:func:`recq_workers`) are started first instead, and the
+jobs enqueued once every one has started consuming: otherwise the first worker up would drain
+alone for as long as the others take to start, and their start-up would count in the figure.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 from bench.procs import python, rss_bytes, spawn, stop
@@ -24,6 +31,7 @@ from worker.testing import worker_env
 
 MB = 1 << 20
 SETTLE = 0.5  # seconds
+READY_TIMEOUT = 60.0  # seconds for every worker of a group to start consuming
 
 
 def worker_defaults() -> tuple[str, int]:
@@ -65,17 +73,48 @@ class WorkerProcess:
             raise RuntimeError(f"{self.name} exited with {code}; see its log")
 
 
-def recq_worker(stand: Stand) -> WorkerProcess:
-    """`recq worker` with no option: its defaults, on the stand's Redis and sandbox."""
-    command = python("-m", "worker", "worker")
-    return WorkerProcess(stand, command, worker_env(stand.settings), "recq-worker")
+def recq_worker(
+    stand: Stand,
+    options: Sequence[str] = (),
+    *,
+    name: str = "recq-worker",
+    heartbeat: Path | None = None,
+) -> WorkerProcess:
+    """`recq worker` on the stand's Redis and sandbox: with no option, its defaults.
+
+    ``heartbeat`` is where its consumer records that it runs (``RECQ_HEARTBEAT_FILE``).
+    """
+    command = python("-m", "worker", "worker", *options)
+    overrides = {"RECQ_HEARTBEAT_FILE": str(heartbeat)} if heartbeat is not None else {}
+    return WorkerProcess(stand, command, worker_env(stand.settings, **overrides), name)
+
+
+def recq_workers(
+    stand: Stand, stack: ExitStack, count: int, options: Sequence[str] = ()
+) -> list[WorkerProcess]:
+    """``count`` `recq worker` processes, stopped when ``stack`` closes, once every one of them
+    has started consuming (each has a heartbeat file of its own, written when it starts)."""
+    beats = [stand.logs / f"recq-worker-{n}.heartbeat" for n in range(1, count + 1)]
+    workers = [
+        stack.enter_context(recq_worker(stand, options, name=beat.stem, heartbeat=beat))
+        for beat in beats
+    ]
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not all(beat.exists() for beat in beats):
+        for worker in workers:
+            worker.alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not all {count} workers started within {READY_TIMEOUT:.0f} s")
+        time.sleep(0.1)
+    return workers
 
 
 @dataclass(slots=True)
 class Throughput:
-    """A drained queue: its rate, failures, each process's CPU and the worker's memory."""
+    """A drained queue: its rate, failures, each process's CPU and the workers' memory."""
 
     jobs: int
+    processes: int
     rate: float | None
     failures: int
     cpu: dict[str, float] = field(default_factory=dict)
@@ -96,22 +135,28 @@ def enqueue(producer: Producer, jobs: int, *, prefix: str) -> list[str]:
     return rooms
 
 
-def drain(stand: Stand, worker: WorkerProcess, jobs: int) -> Throughput:
-    """Wait until the sandbox answered ``jobs`` calls, sampling the processes meanwhile.
+def drain(stand: Stand, workers: Sequence[WorkerProcess], jobs: int) -> Throughput:
+    """Wait until the sandbox answered ``jobs`` calls, sampling the processes meanwhile: the
+    workers' CPU and memory are their sum.
 
     Counts every VideoSDK call since the sandbox's last reset, so reset it before enqueueing.
     """
-    pids = {"worker": worker.pid, "sandbox": stand.sandbox.process.pid, "redis": stand.redis_pid}
+    groups = {
+        "worker": [worker.pid for worker in workers],
+        "sandbox": [stand.sandbox.process.pid],
+        "redis": [stand.redis_pid],
+    }
     before = _commands(stand)
-    with Usage(pids) as usage:
-        wait(stand, worker, jobs)
-        rss_after = rss_bytes(worker.pid)
+    with Usage(groups) as usage:
+        wait(stand, workers, jobs)
+        rss_after = sum(rss_bytes(worker.pid) for worker in workers)
     time.sleep(SETTLE)  # the last jobs' acknowledgements and state writes
     after = _commands(stand)
     calls = stand.sandbox.calls(START)
     times = [call.at for call in calls]
     return Throughput(
         jobs=len(calls),
+        processes=len(workers),
         rate=rate(times),
         failures=sum(1 for call in calls if call.status // 100 != 2),  # noqa: PLR2004
         cpu=usage.cpu_shares(min(times), max(times)) if times else {},
@@ -127,11 +172,12 @@ def _commands(stand: Stand) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
-def wait(stand: Stand, worker: WorkerProcess, calls: int) -> None:
-    """Block until the sandbox answered ``calls`` calls, failing fast if the worker died."""
+def wait(stand: Stand, workers: Sequence[WorkerProcess], calls: int) -> None:
+    """Block until the sandbox answered ``calls`` calls, failing fast if a worker died."""
     deadline = time.monotonic() + 60 + calls / 20
     while (seen := stand.sandbox.count()) < calls:
-        worker.alive()
+        for worker in workers:
+            worker.alive()
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {seen} of {calls} VideoSDK calls arrived in time")
         time.sleep(0.1)

@@ -41,6 +41,9 @@ class Figures:
     recq: Throughput | None = None
     latency: Latency | None = None
     fanout: FanOut | None = None
+    cores: int = 0
+    """The cores the run could use; as many `recq worker` processes drained together."""
+    per_core: Throughput | None = None
     peer: Throughput | None = None
     hotspots: list[Hotspot] = field(default_factory=list)
 
@@ -52,7 +55,7 @@ def rows(figures: Figures, tracks: int) -> Results:
     _latency(results, figures.latency)
     _enqueue(results, figures.enqueue)
     _fanout(results, figures.fanout, tracks)
-    _memory(results, figures.recq)
+    _memory(results, figures.recq, figures.per_core)
     _notes(results, figures)
     return results
 
@@ -94,6 +97,13 @@ def _throughput(results: Results, f: Figures) -> None:
     ratio = _ratio(recq, f.ceiling)
     results.add(Row("recq / ceiling", ratio, "x", "", ">= 0.85", at_least(ratio, SHARE_OF_CEILING)))
     results.add(Row("recq / peer", _ratio(recq, peer), "x"))
+    per_core = f.per_core.rate if f.per_core else None
+    how = "not measured: one core" if f.cores == 1 else "not measured"
+    if f.per_core is not None:
+        jobs = f.per_core.jobs
+        how = f"{f.per_core.processes} `recq worker` processes, defaults each; {jobs:,} jobs"
+    results.add(Row("recq worker, one process per core", per_core, "jobs/s", how))
+    results.add(Row("recq per core / ceiling", _ratio(per_core, f.ceiling), "x"))
 
 
 def _latency(results: Results, latency: Latency | None) -> None:
@@ -139,22 +149,34 @@ def _fanout(results: Results, fan: FanOut | None, tracks: int) -> None:
     results.add(Row(f"batch of {tracks:,} tracks completed", completed, "s", how))
 
 
-def _memory(results: Results, recq: Throughput | None) -> None:
+def _memory(results: Results, recq: Throughput | None, per_core: Throughput | None) -> None:
     after = recq.rss_after / MB if recq else None
     peak = recq.rss_peak / MB if recq else None
     how = "every process of the tree, after the throughput run"
     results.add(Row("recq worker RSS", after, "MB", how, "<= 150 MB", at_most(after, RSS_MB)))
     how = "sampled every 0.5 s during the throughput run"
     results.add(Row("recq worker RSS, peak", peak, "MB", how))
+    all_of_them = per_core.rss_after / MB if per_core else None
+    how = f"the {per_core.processes} processes together" if per_core else "not measured"
+    results.add(Row("recq worker RSS, one process per core", all_of_them, "MB", how))
+
+
+def _cpu_per_job(run: Throughput) -> float | None:
+    """Seconds of worker CPU per job: its cores over the jobs per second."""
+    cores = run.cpu.get("worker")
+    return cores / run.rate if cores and run.rate else None
 
 
 def _notes(results: Results, f: Figures) -> None:
-    for name, run in (("recq", f.recq), ("peer", f.peer)):
+    runs = (("recq", f.recq), ("recq per core", f.per_core), ("peer", f.peer))
+    for name, run in runs:
         if run is None:
             continue
         shares = ", ".join(f"{who} {cores:.2f}" for who, cores in run.cpu.items())
         if shares:
-            results.notes.append(f"CPU during the {name} run, in cores: {shares}")
+            per_job = _cpu_per_job(run)
+            each = f" ({per_job * 1000:.2f} ms of worker CPU per job)" if per_job else ""
+            results.notes.append(f"CPU during the {name} run, in cores: {shares}{each}")
         per_job = run.commands_per_job()
         if per_job is not None:
             top = sorted(run.redis_commands.items(), key=lambda item: -item[1])[:8]

@@ -37,7 +37,7 @@ def measure(stand: Stand, *, calls: int, processes: int, connections: int) -> Ca
     start_at = time.time() + 2.0  # every process imported and ready by then
     loads = []
     try:
-        with Usage({"sandbox": stand.sandbox.process.pid}, interval=0.25) as usage:
+        with Usage({"sandbox": [stand.sandbox.process.pid]}, interval=0.25) as usage:
             for number in range(processes):
                 args = ["--url", stand.sandbox.url, "--connections", str(connections)]
                 args += ["--prefix", f"capacity-{number}", "--calls", str(per_process)]

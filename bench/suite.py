@@ -3,7 +3,8 @@
 1. the sandbox's own capacity; 2. the ceiling (32 threads, and at recq's concurrency);
 3. enqueue rates (no worker running); 4. one ``recq worker`` with its defaults: throughput,
 memory, added latency at half its throughput, a 1,000-track fan-out (and, on request, a
-profile); 5. the peer Celery task at the same concurrency.
+profile); 5. one ``recq worker`` per core, with its defaults, draining together (how deploy/
+runs them: systemd's template unit or replicas); 6. the peer Celery task at recq's concurrency.
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import ceiling, enqueue, fanout, latency, peer, sandbox_capacity
-from bench.machine import describe, load_average
+from bench.machine import describe, load_average, usable_cores
 from bench.profile import Hotspot, Profiler
-from bench.recq_run import WorkerProcess, drain, recq_worker, wait, worker_defaults
+from bench.recq_run import (
+    Throughput,
+    WorkerProcess,
+    drain,
+    recq_worker,
+    recq_workers,
+    wait,
+    worker_defaults,
+)
 from bench.recq_run import enqueue as prefill
 from bench.report import Figures, rows
 from bench.results import Results
@@ -84,6 +93,10 @@ def _measure(stand: Stand, stack: ExitStack, sizes: Sizes, profile: Path | None)
     app = create_app(stand.settings)
     stack.callback(app.close)
     _recq(stand, app, sizes, figures, profile)
+    figures.cores = usable_cores()
+    if figures.cores > 1:
+        with step(f"recq worker, one process per core ({figures.cores})"):
+            figures.per_core = _per_core(stand, app, sizes.jobs, figures.cores)
     with step("peer Celery task"):
         figures.peer = peer.measure(stand, jobs=sizes.jobs, concurrency=concurrency)
     figures.load_after = load_average()
@@ -98,7 +111,7 @@ def _recq(
     prefill(producer, sizes.jobs, prefix="recq")
     with recq_worker(stand) as worker:
         with step("recq worker throughput"):
-            figures.recq = drain(stand, worker, sizes.jobs)
+            figures.recq = drain(stand, [worker], sizes.jobs)
         with step("added latency at half load"):
             half = 0.5 * (figures.recq.rate or 100.0)
             figures.latency = latency.measure(
@@ -114,6 +127,15 @@ def _recq(
             with step("profile of the recq worker"):
                 figures.hotspots = _profile(stand, producer, worker, sizes.jobs, profile)
             stand.notes.append(f"py-spy's folded stacks of the recq worker: {profile}")
+
+
+def _per_core(stand: Stand, app: RecqCelery, jobs: int, cores: int) -> Throughput:
+    """``cores`` `recq worker` processes with their defaults, draining ``jobs`` together."""
+    stand.flush()
+    with ExitStack() as stack:
+        workers = recq_workers(stand, stack, cores)
+        prefill(Producer(app), jobs, prefix="per-core")
+        return drain(stand, workers, jobs)
 
 
 @contextmanager
@@ -137,7 +159,7 @@ def _profile(
     profiler = Profiler(worker.pid, output)
     try:
         prefill(producer, jobs, prefix="profile")
-        wait(stand, worker, jobs)
+        wait(stand, [worker], jobs)
     finally:
         spots = profiler.finish()
     return spots

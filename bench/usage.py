@@ -1,7 +1,8 @@
 """What the processes of a run cost while it runs: CPU shares and the worker's resident memory.
 
-A :class:`Usage` thread samples, twice a second, the CPU time of each watched process tree and
-the resident memory (RSS, every process of the tree) of the first one. CPU shares are then read
+A :class:`Usage` thread samples, twice a second, the CPU time of each watched group of process
+trees (several worker processes count as one group) and the resident memory (RSS, every process
+of every tree) of the first group. CPU shares are then read
 over any window of the run, such as the span between the first and last VideoSDK call.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -26,10 +27,11 @@ class Sample:
 
 
 class Usage:
-    """Samples ``pids`` (name: pid) until stopped; the first one's memory is sampled too."""
+    """Samples ``groups`` (name: the pids of its process trees) until stopped; the first group's
+    memory is sampled too."""
 
-    def __init__(self, pids: Mapping[str, int], *, interval: float = INTERVAL) -> None:
-        self._pids = dict(pids)
+    def __init__(self, groups: Mapping[str, Sequence[int]], *, interval: float = INTERVAL) -> None:
+        self._groups = {name: list(pids) for name, pids in groups.items()}
         self._interval = interval
         self._stopped = threading.Event()
         self.samples: list[Sample] = []
@@ -49,22 +51,22 @@ class Usage:
         self._thread.join()
 
     def _run(self) -> None:
-        first = next(iter(self._pids.values()))
+        first = next(iter(self._groups.values()))
         while True:
-            cpu = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
-            self.samples.append(Sample(time.time(), cpu, rss_bytes(first)))
+            cpu = {name: sum(map(cpu_seconds, pids)) for name, pids in self._groups.items()}
+            self.samples.append(Sample(time.time(), cpu, sum(map(rss_bytes, first))))
             if self._stopped.wait(self._interval):
                 return
 
     def cpu_shares(self, start: float, end: float) -> dict[str, float]:
-        """Each tree's CPU use between the first and last samples within ``start``..``end``, in
+        """Each group's CPU use between the first and last samples within ``start``..``end``, in
         cores (1.0: one core busy all along); empty when the window holds fewer than two."""
         inside = [s for s in self.samples if start <= s.at <= end]
         if len(inside) < 2:  # noqa: PLR2004 - a share needs two samples
             return {}
         first, last = inside[0], inside[-1]
         span = last.at - first.at
-        return {name: (last.cpu[name] - first.cpu[name]) / span for name in self._pids}
+        return {name: (last.cpu[name] - first.cpu[name]) / span for name in self._groups}
 
     def peak_rss(self) -> int:
         """The largest resident memory sampled, in bytes."""

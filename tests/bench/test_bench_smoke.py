@@ -25,6 +25,8 @@ ROWS = [
     "peer: plain Celery task",
     "recq / ceiling",
     "recq / peer",
+    "recq worker, one process per core",
+    "recq per core / ceiling",
     "added latency p50, enqueue to call",
     "added latency p99, enqueue to call",
     "enqueue: Producer.enqueue_many",
@@ -36,6 +38,7 @@ ROWS = [
     "batch of 20 tracks completed",
     "recq worker RSS",
     "recq worker RSS, peak",
+    "recq worker RSS, one process per core",
 ]
 TINY = ["--quick", "--jobs", "50", "--enqueue-jobs", "50", "--latency-seconds", "0.5"]
 
