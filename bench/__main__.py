@@ -26,10 +26,19 @@ def _parser() -> argparse.ArgumentParser:
         "throwaway redis-server; prints one table. Figures, not pass/fail tests.",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 10,000)")
-    parser.add_argument("--enqueue-jobs", type=int, help="jobs per enqueue route (10,000)")
-    parser.add_argument("--latency-seconds", type=float, help="length of the latency run (10)")
-    parser.add_argument("--tracks", type=int, help="tracks of the fan-out batch (1,000)")
+    full = Sizes()
+    parser.add_argument("--jobs", type=int, help=f"jobs per throughput run (default {full.jobs:,})")
+    parser.add_argument(
+        "--enqueue-jobs", type=int, help=f"jobs per enqueue route ({full.enqueue_jobs:,})"
+    )
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        help=f"length of the latency run ({full.latency_seconds:g} s)",
+    )
+    parser.add_argument(
+        "--tracks", type=int, help=f"tracks of the fan-out batch ({full.fanout_tracks:,})"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     parser.add_argument(
         "--profile", type=Path, metavar="FILE", help="profile the recq worker with py-spy"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.profile import hotspots, under
+from bench.suite import Sizes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +46,15 @@ def test_each_command_has_a_help_that_explains_it(command):
     result = run(command, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: python -m {command}")
+
+
+def test_the_suite_help_gives_the_sizes_a_full_run_uses():
+    result = run("bench", "--help")
+    text = " ".join(result.stdout.split())
+    full = Sizes()
+    assert f"jobs per throughput run (default {full.jobs:,})" in text
+    assert f"jobs per enqueue route ({full.enqueue_jobs:,})" in text
+    assert f"tracks of the fan-out batch ({full.fanout_tracks:,})" in text
 
 
 def test_a_missing_file_is_a_clear_error_not_a_traceback(tmp_path):
