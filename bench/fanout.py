@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from bench.recq_run import WorkerProcess
+from bench.recq_run import WorkerProcess, until
 from bench.stand import Stand
 from worker.batches import Batches
 from worker.jobs import BULK_TRACK_RECORDING, Job, child_jobs
@@ -76,15 +76,19 @@ def measure(
 def _await_completion(
     batches: Batches, worker: WorkerProcess, batch_id: str, timeout: float
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def completed() -> bool:
         progress = batches.progress(batch_id)
-        if progress is not None and progress.completed:
-            return
-        worker.alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"batch {batch_id} did not complete in {timeout:g} s: {progress}")
-        time.sleep(0.05)
+        return progress is not None and progress.completed
+
+    until(
+        completed,
+        [worker],
+        timeout=timeout,
+        failure=lambda: (
+            f"batch {batch_id} did not complete in {timeout:g} s: {batches.progress(batch_id)}"
+        ),
+        every=0.05,
+    )
 
 
 def _latest_first(store: JobStore, job_ids: list[str], state: State) -> float | None:

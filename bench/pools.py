@@ -17,13 +17,11 @@ import argparse
 from contextlib import ExitStack
 
 from bench import latency
-from bench.recq_run import drain, recq_workers
+from bench.recq_run import MB, drain, recq_workers
 from bench.recq_run import enqueue as prefill
 from bench.stand import Stand
 from worker.celery_app import create_app
 from worker.producer import Producer
-
-MB = 1 << 20
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ alone for as long as the others take to start, and their start-up would count in
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,13 +99,12 @@ def recq_workers(
         stack.enter_context(recq_worker(stand, options, name=beat.stem, heartbeat=beat))
         for beat in beats
     ]
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not all(beat.exists() for beat in beats):
-        for worker in workers:
-            worker.alive()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not all {count} workers started within {READY_TIMEOUT:.0f} s")
-        time.sleep(0.1)
+    until(
+        lambda: all(beat.exists() for beat in beats),
+        workers,
+        timeout=READY_TIMEOUT,
+        failure=lambda: f"not all {count} workers started within {READY_TIMEOUT:.0f} s",
+    )
     return workers
 
 
@@ -174,10 +173,28 @@ def _commands(stand: Stand) -> dict[str, int]:
 
 def wait(stand: Stand, workers: Sequence[WorkerProcess], calls: int) -> None:
     """Block until the sandbox answered ``calls`` calls, failing fast if a worker died."""
-    deadline = time.monotonic() + 60 + calls / 20
-    while (seen := stand.sandbox.count()) < calls:
+    until(
+        lambda: stand.sandbox.count() >= calls,
+        workers,
+        timeout=60 + calls / 20,
+        failure=lambda: f"only {stand.sandbox.count()} of {calls} VideoSDK calls arrived in time",
+    )
+
+
+def until(
+    done: Callable[[], bool],
+    workers: Sequence[WorkerProcess],
+    *,
+    timeout: float,
+    failure: Callable[[], str],
+    every: float = 0.1,
+) -> None:
+    """Block until ``done()``: raise at once if a worker has exited, and ``TimeoutError`` with
+    ``failure()`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
         for worker in workers:
             worker.alive()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {seen} of {calls} VideoSDK calls arrived in time")
-        time.sleep(0.1)
+            raise TimeoutError(failure())
+        time.sleep(every)

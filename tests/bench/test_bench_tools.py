@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.profile import hotspots, under
+from bench.recq_run import until
 from bench.suite import Sizes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,3 +138,15 @@ def test_the_command_prints_both_views_and_the_breakdown(tmp_path):
     breakdown = run("bench.profile", str(folded), "--under", "JobRunner._finish")
     assert " 40.0%  JobRunner._finish (all)" in breakdown.stdout
     assert " 20.0%  /w/worker/reporter.py:Reporter.record" in breakdown.stdout
+
+
+class _Exited:
+    def alive(self):
+        raise RuntimeError("recq-worker exited with 1; see its log")
+
+
+def test_a_wait_fails_at_once_when_a_worker_exits_and_says_what_it_waited_for():
+    with pytest.raises(RuntimeError, match="exited"):
+        until(lambda: False, [_Exited()], timeout=60, failure=lambda: "never")
+    with pytest.raises(TimeoutError, match="only 3 of 5 calls"):
+        until(lambda: False, [], timeout=0.05, failure=lambda: "only 3 of 5 calls", every=0.01)
