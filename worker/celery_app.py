@@ -47,6 +47,9 @@ from worker.transport import NAME as REDIS_TRANSPORT
 from worker.videosdk import VideoSDKClient, build_session
 
 TASK_MODULES = ("tasks.recording",)
+RESTORE_LOCK_EXPIRY = 30
+"""Seconds the restore sweep's lock outlives a worker that died holding it (kombu: 300), at
+most the visibility timeout."""
 RedisClient = redis.Redis  # the app has a property named ``redis``
 
 
@@ -90,7 +93,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The visibility timeout must outlast a job's longest delivery (Settings checks it), and
         # be set alike in all three places or the shortest wins (Celery's Redis caveats).
         # The restore sweep runs every 10 s instead of every 100 s (kombu's default throttle),
-        # so a dead worker's messages come back within visibility_timeout + 10 s.
+        # so a dead worker's messages come back within visibility_timeout + 10 s. A sweep
+        # holds a lock in Redis, which kombu lets expire after 300 s: a worker killed while
+        # sweeping kept every other worker from sweeping for five minutes. Expiring within the
+        # visibility timeout, it is gone before the dead worker's own messages are due; a
+        # sweep that outlasts it and overlaps another is safe (each message is restored in a
+        # transaction that watches the unacked hash).
         # One priority step keeps the queue one Redis list, which recq's transport fetches
         # without the window in which kombu's can lose a message (worker/transport.py).
         transport = {
@@ -98,6 +106,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "priority_steps": [0],
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": min(RESTORE_LOCK_EXPIRY, settings.visibility_timeout),
             "socket_timeout": 30,
             "socket_connect_timeout": 10,
             "socket_keepalive": True,

@@ -128,6 +128,60 @@ def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis
     assert set(accepted_per_room(slow_sandbox).values()) == {1}
 
 
+def test_a_worker_killed_holding_the_restore_sweep_s_lock_holds_back_no_recovery(
+    settings, sandbox, own_redis
+):
+    """A worker dies while it sweeps: the lock it held expires before its jobs are due back.
+
+    Every sweep holds kombu's lock in Redis; with kombu's expiry (300 s) a worker killed while
+    sweeping kept every other worker from sweeping for five minutes. Here the dead worker's
+    lock is taken as kombu's sweep takes it, with the expiry recq configures, and never
+    released: its job still comes back within the visibility timeout and one sweep.
+    """
+    visibility = 20
+    settings = settings.replace(
+        broker_url=own_redis.url,
+        redis_url=own_redis.url,
+        retry_window=0.0,
+        connect_timeout=1.0,
+        read_timeout=3.0,
+        visibility_timeout=visibility,
+    )
+    sandbox.latency = 2.0  # the victim's call is in flight when it dies
+    app = create_app(settings)
+    timing = {
+        "RECQ_VISIBILITY_TIMEOUT": str(visibility),
+        "RECQ_RETRY_WINDOW": "0",
+        "RECQ_CONNECT_TIMEOUT": "1",
+        "RECQ_READ_TIMEOUT": "3",
+    }
+    workers = Workers(worker_env(settings, **timing))
+    try:
+        victim = workers.start()
+        job_ids = enqueue_rooms(app, 1, "sweeper")
+        deadline = time.monotonic() + 30
+        while (record := app.store.get(job_ids[0])) is None or record.state is not State.RUNNING:
+            assert time.monotonic() < deadline, "the victim never started the job"
+            time.sleep(0.05)
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            qos = channel.qos
+            lock = channel.client.lock(qos.unacked_mutex_key, timeout=qos.unacked_mutex_expire)
+            assert lock.acquire(blocking=False)
+        victim.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        workers.start()
+        ended = wait_until_all_end(app, job_ids, timeout=90)
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        workers.stop_all()
+        app.close()
+    print(f"\nkilled holding the sweep's lock: the job ended {recovered_in:.0f} s after the kill")
+    assert [record.state for record in ended.values()] == [State.SUCCEEDED]
+    assert accepted_per_room(sandbox) == {"sweeper-0": 1}
+    assert recovered_in < visibility + 25, "back within the visibility timeout and one sweep"
+
+
 def test_sigterm_finishes_or_returns_in_flight_jobs(settings, sandbox):
     """SIGTERM mid-run: the worker exits, and a new worker ends every job well before the
     visibility timeout would have brought any back."""
