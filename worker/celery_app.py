@@ -25,6 +25,7 @@ from worker.batches import Batches
 from worker.claims import Claims
 from worker.dead_letters import DeadLetters
 from worker.dispatcher import DispatcherStep
+from worker.enqueuer import Enqueuer, RecordAndPush, RecordThenPublish
 from worker.errors import SettingsError
 from worker.event_log import EventLog
 from worker.events import Events, ExchangeSink, RedisExchangeSink
@@ -251,6 +252,28 @@ class RecqCelery(Celery):
     def dead_letters(self) -> DeadLetters:
         return DeadLetters(self.redis, namespace=self.settings.namespace)
 
+    @property
+    def broker_is_store(self) -> bool:
+        """Whether the broker is the state store's Redis (the default): then a job's record and
+        its message, or its state and its event, are written by one script."""
+        settings = self.settings
+        return settings.broker_url == settings.redis_url and not is_amqp(settings.broker_url)
+
+    @cached_property
+    def producer_enqueuer(self) -> Enqueuer:
+        """How producers put jobs on the queue (through the producers' quick-to-fail client)."""
+        return self._enqueuer(self.producer_store)
+
+    @cached_property
+    def enqueuer(self) -> Enqueuer:
+        """How the workers put jobs on the queue: a batch's children."""
+        return self._enqueuer(self.store)
+
+    def _enqueuer(self, store: JobStore) -> Enqueuer:
+        if self.broker_is_store:
+            return RecordAndPush(store, self.settings.queue)
+        return RecordThenPublish(store, self.task_publisher.publish)
+
     @cached_property
     def task_publisher(self) -> Publisher:
         """How jobs reach the queue: pipelined LPUSHes on Redis, kombu on RabbitMQ."""
@@ -282,7 +305,7 @@ class RecqCelery(Celery):
         settings = self.settings
         if is_amqp(settings.broker_url):
             return Events([self.event_log, ExchangeSink(self.producer_or_acquire)])
-        if settings.redis_url == settings.broker_url:
+        if self.broker_is_store:
             # The default: one call for the log and the exchange, on the state store's client,
             # so a job's final state write and its event share one round trip.
             return Events([RedisExchangeSink(self.redis, log=self.event_log)])
@@ -318,9 +341,7 @@ class RecqCelery(Celery):
             live_poll=settings.live_poll_interval,
             max_pause=settings.max_pause,
         )
-        fan_out = FanOut(
-            batches=self.batches, store=self.store, publish=self.task_publisher.publish
-        )
+        fan_out = FanOut(batches=self.batches, enqueuer=self.enqueuer)
         return JobRunner(
             client=client,
             reporter=self._reporter(self.store),

@@ -10,12 +10,13 @@ that already ended is not published again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from worker.batches import Batches
+from worker.enqueuer import Enqueuer
 from worker.jobs import Job, child_jobs
 from worker.publisher import TaskMessage
-from worker.state import JobStore, Queued
+from worker.state import Queued
 
 CHUNK = 100
 
@@ -27,13 +28,11 @@ class FanOut:
         self,
         *,
         batches: Batches,
-        store: JobStore,
-        publish: Callable[[Sequence[TaskMessage]], None],
+        enqueuer: Enqueuer,
         chunk: int = CHUNK,
     ) -> None:
         self._batches = batches
-        self._store = store
-        self._publish = publish
+        self._enqueuer = enqueuer
         self._chunk = chunk
 
     def run(self, batch: Job, *, starting: Callable[[int], None]) -> int:
@@ -50,18 +49,13 @@ class FanOut:
             starting(len(children))
         for offset in range(first, len(children), self._chunk):
             chunk = children[offset : offset + self._chunk]
-            # A chunk's states in one round trip, then its messages in another.
-            ended = self._store.enqueue_many(
+            self._enqueuer.enqueue(
                 [
-                    Queued(c.id, c.kind.name, c.target, c.metadata, {"batchId": batch.id})
+                    (
+                        Queued(c.id, c.kind.name, c.target, c.metadata, {"batchId": batch.id}),
+                        TaskMessage(c.kind.task_name, c.id, c.body),
+                    )
                     for c in chunk
-                ]
-            )
-            self._publish(
-                [
-                    TaskMessage(child.kind.task_name, child.id, child.body)
-                    for child, done in zip(chunk, ended, strict=True)
-                    if done is None
                 ]
             )
             self._batches.advance(batch.id, offset + len(chunk))

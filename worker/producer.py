@@ -81,8 +81,8 @@ class Producer:
         return ids
 
     def _publish_all(self, kind: JobKind, jobs: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Hold the jobs due later; record the others queued and publish them, a chunk of
-        states and a chunk of messages to a round trip each."""
+        """Hold the jobs due later; record the others queued and publish them, a chunk at a
+        time (:mod:`worker.enqueuer`)."""
         app = self._app
         now: list[tuple[str, dict[str, Any]]] = []
         for job_id, job in jobs:
@@ -92,19 +92,13 @@ class Producer:
             else:
                 now.append((job_id, job))
         for start in range(0, len(now), CHUNK):
-            chunk = now[start : start + CHUNK]
-            ended = app.producer_store.enqueue_many(
+            app.producer_enqueuer.enqueue(
                 [
-                    Queued(job_id, kind.name, kind.target(job), job.get("metadata") or {})
-                    for job_id, job in chunk
-                ]
-            )
-            # A job that already ended is not published again: its outcome stands.
-            app.task_publisher.publish(
-                [
-                    TaskMessage(kind.task_name, job_id, job)
-                    for (job_id, job), done in zip(chunk, ended, strict=True)
-                    if done is None
+                    (
+                        Queued(job_id, kind.name, kind.target(job), job.get("metadata") or {}),
+                        TaskMessage(kind.task_name, job_id, job),
+                    )
+                    for job_id, job in now[start : start + CHUNK]
                 ]
             )
 

@@ -95,6 +95,11 @@ def task_body(job: Any) -> bytes:
     return json.dumps([[], {"job": job}, EMBED]).encode()
 
 
+def queue_envelope(message: TaskMessage, queue: str) -> bytes:
+    """``message`` as kombu's Redis transport keeps it on ``queue``'s list."""
+    return redis_envelope(message.task, message.job_id, queue=queue, body=task_body(message.job))
+
+
 class RedisPublisher:
     """LPUSHes envelopes onto the queue's list, :data:`CHUNK` to a round trip."""
 
@@ -104,10 +109,7 @@ class RedisPublisher:
 
     def publish(self, messages: Sequence[TaskMessage]) -> None:
         for start in range(0, len(messages), CHUNK):
-            envelopes = [
-                redis_envelope(m.task, m.job_id, queue=self._queue, body=task_body(m.job))
-                for m in messages[start : start + CHUNK]
-            ]
+            envelopes = [queue_envelope(m, self._queue) for m in messages[start : start + CHUNK]]
             # kombu's consumer takes from the list's right end: LPUSH keeps the order.
             self._redis.lpush(self._queue, *envelopes)
 

@@ -91,6 +91,19 @@ end
 """
 )
 _WRITE = WRITE_FUNCTION + "return write_state(KEYS, ARGV)\n"
+# The same write, then, unless the job had already ended, its message LPUSHed onto the queue's
+# list KEYS[3]: the message is the last argument. A job is then never recorded queued without
+# its message on the queue, and the two take one round trip.
+_WRITE_AND_PUSH = (
+    WRITE_FUNCTION
+    + """local message = table.remove(ARGV)
+local ended = write_state({KEYS[1], KEYS[2]}, ARGV)
+if not ended then
+  redis.call('LPUSH', KEYS[3], message)
+end
+return ended
+"""
+)
 
 
 def utc_now() -> datetime:
@@ -181,6 +194,7 @@ class JobStore:
         self._ttl = ttl
         self._clock = clock
         self._write_script: Any = client.register_script(_WRITE)
+        self._push_script: Any = client.register_script(_WRITE_AND_PUSH)
 
     def key(self, job_id: str) -> str:
         return f"{self._namespace}:job:{job_id}"
@@ -266,9 +280,16 @@ class JobStore:
         unless_ended: bool = False,
         now: str | None = None,
         release: tuple[str, str] | None = None,
+        push: tuple[str, bytes] | None = None,
     ) -> ScriptCall:
         """One transition's :data:`_WRITE`, to make now (:meth:`transition`) or in a round trip
-        shared with other calls on this store's client (:func:`worker.scripts.run_together`)."""
+        shared with other calls on this store's client (:func:`worker.scripts.run_together`).
+
+        With ``push`` (a list's key and a message) the message is pushed onto that list by the
+        same script once the write is made; not with ``unless_ended`` when the job had ended.
+        """
+        if push is not None and release is not None:
+            raise ValueError("a write that pushes a message releases no claim")
         now = now or iso(self._clock())
         fields, entry = _fields(
             job_id,
@@ -287,12 +308,17 @@ class JobStore:
         flags = ["1" if unless_ended else "0", "1" if error is None else "0"]
         claim, token = release or (None, "")
         keys = [key, key + ":history"] + ([claim] if claim else [])
-        args: list[str | int] = [now, entry, self._ttl, HISTORY_LENGTH, *flags, token, *flat]
-        return ScriptCall(self._redis, self._write_script, keys, args)
+        args: list[str | bytes | int] = [now, entry, self._ttl, HISTORY_LENGTH, *flags, token]
+        args += flat
+        if push is None:
+            return ScriptCall(self._redis, self._write_script, keys, args)
+        queue, message = push
+        return ScriptCall(self._redis, self._push_script, [*keys, queue], [*args, message])
 
     def enqueue_many(self, jobs: Sequence[Queued]) -> list[State | None]:
         """:meth:`enqueue` for many jobs in one round trip (never ``fresh``): for each, None
-        when it was recorded queued, or the terminal state it had already reached."""
+        when it was recorded queued (and its ``push`` made), or the terminal state it had
+        already reached (and nothing pushed)."""
         now = iso(self._clock())
         calls = [
             self.write_call(
@@ -305,6 +331,7 @@ class JobStore:
                 extra=job.extra,
                 unless_ended=True,
                 now=now,
+                push=job.push,
             )
             for job in jobs
         ]
@@ -385,6 +412,8 @@ class Queued:
     target: Target
     metadata: Mapping[str, Any]
     extra: Extra | None = None
+    push: tuple[str, bytes] | None = None
+    """A list's key and a message, pushed onto it by the same script as the record."""
 
 
 def _fields(

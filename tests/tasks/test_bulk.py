@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from worker.celery_app import create_app
+from worker.enqueuer import Enqueuer, NewJob
 from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
 from worker.producer import Producer
-from worker.publisher import Publisher, TaskMessage
+from worker.publisher import TaskMessage
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.settings import Credentials, Secret
 from worker.state import State
@@ -118,26 +119,26 @@ def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
     assert completed["data"]["counts"] == {"total": 6, "succeeded": 5, "failed": 1, "pending": 0}
 
 
-class CountingPublisher:
-    """The app's publisher, keeping every message it publishes."""
+class CountingEnqueuer:
+    """The app's enqueuer, keeping every message it is given to publish."""
 
-    def __init__(self, inner: Publisher) -> None:
+    def __init__(self, inner: Enqueuer) -> None:
         self.inner = inner
         self.messages: list[TaskMessage] = []
 
-    def publish(self, messages: Sequence[TaskMessage]) -> None:
-        self.messages.extend(messages)
-        self.inner.publish(messages)
+    def enqueue(self, jobs: Sequence[NewJob]) -> None:
+        self.messages.extend(message for _, message in jobs)
+        self.inner.enqueue(jobs)
 
 
 def test_a_redelivered_batch_message_creates_no_second_set_of_children(
     app, running_worker, sandbox
 ):
     """The batch's message is delivered again while its children run: the second delivery
-    publishes nothing (counted by the app's publisher, through which every message passes)."""
+    publishes nothing (counted by the app's enqueuer, through which every child passes)."""
     sandbox.latency = 0.2
-    counting = CountingPublisher(app.task_publisher)
-    app.__dict__["task_publisher"] = counting  # before the worker builds its runner
+    counting = CountingEnqueuer(app.enqueuer)
+    app.__dict__["enqueuer"] = counting  # before the worker builds its runner
     job = {**bulk(10, ["audio", "video"]), "jobId": "b-again"}
     batch_id = Producer(app).enqueue(BULK_TRACK_RECORDING, job)
     deadline = time.monotonic() + 20

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from worker.batches import Batches
 from worker.claims import Claims
 from worker.dead_letters import DeadLetters
+from worker.enqueuer import RecordThenPublish
 from worker.events import Event, Events
 from worker.fanout import FanOut
 from worker.publisher import TaskMessage
@@ -44,6 +47,24 @@ class Sink:
 @pytest.fixture
 def sink() -> Sink:
     return Sink()
+
+
+@pytest.fixture
+def sends(monkeypatch) -> list[bytes]:
+    """What this test's thread sends to Redis from now on, by any client (other tests may have
+    left threads of their own behind): one send is one round trip."""
+    sent: list[bytes] = []
+    send = redis.Connection.send_packed_command
+    mine = threading.get_ident()
+
+    def counted(connection: redis.Connection, command: Any, check_health: bool = True) -> None:
+        if threading.get_ident() == mine:
+            first = command[0] if isinstance(command, list) else command
+            sent.append(bytes(first).split(b"\r\n")[2])  # the first command's name
+        send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.Connection, "send_packed_command", counted)
+    return sent
 
 
 @pytest.fixture
@@ -127,7 +148,7 @@ def published() -> list[TaskMessage]:
 
 @pytest.fixture
 def fan_out(batches, store, published) -> FanOut:
-    return FanOut(batches=batches, store=store, publish=published.extend)
+    return FanOut(batches=batches, enqueuer=RecordThenPublish(store, published.extend))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from worker.enqueuer import RecordThenPublish
 from worker.fanout import FanOut
 from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
 from worker.sandbox import Fault
@@ -80,7 +81,8 @@ class TestFanOut:
                 raise ConnectionError("the worker died after one message of the chunk")
             published.extend(messages)
 
-        fragile = FanOut(batches=batches, store=store, publish=dies_in_the_second_chunk, chunk=2)
+        enqueuer = RecordThenPublish(store, dies_in_the_second_chunk)
+        fragile = FanOut(batches=batches, enqueuer=enqueuer, chunk=2)
         with pytest.raises(ConnectionError):
             make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")
         assert batches.progress("b1").published == 2

@@ -6,11 +6,7 @@ sink that records events; retry waits are recorded by ``sleeps``, not spent.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import pytest
-import redis
 
 from worker.errors import Target
 from worker.jobs import START_RECORDING, STOP_RECORDING
@@ -136,24 +132,6 @@ class TestJobRunner:
         """The state records what the job is about."""
         runner.run(START_RECORDING, JOB, job_id="j1")
         assert store.get("j1").target == Target(room_id="r1").to_json()
-
-
-@pytest.fixture
-def sends(monkeypatch) -> list[bytes]:
-    """What this test's thread sends to Redis from now on, by any client (other tests may have
-    left threads of their own behind): one send is one round trip."""
-    sent: list[bytes] = []
-    send = redis.Connection.send_packed_command
-    mine = threading.get_ident()
-
-    def counted(connection: redis.Connection, command: Any, check_health: bool = True) -> None:
-        if threading.get_ident() == mine:
-            first = command[0] if isinstance(command, list) else command
-            sent.append(bytes(first).split(b"\r\n")[2])  # the first command's name
-        send(connection, command, check_health)
-
-    monkeypatch.setattr(redis.Connection, "send_packed_command", counted)
-    return sent
 
 
 def history(store, job_id: str) -> list[tuple[str, int | None]]:

@@ -184,6 +184,26 @@ class TestEnqueueMany:
         assert stats["cmdstat_evalsha"]["calls"] == 3
         assert not any(name.startswith("cmdstat_script") for name in stats)
 
+    def test_a_job_s_message_is_pushed_by_its_record_s_script_unless_it_had_ended(
+        self, store, redis_client, namespace
+    ):
+        """With ``push``, the message goes onto the list in the same step as the record."""
+        queue = f"{namespace}:queue"
+        store.transition("done", State.CANCELLED, kind="start-recording")
+        ended = store.enqueue_many(
+            [
+                Queued(job_id, "start-recording", Target("r"), {}, push=(queue, job_id.encode()))
+                for job_id in ("a", "done", "b")
+            ]
+        )
+        assert ended == [None, State.CANCELLED, None]
+        assert redis_client.lrange(queue, 0, -1) == [b"b", b"a"]  # taken from the right
+
+    def test_a_write_cannot_both_push_a_message_and_release_a_claim(self, store):
+        """The pushing script's third key is the list: a claim there would be pushed onto."""
+        with pytest.raises(ValueError, match="releases no claim"):
+            store.write_call("a", State.QUEUED, push=("q", b"m"), release=("claim", "token"))
+
     def test_scripts_flushed_from_redis_are_loaded_again(self):
         """After a Redis restart or SCRIPT FLUSH, the write script is loaded and the jobs are
         written all the same."""
