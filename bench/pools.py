@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Enqueue JOBS jobs, let `recq worker` drain them from a throwaway Redis "
         "against the VideoSDK sandbox (20 ms answers), and print the jobs per second (on the "
         "sandbox's clock), the worker's CPU and its memory. Options after JOBS other than "
-        "--processes and --latency go to `recq worker`, e.g. --concurrency 32.",
+        "--processes and --latency go to `recq worker`, e.g. --concurrency 16.",
     )
     parser.add_argument("jobs", type=int, metavar="JOBS", help="how many jobs to drain")
     parser.add_argument(

@@ -18,7 +18,7 @@ from worker.jobs import BY_COMMAND, BY_TASK
 from worker.settings import Settings
 from worker.state import epoch_iso
 
-WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "16", "--loglevel", "INFO")
+WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "32", "--loglevel", "INFO")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker (extra arguments go to `celery worker`)",
         description="Run a Celery worker for recq with defaults for I/O-bound work "
         f"({' '.join(WORKER_DEFAULTS)}). Any further arguments are passed to `celery worker` "
-        "and override these defaults, e.g. `recq worker --concurrency 32`. The gevent and "
+        "and override these defaults, e.g. `recq worker --concurrency 64`. The gevent and "
         "eventlet pools are refused (see docs/performance.md).",
     )
     worker.set_defaults(handler=_worker)

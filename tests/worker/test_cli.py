@@ -374,6 +374,23 @@ class TestWorkerCommand:
         assert result.returncode == 2
         assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
 
+    def test_a_worker_with_no_option_has_32_calls_in_flight(self, env, sandbox):
+        """The ceiling's 32 (docs/performance.md: 16 threads left one worker per core 15-17%
+        short of it): 32 jobs whose calls take 2 s all reach VideoSDK together, not 16 at a
+        time 2 s apart."""
+        sandbox.latency = 2.0
+        jobs = "".join(json.dumps({"roomId": f"room-{n}"}) + "\n" for n in range(32))
+        assert recq("enqueue", "start-recording", "-", env=env, stdin=jobs).returncode == 0
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker"], env=env, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            calls = sandbox.wait_for_calls(32, timeout=60)
+        finally:
+            stop(process)
+        arrivals = sorted(call.at for call in calls)
+        assert arrivals[-1] - arrivals[0] < sandbox.latency
+
     @pytest.mark.parametrize(
         ("args", "pool"),
         [
