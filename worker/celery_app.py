@@ -239,6 +239,7 @@ class RecqCelery(Celery):
         return Claims(
             self.redis,
             namespace=settings.namespace,
+            state_keys=self.store.keys,
             lease=settings.claim_lease,
             state_ttl=settings.state_ttl,
             pause_key=self.rate_limiter.pause_key if unlimited else None,

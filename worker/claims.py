@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -144,23 +145,22 @@ class Claims:
         client: redis.Redis,
         *,
         namespace: str,
+        state_keys: Callable[[str], Sequence[str]],
         lease: float,
         state_ttl: int,
         pause_key: str | None = None,
     ) -> None:
         self.namespace = namespace
+        self._state_keys = state_keys
         self._pause = [pause_key] if pause_key else []
         self._lease_ms = int(lease * 1000)
         self._state_ttl = state_ttl
         self._acquire: Any = client.register_script(_ACQUIRE)
         self._release: Any = client.register_script(_RELEASE)
 
-    def _keys(self, job_id: str) -> tuple[str, str]:
-        return f"{self.namespace}:job:{job_id}", self.key(job_id)
-
     def _acquire_keys(self, job_id: str) -> list[str]:
-        job, claim = self._keys(job_id)
-        return [job, claim, f"{job}:history", *self._pause]
+        record, history = self._state_keys(job_id)
+        return [record, self.key(job_id), history, *self._pause]
 
     @property
     def reads_pause(self) -> bool:
@@ -200,7 +200,7 @@ class Claims:
     def release(self, job_id: str, claim: Claim) -> None:
         """Give the claim back, if it is still ours."""
         if claim.status is ClaimStatus.CLAIMED:
-            self._release(keys=[self._keys(job_id)[1]], args=[claim.token])
+            self._release(keys=[self.key(job_id)], args=[claim.token])
 
 
 def _text(value: bytes | str) -> str:

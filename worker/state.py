@@ -199,6 +199,11 @@ class JobStore:
     def key(self, job_id: str) -> str:
         return f"{self._namespace}:job:{job_id}"
 
+    def keys(self, job_id: str) -> list[str]:
+        """The job's record and its history: the keys each write of its state touches."""
+        key = self.key(job_id)
+        return [key, f"{key}:history"]
+
     def transition(
         self,
         job_id: str,
@@ -304,10 +309,9 @@ class JobStore:
             extra=extra,
         )
         flat = [str(item) for pair in fields.items() for item in pair]
-        key = self.key(job_id)
         flags = ["1" if unless_ended else "0", "1" if error is None else "0"]
         claim, token = release or (None, "")
-        keys = [key, key + ":history"] + ([claim] if claim else [])
+        keys = self.keys(job_id) + ([claim] if claim else [])
         args: list[str | bytes | int] = [now, entry, self._ttl, HISTORY_LENGTH, *flags, token]
         args += flat
         if push is None:
@@ -359,10 +363,10 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job's record, or None when it is unknown (or expired)."""
-        key = self.key(job_id)
+        key, history_key = self.keys(job_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(key)
-        pipe.lrange(key + ":history", 0, -1)
+        pipe.lrange(history_key, 0, -1)
         raw, history = pipe.execute()
         if not raw:
             return None

@@ -97,7 +97,15 @@ def policy(sleeps) -> RetryPolicy:
 
 def claims_for(client, namespace: str, pause_key: str | None = None) -> Claims:
     """Claims as the tests take them: a 30 s lease, states kept an hour."""
-    return Claims(client, namespace=namespace, lease=30, state_ttl=3600, pause_key=pause_key)
+    state_keys = JobStore(client, namespace=namespace).keys
+    return Claims(
+        client,
+        namespace=namespace,
+        state_keys=state_keys,
+        lease=30,
+        state_ttl=3600,
+        pause_key=pause_key,
+    )
 
 
 @pytest.fixture
