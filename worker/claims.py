@@ -40,6 +40,7 @@ import redis
 from worker.scripts import ScriptCall
 from worker.state import WRITE_FUNCTION
 
+# ``terminal`` (the ended states) and ``write_state`` come from worker.state's WRITE_FUNCTION.
 # KEYS: the job's hash, its claim, its history (and the 429 pause). ARGV: token, lease (ms),
 # state ttl, then for a start (:class:`Start`) its delivery limit and its state write's
 # arguments, whose attempt number the claim adds: only it knows how many came before.
@@ -48,8 +49,7 @@ _ACQUIRE = (
     + """
 local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'outageSince', 'requeues', 'batchId')
 local state = job[1]
-if state == 'succeeded' or state == 'failed' or state == 'cancelled'
-    or state == 'partially_failed' then
+if state and terminal[state] then
   return {'done', 0, 0}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then

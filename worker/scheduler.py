@@ -21,15 +21,16 @@ from worker.errors import JobConflict, UnknownJob
 from worker.jobs import BY_NAME, BY_TASK, Job
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
-from worker.state import JobRecord, State
+from worker.state import TERMINAL_LUA, JobRecord, State
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 
-_CANCEL = """
+_CANCEL = (
+    TERMINAL_LUA
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'unknown' end
-if state == 'succeeded' or state == 'failed' or state == 'cancelled'
-    or state == 'partially_failed' then
+if terminal[state] then
   return 'ended:' .. state
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
@@ -39,6 +40,7 @@ redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'cancelled')
 return 'cancelled'
 """
+)
 
 # A delivery holds its claim for a moment even when it only checks whether the meeting is live;
 # a cancel that meets one tries again for this long before saying the job is running.

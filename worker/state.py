@@ -63,11 +63,15 @@ TERMINAL_STATES = frozenset(
 # KEYS: the job's hash and history (and the claim). ARGV: now, the history entry, ttl, history
 # length, unless-ended flag, clear-error flag, claim token or '', then the fields as name, value...
 # It is a Lua function so that the claim's script can make the same write (worker.claims).
-WRITE_FUNCTION = (
+TERMINAL_LUA = (
     "local terminal = {"
     + ", ".join(f"['{s.value}'] = true" for s in sorted(TERMINAL_STATES))
-    + """}
-local function write_state(KEYS, ARGV)
+    + "}\n"
+)
+"""The ended states as a Lua table, ``terminal[state]``, for every script that checks one."""
+WRITE_FUNCTION = (
+    TERMINAL_LUA
+    + """local function write_state(KEYS, ARGV)
   if ARGV[5] == '1' then
     local current = redis.call('HGET', KEYS[1], 'state')
     if current and terminal[current] then
