@@ -375,8 +375,8 @@ class TestWorkerCommand:
         assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
 
     def test_a_worker_with_no_option_has_32_calls_in_flight(self, env, sandbox):
-        """The ceiling's 32 (docs/performance.md: 16 threads left one worker per core 15-17%
-        short of it): 32 jobs whose calls take 2 s all reach VideoSDK together, not 16 at a
+        """The ceiling's 32 (docs/performance.md: at 16, one worker per core drained 14-16%
+        less): 32 jobs whose calls take 2 s all reach VideoSDK together, not 16 at a
         time 2 s apart."""
         sandbox.latency = 2.0
         jobs = "".join(json.dumps({"roomId": f"room-{n}"}) + "\n" for n in range(32))
