@@ -17,9 +17,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
+from kombu.transport import redis as kombu_redis
 
 import tasks.recording  # noqa: F401 - registers the shared tasks with every app
 from worker.celery_app import RecqCelery, create_app
+from worker.events import EXCHANGE
 from worker.redis_server import throwaway_redis
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, Sandbox, SandboxServer
 from worker.settings import Credentials, Secret, Settings
@@ -58,16 +60,29 @@ def amqp_url() -> str:
     return url
 
 
+# Queues bound to recq's event exchange on a Redis broker: a member of this set each.
+EVENT_BINDINGS = kombu_redis.Channel.keyprefix_queue % (EXCHANGE.name,)
+
+
 @pytest.fixture
 def namespace(redis_url: str) -> Iterator[str]:
-    """A namespace of this test's own, whose keys are removed when it ends."""
+    """A namespace of this test's own, whose keys are removed when it ends.
+
+    A test that left a queue of its namespace bound to the shared ``recq.events`` exchange
+    fails here: every later event would be pushed onto that queue for good (on Redis, kombu
+    keeps an auto-delete queue's binding after its consumer leaves), so the test deletes it.
+    """
     name = f"recq-test-{uuid.uuid4().hex[:10]}"
     yield name
     client = redis.Redis.from_url(redis_url)
+    leaked = [m for m in client.smembers(EVENT_BINDINGS) if name.encode() in m]
+    if leaked:
+        client.srem(EVENT_BINDINGS, *leaked)
     keys = list(client.scan_iter(match=f"*{name}*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
+    assert not leaked, f"the test left queues bound to {EXCHANGE.name}: {leaked}"
 
 
 @pytest.fixture

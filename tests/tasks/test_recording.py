@@ -57,11 +57,13 @@ def wait_for_state(app: Any, job_id: str, *states: State, timeout: float = 20.0)
 
 @pytest.fixture
 def event_queue(app: Any, namespace: str) -> Iterator[kombu.SimpleQueue]:
-    """A queue of this test's own, bound to every event type on the recq.events exchange."""
+    """A queue of this test's own, bound to every event type on the recq.events exchange, and
+    deleted afterwards (on Redis, leaving is not enough to unbind it)."""
     queue = kombu.Queue(f"{namespace}-events", EXCHANGE, routing_key="#", auto_delete=True)
     with app.connection_for_write() as connection:
         simple = connection.SimpleQueue(queue)
         yield simple
+        simple.queue.delete()
         simple.close()
 
 

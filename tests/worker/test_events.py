@@ -162,13 +162,15 @@ class TestEvents:
 
 @pytest.fixture
 def track_queue(app, namespace):
-    """A queue of this test's own, bound to track_recording.* on the recq.events exchange."""
+    """A queue of this test's own, bound to track_recording.* on the recq.events exchange, and
+    deleted afterwards (on Redis, leaving is not enough to unbind it)."""
     bound = kombu.Queue(
         f"{namespace}-track-events", EXCHANGE, routing_key="track_recording.*", auto_delete=True
     )
     with app.connection_for_write() as connection:
         simple = connection.SimpleQueue(bound)
         yield simple
+        simple.queue.delete()
         simple.close()
 
 
