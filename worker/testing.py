@@ -102,21 +102,15 @@ class Workers:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, concurrency: int = 8, *, args: Sequence[str] = (), log: Path | None = None
+        self, concurrency: int | None = 8, *, args: Sequence[str] = (), log: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        """Start one worker; ``args`` go to `recq worker`, its output to ``log`` if given."""
+        """Start one worker (``concurrency`` None: `recq worker`'s own default); ``args`` go to
+        `recq worker`, its output to ``log`` if given."""
         output = log.open("ab") if log is not None else subprocess.DEVNULL
+        threads = [] if concurrency is None else ["--concurrency", str(concurrency)]
         try:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                [
-                    sys.executable,
-                    "-m",
-                    "worker",
-                    "worker",
-                    "--concurrency",
-                    str(concurrency),
-                    *args,
-                ],
+                [sys.executable, "-m", "worker", "worker", *threads, *args],
                 env=self.env,
                 stdout=output,
                 stderr=output,

@@ -63,11 +63,12 @@ def accepted_per_room(sandbox: Any) -> dict[str, int]:
 def test_a_worker_killed_mid_run_loses_nothing_and_starts_nothing_twice(
     settings, slow_sandbox, namespace
 ):
-    """SIGKILL one of two workers mid-run: every job succeeds, each room is started once."""
+    """SIGKILL one of two workers, each with its default 32 threads, mid-run: every job
+    succeeds, each room is started once."""
     app = create_app(settings)
     workers = Workers(worker_env(settings))
     try:
-        victim, _survivor = workers.start(), workers.start()
+        victim, _survivor = workers.start(concurrency=None), workers.start(concurrency=None)
         job_ids = enqueue_rooms(app, 300, "kill")
         slow_sandbox.wait_for_calls(60, timeout=60, path=START)
         victim.send_signal(signal.SIGKILL)
