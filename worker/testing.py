@@ -95,11 +95,18 @@ def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
 
 
 class Workers:
-    """`recq worker` subprocesses, all stopped by :meth:`stop_all`."""
+    """`recq worker` subprocesses, all stopped by :meth:`stop_all`, which leaving a ``with``
+    block calls too."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = dict(env)
         self.processes: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()
 
     def start(
         self, concurrency: int | None = 8, *, args: Sequence[str] = (), log: Path | None = None

@@ -56,9 +56,8 @@ def test_two_workers_under_5_per_second_never_start_more_than_5_calls_in_a_secon
 ):
     """Two `recq worker` processes, RECQ_RATE_LIMIT=5/s, a batch of 30 tracks: in the sandbox's
     own log no one-second window holds more than 5 calls, and the batch still completes."""
-    app = create_app(settings)
-    workers = Workers(worker_env(settings, RECQ_RATE_LIMIT="5/s"))
-    try:
+    env = worker_env(settings, RECQ_RATE_LIMIT="5/s")
+    with create_app(settings) as app, Workers(env) as workers:
         workers.start(concurrency=4)
         workers.start(concurrency=4)
         batch_id = Producer(app).enqueue(
@@ -67,9 +66,6 @@ def test_two_workers_under_5_per_second_never_start_more_than_5_calls_in_a_secon
         record = wait_for_state(
             app.store, batch_id, State.SUCCEEDED, State.PARTIALLY_FAILED, State.FAILED, timeout=60
         )
-    finally:
-        workers.stop_all()
-        app.close()
     times = [call.at for call in sandbox.calls]
     span = max(times) - min(times)
     most = busiest_window(times, 1.0)

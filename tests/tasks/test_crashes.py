@@ -65,9 +65,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_starts_nothing_twice(
 ):
     """SIGKILL one of two workers, each with its default 32 threads, mid-run: every job
     succeeds, each room is started once."""
-    app = create_app(settings)
-    workers = Workers(worker_env(settings))
-    try:
+    with create_app(settings) as app, Workers(worker_env(settings)) as workers:
         victim, _survivor = workers.start(concurrency=None), workers.start(concurrency=None)
         job_ids = enqueue_rooms(app, 300, "kill")
         slow_sandbox.wait_for_calls(60, timeout=60, path=START)
@@ -76,9 +74,6 @@ def test_a_worker_killed_mid_run_loses_nothing_and_starts_nothing_twice(
         unfinished = sum(1 for j in job_ids if not (r := app.store.get(j)) or not r.state.terminal)
         ended = wait_until_all_end(app, job_ids, timeout=240)
         recovered_in = time.monotonic() - killed_at
-    finally:
-        workers.stop_all()
-        app.close()
     states = [record.state for record in ended.values()]
     reconciled = sum(1 for record in ended.values() if record.reconciled)
     print(
@@ -107,9 +102,7 @@ def own_redis() -> Iterator[RedisServer]:
 def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis):
     """Stop and restart the broker and state store mid-run: every job ends succeeded."""
     settings = settings.replace(broker_url=own_redis.url, redis_url=own_redis.url)
-    app = create_app(settings)
-    workers = Workers(worker_env(settings))
-    try:
+    with create_app(settings) as app, Workers(worker_env(settings)) as workers:
         workers.start()
         job_ids = enqueue_rooms(app, 200, "restart")
         slow_sandbox.wait_for_calls(40, timeout=60, path=START)
@@ -119,9 +112,6 @@ def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis
         own_redis.start()
         ended = wait_until_all_end(app, job_ids, timeout=240)
         recovered_in = time.monotonic() - stopped_at
-    finally:
-        workers.stop_all()
-        app.close()
     states = [record.state for record in ended.values()]
     print(f"\nRedis restart: 200 jobs, all ended {recovered_in:.0f} s after the stop")
     assert len(ended) == 200
@@ -149,15 +139,13 @@ def test_a_worker_killed_holding_the_restore_sweep_s_lock_holds_back_no_recovery
         visibility_timeout=visibility,
     )
     sandbox.latency = 2.0  # the victim's call is in flight when it dies
-    app = create_app(settings)
     timing = {
         "RECQ_VISIBILITY_TIMEOUT": str(visibility),
         "RECQ_RETRY_WINDOW": "0",
         "RECQ_CONNECT_TIMEOUT": "1",
         "RECQ_READ_TIMEOUT": "3",
     }
-    workers = Workers(worker_env(settings, **timing))
-    try:
+    with create_app(settings) as app, Workers(worker_env(settings, **timing)) as workers:
         victim = workers.start()
         job_ids = enqueue_rooms(app, 1, "sweeper")
         deadline = time.monotonic() + 30
@@ -174,9 +162,6 @@ def test_a_worker_killed_holding_the_restore_sweep_s_lock_holds_back_no_recovery
         workers.start()
         ended = wait_until_all_end(app, job_ids, timeout=90)
         recovered_in = time.monotonic() - killed_at
-    finally:
-        workers.stop_all()
-        app.close()
     print(f"\nkilled holding the sweep's lock: the job ended {recovered_in:.0f} s after the kill")
     assert [record.state for record in ended.values()] == [State.SUCCEEDED]
     assert accepted_per_room(sandbox) == {"sweeper-0": 1}
@@ -187,9 +172,7 @@ def test_sigterm_finishes_or_returns_in_flight_jobs(settings, sandbox):
     """SIGTERM mid-run: the worker exits, and a new worker ends every job well before the
     visibility timeout would have brought any back."""
     sandbox.latency = 0.5
-    app = create_app(settings)
-    workers = Workers(worker_env(settings))
-    try:
+    with create_app(settings) as app, Workers(worker_env(settings)) as workers:
         first = workers.start(concurrency=4)
         job_ids = enqueue_rooms(app, 40, "term")
         sandbox.wait_for_calls(4, timeout=30, path=START)
@@ -199,9 +182,6 @@ def test_sigterm_finishes_or_returns_in_flight_jobs(settings, sandbox):
         workers.start(concurrency=8)
         ended = wait_until_all_end(app, job_ids, timeout=60)
         finished_in = time.monotonic() - stopped_at
-    finally:
-        workers.stop_all()
-        app.close()
     print(f"\nSIGTERM: exit code {first.returncode}; 40 jobs ended {finished_in:.0f} s after it")
     assert first.returncode == 0
     assert [r.state for r in ended.values()].count(State.SUCCEEDED) == 40

@@ -71,9 +71,8 @@ def _until(read: Any, timeout: float = 30) -> Any:
 class TestFlower:
     def test_flower_sees_the_worker_its_tasks_and_a_job(self, app, env, flower, namespace):
         """Flower lists the recq worker with recq's tasks, and the job it ran."""
-        workers = Workers(env)
-        workers.start(concurrency=2, args=["--hostname", f"{namespace}@%h", "-E"])
-        try:
+        with Workers(env) as workers:
+            workers.start(concurrency=2, args=["--hostname", f"{namespace}@%h", "-E"])
             listed = _until(
                 lambda: {
                     name: info
@@ -87,5 +86,3 @@ class TestFlower:
             wait_for_state(app.store, job_id, State.SUCCEEDED)
             task = _until(lambda: _get(f"{flower}/api/tasks").get(job_id))
             assert task["name"] == "recq.start_recording"
-        finally:
-            workers.stop_all()

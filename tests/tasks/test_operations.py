@@ -41,16 +41,14 @@ def heartbeat(tmp_path) -> Path:
 
 @pytest.fixture
 def workers(settings, heartbeat) -> Iterator[Workers]:
-    pool = Workers(
-        worker_env(
-            settings,
-            RECQ_LOG_FORMAT="json",
-            RECQ_HEARTBEAT_FILE=str(heartbeat),
-            RECQ_HEARTBEAT_INTERVAL="0.2",
-        )
+    env = worker_env(
+        settings,
+        RECQ_LOG_FORMAT="json",
+        RECQ_HEARTBEAT_FILE=str(heartbeat),
+        RECQ_HEARTBEAT_INTERVAL="0.2",
     )
-    yield pool
-    pool.stop_all()
+    with Workers(env) as pool:
+        yield pool
 
 
 def _wait_for(path: Path, timeout: float = 20) -> None:

@@ -58,9 +58,7 @@ def test_due_jobs_fire_once_on_time_though_a_worker_is_killed_before_they_are_du
 ):
     """Two `recq worker` processes, one SIGKILLed before the due time: each job starts once,
     within 2 seconds of its startAt."""
-    app = create_app(settings)
-    workers = Workers(worker_env(settings))
-    try:
+    with create_app(settings) as app, Workers(worker_env(settings)) as workers:
         victim, _survivor = workers.start(concurrency=4), workers.start(concurrency=4)
         wait_for_workers(app, 2)
         start_at = time.time() + 4
@@ -68,9 +66,6 @@ def test_due_jobs_fire_once_on_time_though_a_worker_is_killed_before_they_are_du
         assert {app.store.get(j).state for j in job_ids} == {State.SCHEDULED}
         victim.send_signal(signal.SIGKILL)
         wait_for_all(app, job_ids, State.SUCCEEDED, timeout=30)
-    finally:
-        workers.stop_all()
-        app.close()
     calls = sandbox.accepted(START)
     lateness = sorted(call.at - start_at for call in calls)
     print(
@@ -84,9 +79,7 @@ def test_due_jobs_fire_once_on_time_though_a_worker_is_killed_before_they_are_du
 def test_a_restart_of_every_worker_loses_nothing(settings, sandbox):
     """Every worker killed while jobs are scheduled: new workers fire them all once, late but
     within their deadline (startAt + 15 minutes)."""
-    app = create_app(settings)
-    workers = Workers(worker_env(settings))
-    try:
+    with create_app(settings) as app, Workers(worker_env(settings)) as workers:
         first = [workers.start(concurrency=2), workers.start(concurrency=2)]
         wait_for_workers(app, 2)
         start_at = time.time() + 2
@@ -97,9 +90,6 @@ def test_a_restart_of_every_worker_loses_nothing(settings, sandbox):
         time.sleep(max(0.0, start_at + 1 - time.time()))  # due with no worker alive
         workers.start(concurrency=4)
         wait_for_all(app, job_ids, State.SUCCEEDED, timeout=60)
-    finally:
-        workers.stop_all()
-        app.close()
     rooms = Counter(call.body["roomId"] for call in sandbox.accepted(START))
     assert rooms == {f"restart-{n}": 1 for n in range(10)}
 
