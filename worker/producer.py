@@ -24,7 +24,7 @@ from worker.errors import BrokerUnavailable, InvalidJob, Violation
 from worker.jobs import BY_TASK, Job, JobKind
 from worker.publisher import CHUNK, TaskMessage
 from worker.state import Queued
-from worker.timing import EARLY_TOLERANCE
+from worker.timing import Timing
 from worker.validation import validate
 
 if TYPE_CHECKING:
@@ -86,8 +86,8 @@ class Producer:
         app = self._app
         now: list[tuple[str, dict[str, Any]]] = []
         for job_id, job in jobs:
-            timing = kind.timing(job, grace=app.settings.start_grace)
-            if timing.due is not None and timing.due - time.time() > EARLY_TOLERANCE:
+            timing = self._due_later(kind, job)
+            if timing is not None:
                 app.producer_scheduler.hold(Job(job_id, kind, job), timing)
             else:
                 now.append((job_id, job))
@@ -111,25 +111,29 @@ class Producer:
         if kind is None:
             raise InvalidJob([Violation("", "unknown-task", f"no task is named {letter.task!r}")])
         job = validate(kind.name, letter.job, job_id=job_id)
-        self._publish(kind, job, job_id=job_id, fresh=True)
-        self._app.dead_letters.remove(job_id)
-        return job_id
-
-    def _publish(self, kind: JobKind, job: dict[str, Any], *, job_id: str, fresh: bool) -> str:
-        timing = kind.timing(job, grace=self._app.settings.start_grace)
+        app = self._app
         try:
-            if timing.due is not None and timing.due - time.time() > EARLY_TOLERANCE:
-                self._app.producer_scheduler.hold(Job(job_id, kind, job), timing, fresh=fresh)
-                return job_id
-            ended = self._app.producer_store.enqueue(
-                job_id,
-                kind=kind.name,
-                target=kind.target(job),
-                metadata=job.get("metadata") or {},
-                fresh=fresh,
-            )
-            if ended is None:
-                self._app.task_publisher.publish([TaskMessage(kind.task_name, job_id, job)])
+            timing = self._due_later(kind, job)
+            if timing is not None:
+                app.producer_scheduler.hold(Job(job_id, kind, job), timing, fresh=True)
+            else:
+                # Not in one script with its message (worker.enqueuer): a replay is queued
+                # again whatever its state, its counters cleared. A crash between the two
+                # leaves the dead letter, removed only below, to replay again.
+                app.producer_store.enqueue(
+                    job_id,
+                    kind=kind.name,
+                    target=kind.target(job),
+                    metadata=job.get("metadata") or {},
+                    fresh=True,
+                )
+                app.task_publisher.publish([TaskMessage(kind.task_name, job_id, job)])
         except (OperationalError, redis.RedisError) as exc:
             raise BrokerUnavailable(f"could not publish job {job_id}: {exc}") from None
+        app.dead_letters.remove(job_id)
         return job_id
+
+    def _due_later(self, kind: JobKind, job: Mapping[str, Any]) -> Timing | None:
+        """The job's timing when it is due later than now and is to be held until then."""
+        timing = kind.timing(job, grace=self._app.settings.start_grace)
+        return timing if timing.early(time.time()) else None

@@ -57,7 +57,7 @@ from worker.retry import RetryPolicy
 from worker.schedule import Delivery, Schedule
 from worker.scheduler import Scheduler
 from worker.state import Extra, State, epoch_iso
-from worker.timing import DEFAULT_GRACE, EARLY_TOLERANCE, Timing
+from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 from worker.videosdk import Endpoints, VideoSDKClient, last_page, ongoing_session
 
@@ -212,15 +212,11 @@ class JobRunner:
         records whatever else happens instead); this only saves the first call's round trip."""
         if job.kind.fans_out or (self._limiter is not None and not self._claims.reads_pause):
             return None
-        if self._early(timing):
+        if timing.early(self._clock()):
             return None
         if not job.kind.stops and (timing.scheduled or timing.past_deadline(self._clock())):
             return None
         return Start(self._reporter.running_write(job), self._limits.max_deliveries)
-
-    def _early(self, timing: Timing) -> bool:
-        """Whether the job is delivered before its time (beyond the clocks' tolerance)."""
-        return timing.due is not None and timing.due - self._clock() > EARLY_TOLERANCE
 
     def _deliver(self, job: Job, claim: Claim, timing: Timing) -> Outcome:
         # An earlier delivery that made a call may have started the recording.
@@ -237,7 +233,7 @@ class JobRunner:
                 f"(at most {self._limits.max_deliveries}): a worker may be dying on it",
             )
             return self._finish(job, attempts, error=error, claim=claim)
-        if self._early(timing):
+        if timing.early(self._clock()):
             self._scheduler.hold(job, timing)
             return Outcome(job.id, State.SCHEDULED, attempts.total, deferred=True)
         return self._attempt(job, timing, claim, attempts)

@@ -61,6 +61,11 @@ class Timing:
         stop_at = optional_time(job, "stopAt")
         return cls(due=stop_at, stop_at=stop_at)
 
+    def early(self, now: float) -> bool:
+        """Whether ``now`` is before the job is due by more than :data:`EARLY_TOLERANCE`: then
+        it is held (or, delivered, sent back) until it is due, else it runs at once."""
+        return self.due is not None and self.due - now > EARLY_TOLERANCE
+
     def past_deadline(self, now: float) -> bool:
         """Whether a start is too late at ``now`` (never for a job with no deadline)."""
         return self.deadline is not None and now > self.deadline
