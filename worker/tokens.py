@@ -41,20 +41,21 @@ class TokenSigner:
         self._margin = refresh_margin
         self._clock = clock
         self._lock = threading.Lock()
-        self._token = ""
-        self._expires_at = 0.0
+        self._current: tuple[str, float] = ("", 0.0)
+        """The token and when it expires, in one attribute: read in one step without the lock,
+        so a reader never pairs one token with another's expiry."""
 
     def token(self) -> str:
         """The current token, minted afresh when the cached one is close to expiry."""
         now = self._clock()
-        # Read without the lock on the hot path; both fields are replaced under it together.
-        token, expires_at = self._token, self._expires_at
+        token, expires_at = self._current
         if token and now < expires_at - self._margin:
             return token
         with self._lock:
-            if not self._token or now >= self._expires_at - self._margin:
-                self._token, self._expires_at = self._mint(now)
-            return self._token
+            token, expires_at = self._current
+            if not token or now >= expires_at - self._margin:
+                self._current = self._mint(now)
+            return self._current[0]
 
     def _mint(self, now: float) -> tuple[str, float]:
         issued = int(now)

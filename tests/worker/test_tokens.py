@@ -79,6 +79,41 @@ class TestTokenSigner:
             thread.join()
         assert len(seen) == 1
 
+    def test_a_reader_interrupted_by_a_refresh_never_gets_an_expired_token(self):
+        """After a long idle the cached token has expired. A thread that loses the GIL right
+        after reading the cache, while another replaces the token, must not hand out the old
+        token (with the new one's expiry): VideoSDK would refuse it, and the job would fail."""
+        clock = Clock()
+        timed, paused, resume = threading.Event(), threading.Event(), threading.Event()
+
+        class Interrupted(TokenSigner):
+            """Pauses the reader thread after the first thing it reads once it has the time."""
+
+            def __getattribute__(self, name: str) -> object:
+                value = object.__getattribute__(self, name)
+                reader = threading.current_thread().name == "reader"
+                if reader and name == "_clock":
+                    timed.set()
+                elif reader and timed.is_set() and not paused.is_set():
+                    paused.set()
+                    resume.wait(5)
+                return value
+
+        signer = Interrupted(CREDENTIALS, ttl=600, refresh_margin=60, clock=clock)
+        old = signer.token()
+        clock.now += 3600
+        got: dict[str, str] = {}
+        reader = threading.Thread(target=lambda: got.update(r=signer.token()), name="reader")
+        reader.start()
+        assert paused.wait(5)
+        writer = threading.Thread(target=lambda: got.update(w=signer.token()), name="writer")
+        writer.start()
+        writer.join(5)
+        resume.set()
+        reader.join(5)
+        assert got["r"] != old
+        assert claims(got["r"])["exp"] > clock.now
+
     def test_a_margin_as_long_as_the_lifetime_is_refused(self):
         """A token that must be refreshed before it is minted makes no sense."""
         with pytest.raises(ValueError, match="refresh_margin"):
