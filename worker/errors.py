@@ -21,7 +21,7 @@ kept, only the answer's status, text and request id.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -165,12 +165,18 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What VideoSDK said: status, body text, and its request id when it sent one."""
+    """What VideoSDK said: status, body text, and its request id when it sent one.
+
+    ``body`` is what may be shown (in errors, states and events): redacted, and cut to a
+    length. ``data`` is the whole body parsed as JSON (None when it is not JSON), for the
+    client's own decisions, such as reading a long sessions listing; it is never shown.
+    """
 
     status: int
     body: str
     request_id: str | None = None
     retry_after: float | None = None
+    data: Any = field(default=None, repr=False, compare=False)
 
 
 class UpstreamError(RecqError):

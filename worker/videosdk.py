@@ -49,7 +49,11 @@ MAX_BODY_CHARS = 2000
 _ALREADY_RUNNING_CODE, _NOT_RUNNING_CODE, _NO_SESSION_CODE = 4011, 4012, 4003
 _DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²"
 _ALREADY_RUNNING_TEXT = re.compile(r"already\s+(running|started|starting|in progress|active)", re.I)
-_NOT_RUNNING_TEXT = re.compile(r"\b(not\s+|no\s+(\w+\s+){0,3})(running|active)\b", re.I)
+# A body that speaks of a recording and says nothing runs: "No recording is running for this
+# room", "track recording not active". Without the recording ("Your plan is not active"), no.
+_NOT_RUNNING_TEXT = re.compile(
+    r"^(?=.*\brecord).*?\b(not\s+|no\s+(\w+\s+){0,3})(running|active)\b", re.I | re.S
+)
 
 
 def build_session(endpoint: str, pool_size: int = 32) -> requests.Session:
@@ -173,17 +177,16 @@ def refused_as_already_running(error: UpstreamError) -> bool:
 
 def refused_as_not_running(error: UpstreamError) -> bool:
     """True when VideoSDK refused a stop because nothing is recording: the code the client SDKs
-    name (4012, stop refused), the sandbox's code for a room without a live session (4003, the
-    meeting ended and its recordings with it), or the wording."""
+    name for it (4012, stop refused); 4003, the catalogue's invalid meeting id, which the
+    sandbox also answers for a room without a live session (either way nothing records there:
+    a meeting's recordings end with it); or, in a body without a code, the wording about a
+    recording."""
     return _refused_for(error, {_NOT_RUNNING_CODE, _NO_SESSION_CODE}, _NOT_RUNNING_TEXT)
 
 
 def ongoing_session(answer: Answer) -> bool:
     """True when a sessions listing shows a session whose ``status`` is ``ongoing``."""
-    try:
-        listing = json.loads(answer.body)
-    except ValueError:
-        return False
+    listing = answer.data
     items = listing.get("data") if isinstance(listing, dict) else None
     if not isinstance(items, list):
         return False
@@ -192,33 +195,44 @@ def ongoing_session(answer: Answer) -> bool:
 
 def last_page(answer: Answer) -> int:
     """The listing's last page number (1 when it does not say)."""
+    listing = answer.data
+    info = listing.get("pageInfo") if isinstance(listing, dict) else None
     try:
-        info = json.loads(answer.body).get("pageInfo") or {}
-        return max(1, int(info.get("lastPage") or 1))
+        return max(1, int((info or {}).get("lastPage") or 1))
     except (ValueError, TypeError, AttributeError):
         return 1
 
 
 def _refused_for(error: UpstreamError, codes: set[int], wording: re.Pattern[str]) -> bool:
+    """Whether the refusal carries one of ``codes``; when its body has no numeric ``code`` at
+    all, whether its wording says so. A body with another code is refused for that reason,
+    whatever its message says ("Your subscription is not active" is no stopped recording)."""
     if not isinstance(error, UpstreamRejected) or error.answer is None:
         return False
-    body = error.answer.body
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and parsed.get("code") in codes:
-        return True
-    return bool(wording.search(body))
+    parsed = error.answer.data
+    code = parsed.get("code") if isinstance(parsed, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code in codes
+    return bool(wording.search(error.answer.body))
 
 
 def _answer(response: requests.Response) -> Answer:
-    headers = response.headers
+    return answer_of(response.status_code, response.text, response.headers)
+
+
+def answer_of(status: int, text: str, headers: Mapping[str, str] | None = None) -> Answer:
+    """The :class:`Answer` for an HTTP answer's status, whole body text and headers."""
+    headers = headers or {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
     return Answer(
-        status=response.status_code,
-        body=redact(response.text[:MAX_BODY_CHARS]),
+        status=status,
+        body=redact(text[:MAX_BODY_CHARS]),
         request_id=headers.get("x-request-id") or headers.get("request-id"),
         retry_after=parse_retry_after(headers.get("Retry-After")),
+        data=data,
     )
 
 

@@ -75,6 +75,17 @@ class TestDueTimes:
         assert (start.path, start.body) == (Endpoints.START_RECORDING, {"roomId": ROOM})
         assert sink.types == ["recording.started"]
 
+    def test_a_room_with_a_long_history_of_meetings_is_seen_live(self, runner, sandbox, clock):
+        """The listing's whole page is read, however long it is: a room that met many times
+        before lists more than an error message may show, and its live session is still found."""
+        for _ in range(19):
+            sandbox.make_live(ROOM)
+            sandbox.end_session(ROOM)
+        sandbox.make_live(ROOM)
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
+        assert outcome.state is State.SUCCEEDED
+        assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 1
+
     def test_an_unscheduled_start_makes_no_sessions_call(self, runner, sandbox):
         """Only scheduled starts wait for their meeting: a start now is just the start."""
         runner.run(START_RECORDING, room_job(), job_id="j1")

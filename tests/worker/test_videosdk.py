@@ -16,11 +16,16 @@ from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, Fault
 from worker.settings import Credentials, Secret
 from worker.tokens import TokenSigner
 from worker.videosdk import (
+    MAX_BODY_CHARS,
     Endpoints,
     VideoSDKClient,
+    answer_of,
     build_session,
+    last_page,
+    ongoing_session,
     parse_retry_after,
     refused_as_already_running,
+    refused_as_not_running,
 )
 
 START = Endpoints.START_RECORDING
@@ -58,7 +63,7 @@ def client(make_client) -> VideoSDKClient:
 
 
 def rejected(status: int, body: str) -> UpstreamRejected:
-    return UpstreamRejected("no", endpoint=START, answer=Answer(status=status, body=body))
+    return UpstreamRejected("no", endpoint=START, answer=answer_of(status, body))
 
 
 class TestVideoSDKClient:
@@ -268,3 +273,77 @@ class TestRefusedAsAlreadyRunning:
         with pytest.raises(UpstreamRejected) as caught:
             client.post(START, {"roomId": "r1"})
         assert refused_as_already_running(caught.value)
+
+
+class TestRefusedAsNotRunning:
+    @pytest.mark.parametrize("code", [4012, 4003])
+    def test_stop_refused_and_no_meeting_are_not_running(self, code):
+        """4012 (stop refused: nothing running); 4003 (the catalogue's invalid meeting id, and
+        the sandbox's answer for a room with no live session): nothing records in that room."""
+        assert refused_as_not_running(rejected(400, json.dumps({"code": code, "message": "x"})))
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            "No recording is running for this room",
+            "no track recording running",
+            '{"message": "Recording is not active"}',
+        ],
+    )
+    def test_the_wording_about_a_recording_without_a_code(self, body):
+        """An undocumented body without a code that says no recording runs is enough."""
+        assert refused_as_not_running(rejected(400, body))
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            '{"code": 4021, "message": "Add-on services are not active"}',
+            '{"code": 4006, "message": "No recording is running: account deactivated"}',
+            "Your subscription is not active",
+            "Service not running",
+        ],
+    )
+    def test_another_refusal_is_not(self, body):
+        """A refusal with another code is refused for that reason, whatever its wording; a
+        body without one must be about a recording. Else a stop would be recorded succeeded
+        while the account, not the recording, was the matter."""
+        assert not refused_as_not_running(rejected(400, body))
+
+    def test_a_real_stop_with_nothing_running_is_not_running(self, client):
+        """The sandbox's refusal of a stop with nothing recording is recognised."""
+        with pytest.raises(UpstreamRejected) as caught:
+            client.post(Endpoints.STOP_RECORDING, {"roomId": "r1"})
+        assert refused_as_not_running(caught.value)
+
+
+class TestSessionsListing:
+    def test_a_long_listing_is_read_whole(self, client, sandbox):
+        """A page longer than an error may show (its body is cut) is still parsed whole."""
+        for _ in range(40):
+            sandbox.make_live("r1")
+            sandbox.end_session("r1")
+        sandbox.make_live("r1")
+        answer = client.get(Endpoints.SESSIONS, {"roomId": "r1"})
+        assert len(answer.body) == MAX_BODY_CHARS
+        assert ongoing_session(answer)
+        assert last_page(answer) == 3
+
+    def test_a_listing_without_a_live_session(self, client, sandbox):
+        """Ended sessions only: not live, and one page."""
+        sandbox.end_session("r1")
+        answer = client.get(Endpoints.SESSIONS, {"roomId": "r1"})
+        assert not ongoing_session(answer)
+        assert last_page(answer) == 1
+
+    @pytest.mark.parametrize("body", ["<html>busy</html>", '"text"', "[]", '{"data": 3}'])
+    def test_an_unreadable_listing_shows_no_session_on_one_page(self, body):
+        """Whatever else comes back is read as no live session, one page."""
+        answer = answer_of(200, body)
+        assert not ongoing_session(answer)
+        assert last_page(answer) == 1
+
+    def test_the_parsed_body_is_never_shown(self):
+        """Only the redacted, cut body is shown; the parsed whole stays out of reprs."""
+        answer = answer_of(400, json.dumps({"url": PRE_SIGNED}))
+        assert "X-Amz-Signature=abc" not in answer.body
+        assert "X-Amz-Signature=abc" not in repr(answer)
