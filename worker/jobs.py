@@ -182,9 +182,10 @@ _INHERITED = ("fileFormat", "webhookUrl", "bucketDirPath", "stopAt", "startDeadl
 def child_jobs(batch: Job) -> list[Job]:
     """The track jobs a bulk job fans out into: one per participant and kind, in that order.
 
-    A child's id is ``<batch id>:<kind>:<participantId>``, the same whenever it is derived, so a
-    redelivered batch names the same children. Children carry the batch's ``stopAt`` and
-    ``startDeadline`` but no ``startAt``: the batch waited for its time and meeting already.
+    A child's id is ``<batch id>:<kind>:<participantId>`` (:func:`child_id`), the same whenever
+    it is derived, so a redelivered batch names the same children. Children carry the batch's
+    ``stopAt`` and ``startDeadline`` but no ``startAt``: the batch waited for its time and
+    meeting already.
     """
     body = batch.body
     shared = {field: body[field] for field in _INHERITED if field in body}
@@ -199,6 +200,14 @@ def child_jobs(batch: Job) -> list[Job]:
                 "metadata": batch.metadata,
             }
             children.append(
-                Job(f"{batch.id}:{kind}:{participant}", START_TRACK_RECORDING, child, batch.id)
+                Job(child_id(batch.id, kind, participant), START_TRACK_RECORDING, child, batch.id)
             )
     return children
+
+
+def child_id(batch_id: str, kind: str, participant_id: str) -> str:
+    """``<batch id>:<kind>:<participantId>``, with ``%`` and ``:`` in the participant id
+    written ``%25`` and ``%3A``: no child then takes another's id or its stop job's
+    (participants ``p`` and ``p:stop`` would otherwise share ``<batch>:audio:p:stop``)."""
+    escaped = participant_id.replace("%", "%25").replace(":", "%3A")
+    return f"{batch_id}:{kind}:{escaped}"

@@ -92,6 +92,35 @@ class TestFanOut:
         # Only the chunk cut short is published again: its first child twice, harmlessly.
         assert [i for i in set(ids) if ids.count(i) > 1] == ["b1:audio:bob"]
 
+    def test_a_colon_in_a_participant_id_never_gives_two_jobs_one_id(
+        self, runner, published, schedule, store, sandbox, clock
+    ):
+        """':' and '%' in a participant id are percent-encoded in its child's id, so neither
+        another child nor a child's stop job ('<child id>:stop') can take the same id."""
+        from worker.state import epoch_iso  # noqa: PLC0415
+
+        job = {
+            "roomId": ROOM,
+            "participants": ["p", "p:stop", "50%"],
+            "kinds": ["audio"],
+            "stopAt": epoch_iso(clock.now + 600),
+        }
+        runner.run(BULK_TRACK_RECORDING, job, job_id="b1")
+        assert [d.job_id for d in published] == [
+            "b1:audio:p",
+            "b1:audio:p%3Astop",
+            "b1:audio:50%25",
+        ]
+        run_children(runner, published)
+        assert len(sandbox.accepted(START_TRACK_RECORDING.endpoint)) == 3
+        assert sorted(d.job_id for d in schedule.pending()) == [
+            "b1:audio:50%25:stop",
+            "b1:audio:p%3Astop:stop",
+            "b1:audio:p:stop",
+        ]
+        assert store.get("b1:audio:p%3Astop").target["participantId"] == "p:stop"
+        assert store.get("b1").state is State.SUCCEEDED
+
     def test_a_scheduled_batch_waits_for_its_time_and_meeting_like_a_start(
         self, runner, published, schedule, sandbox, clock, sink
     ):
