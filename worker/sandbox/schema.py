@@ -42,10 +42,12 @@ def choice(*options: str) -> Check:
 
 
 def whole_number(low: int, high: int) -> Check:
-    """An integer from ``low`` to ``high`` (a boolean is not a number)."""
+    """A whole number from ``low`` to ``high``: ``2`` or ``2.0``, which JSON (and JSON Schema's
+    ``integer``) do not tell apart; a boolean is not a number."""
 
     def check(value: Any, where: str) -> str | None:
-        if type(value) is int and low <= value <= high:
+        whole = type(value) is int or (type(value) is float and value.is_integer())
+        if whole and low <= value <= high:
             return None
         return f'"{where}" must be an integer from {low} to {high}'
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from worker.jobs import START_RECORDING
+from worker.validation import validate
+
 START, END = "/v2/recordings/start", "/v2/recordings/end"
 TRACK_START = "/v2/recordings/participant/track/start"
 TRACK_STOP = "/v2/recordings/participant/track/stop"
@@ -43,6 +46,7 @@ def test_an_envelope_field_leaked_into_a_start_is_refused_by_name(api, sandbox, 
         ({"roomId": "r1", "config": {"layout": {"gridSize": 0}}}, ["gridSize", "1 to 4"]),
         ({"roomId": "r1", "config": {"layout": {"gridSize": "4"}}}, ["gridSize"]),
         ({"roomId": "r1", "config": {"layout": {"gridSize": True}}}, ["gridSize"]),
+        ({"roomId": "r1", "config": {"layout": {"gridSize": 2.5}}}, ["gridSize"]),
         ({"roomId": "r1", "config": {"layout": {"type": "grid"}}}, ["config.layout.type"]),
         ({"roomId": "r1", "config": {"quality": "ultra"}}, ["config.quality", "low, med"]),
         ({"roomId": "r1", "config": {"mode": "video"}}, ["config.mode"]),
@@ -81,6 +85,14 @@ def test_a_post_that_is_not_json_is_refused_with_415(api, content_type):
     """POSTs must say Content-Type: application/json."""
     response = api.post(START, {"roomId": "r1"}, headers={"Content-Type": content_type})
     assert response.status_code == 415
+
+
+def test_a_grid_size_written_as_a_float_is_accepted_as_the_job_schema_accepts_it(api, sandbox):
+    """JSON does not tell 2 from 2.0, nor does the job schema's "integer": a valid job's body
+    must not be refused by the sandbox (it would fail for good in tests and `recq dev`)."""
+    job = validate("start-recording", {"roomId": "r1", "config": {"layout": {"gridSize": 2.0}}})
+    assert api.post(START, START_RECORDING.request_body(job)).status_code == 200
+    assert sandbox.recording_running("r1")
 
 
 def test_a_json_content_type_with_a_charset_is_accepted(api):
