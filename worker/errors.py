@@ -24,6 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+from kombu.exceptions import OperationalError
+
+UNREACHABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
+"""Redis (the state store, or a Redis broker) or the broker failing us: no fault of the job's
+nor of recq's code. A producer reports it (:class:`BrokerUnavailable`); a worker hands the
+message back to be delivered again, as it would if it had died."""
+
 
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:

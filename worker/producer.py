@@ -17,10 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-from kombu.exceptions import OperationalError
-
-from worker.errors import BrokerUnavailable, InvalidJob, Violation
+from worker.errors import UNREACHABLE, BrokerUnavailable, InvalidJob, Violation
 from worker.jobs import BY_TASK, Job, JobKind
 from worker.publisher import CHUNK, TaskMessage
 from worker.state import Queued
@@ -76,7 +73,7 @@ class Producer:
         ids = [job.get("jobId") or str(uuid.uuid4()) for job in valid]
         try:
             self._publish_all(kind, list(zip(ids, valid, strict=True)))
-        except (OperationalError, redis.RedisError) as exc:
+        except UNREACHABLE as exc:
             raise BrokerUnavailable(f"could not publish the jobs: {exc}") from None
         return ids
 
@@ -128,7 +125,7 @@ class Producer:
                     fresh=True,
                 )
                 app.task_publisher.publish([TaskMessage(kind.task_name, job_id, job)])
-        except (OperationalError, redis.RedisError) as exc:
+        except UNREACHABLE as exc:
             raise BrokerUnavailable(f"could not publish job {job_id}: {exc}") from None
         app.dead_letters.remove(job_id)
         return job_id

@@ -18,7 +18,10 @@ its id. Every path ends in a recorded state and an event:
 - a start with ``stopAt`` that succeeded puts its stop job on the schedule;
 - a bulk job, once due (and its meeting live), publishes its children (:mod:`worker.fanout`);
 - a call that finds no slot under the fleet-wide rate limit within a short wait goes back on the
-  schedule until its turn, without holding a worker thread; a 429 pauses every worker's calls.
+  schedule until its turn, without holding a worker thread; a 429 pauses every worker's calls;
+- a fault of recq's own fails the job with reason ``internal_error`` and keeps it as a dead
+  letter; Redis or the broker failing the delivery is raised, and the task hands the message
+  back to be delivered again (:mod:`tasks.recording`).
 
 Reconciling "already running": VideoSDK has no idempotency key and a start returns no id. When an
 attempt of this job may have reached VideoSDK without its answer reaching us (a timeout, a dropped
@@ -33,6 +36,7 @@ the job's delivery count: the count guards against workers dying on a job, not a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ from typing import Any
 
 from worker.claims import Claim, Claims, ClaimStatus, Start
 from worker.errors import (
+    UNREACHABLE,
     Answer,
     ErrorInfo,
     InvalidJob,
@@ -60,6 +65,8 @@ from worker.state import Extra, State, epoch_iso
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 from worker.videosdk import Endpoints, VideoSDKClient, last_page, ongoing_session
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +171,29 @@ class JobRunner:
         return self.run(kind, raw, job_id=job_id_of(raw, task_id))
 
     def run(self, kind: JobKind, raw: object, *, job_id: str) -> Outcome:
-        """Run one delivery of a job and return how it ended; never raises for a job's fault."""
+        """Run one delivery of a job and return how it ended; never raises for a job's fault.
+
+        It raises only when Redis or the broker failed it (:data:`UNREACHABLE`), for the task
+        to hand the message back. A fault of recq's own fails the job (``internal_error``),
+        kept as a dead letter to replay once the fault is mended, rather than leave it in a
+        state nothing would ever move it from.
+        """
+        try:
+            return self._run(kind, raw, job_id=job_id)
+        except UNREACHABLE:
+            raise
+        except Exception as exc:
+            logger.exception("job %s: recq failed while running it", job_id)
+            error = ErrorInfo(
+                reason="internal_error",
+                message=f"recq failed while running the job ({type(exc).__name__}); it is kept "
+                "as a dead letter, to replay once the fault is mended",
+            )
+            partial = raw if isinstance(raw, Mapping) else {}
+            job = self._recorded(Job(job_id, kind, partial))
+            return self._finish(job, _Attempts(before=0), error=error, received=raw)
+
+    def _run(self, kind: JobKind, raw: object, *, job_id: str) -> Outcome:
         try:
             body = validate(kind.name, raw, job_id=job_id)
         except InvalidJob as exc:

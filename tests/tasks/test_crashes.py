@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from worker.celery_app import create_app
 from worker.jobs import START_RECORDING
 from worker.producer import Producer
-from worker.redis_server import RedisServer
+from worker.redis_server import RedisServer, free_port
 from worker.state import State
 from worker.testing import Workers, worker_env
 
@@ -117,6 +118,37 @@ def test_a_redis_restart_mid_run_loses_nothing(settings, slow_sandbox, own_redis
     assert len(ended) == 200
     assert states.count(State.SUCCEEDED) == 200
     assert set(accepted_per_room(slow_sandbox).values()) == {1}
+
+
+# The delivery cut short keeps its claim (its release failed too): the job runs again once the
+# claim's lease (60 s) is over, so the test needs about 70 s.
+@pytest.mark.timeout(300)
+def test_a_state_store_failing_over_mid_job_loses_nothing(settings, sandbox, own_redis):
+    """The broker stays up; the state store (a Redis of its own, RECQ_REDIS_URL) turns
+    read-only mid-job for a few seconds, as a failing-over primary does: every write answers
+    READONLY, which no client retries. The deliveries hand their message back instead of having
+    it acknowledged, and the job still ends succeeded, started once."""
+    settings = settings.replace(redis_url=own_redis.url)
+    sandbox.latency = 2.0  # the job is in its call when the store turns read-only
+    store = redis.Redis.from_url(own_redis.url)
+    with create_app(settings) as app, Workers(worker_env(settings)) as workers:
+        workers.start()
+        job_ids = enqueue_rooms(app, 1, "failover")
+        started = time.monotonic()
+        while app.store.get(job_ids[0]).state is not State.RUNNING:  # claimed: in its call
+            assert time.monotonic() - started < 60, "the job never started"
+            time.sleep(0.05)
+        store.replicaof("127.0.0.1", str(free_port()))  # a primary that is not there
+        read_only_at = time.monotonic()
+        time.sleep(6)
+        store.replicaof("NO", "ONE")
+        ended = wait_until_all_end(app, job_ids, timeout=180)
+        recovered_in = time.monotonic() - read_only_at
+    store.close()
+    print(f"\nstate store read-only for 6 s: the job ended {recovered_in:.0f} s after it began")
+    assert [record.state for record in ended.values()] == [State.SUCCEEDED]
+    assert ended[job_ids[0]].reconciled  # the start made before the failover
+    assert accepted_per_room(sandbox) == {"failover-0": 1}
 
 
 def test_a_worker_killed_holding_the_restore_sweep_s_lock_holds_back_no_recovery(

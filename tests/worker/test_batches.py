@@ -6,6 +6,7 @@ Children are run by handing what the fan-out published back to the runner, as a 
 from __future__ import annotations
 
 import pytest
+from kombu.exceptions import OperationalError
 
 from worker.enqueuer import RecordThenPublish
 from worker.fanout import FanOut
@@ -78,12 +79,12 @@ class TestFanOut:
             chunks.append(messages)
             if len(chunks) == 2:
                 published.append(messages[0])
-                raise ConnectionError("the worker died after one message of the chunk")
+                raise OperationalError("the broker went away after one message of the chunk")
             published.extend(messages)
 
         enqueuer = RecordThenPublish(store, dies_in_the_second_chunk)
         fragile = FanOut(batches=batches, enqueuer=enqueuer, chunk=2)
-        with pytest.raises(ConnectionError):
+        with pytest.raises(OperationalError):
             make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")
         assert batches.progress("b1").published == 2
         make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")

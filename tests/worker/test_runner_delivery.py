@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from worker.claims import ClaimStatus
 from worker.jobs import START_RECORDING, START_TRACK_RECORDING
@@ -126,14 +127,33 @@ class TestIdempotency:
     def test_a_delivery_that_raises_releases_its_claim(
         self, runner, claims, redis_client, monkeypatch
     ):
-        """An unexpected error (a Redis outage mid-delivery) does not leave the claim held."""
+        """A Redis outage mid-delivery is raised, for the task to hand the message back, and
+        does not leave the claim held."""
 
         def broken(*args, **kwargs):
-            raise ConnectionError("Redis went away")
+            raise redis.ConnectionError("Redis went away")
 
         monkeypatch.setattr(runner, "_attempt", broken)
-        with pytest.raises(ConnectionError):
+        with pytest.raises(redis.ConnectionError):
             runner.run(START_RECORDING, JOB, job_id="j1")
+        assert not redis_client.exists(claims.key("j1"))
+
+    def test_a_fault_of_recq_s_own_fails_the_job_as_an_internal_error(
+        self, runner, claims, store, dead_letters, sink, redis_client, monkeypatch
+    ):
+        """Not left in a state nothing would move it from: failed, announced, kept as a dead
+        letter to replay once the fault is mended, its claim released."""
+
+        def broken(*args, **kwargs):
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(runner, "_attempt", broken)
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.error.reason) == (State.FAILED, "internal_error")
+        assert "KeyError" in outcome.error.message
+        assert store.get("j1").state is State.FAILED
+        assert dead_letters.get("j1").job == JOB
+        assert sink.types == ["recording.failed"]
         assert not redis_client.exists(claims.key("j1"))
 
     def test_too_many_deliveries_fail_the_job(self, make_runner, sandbox, claims, dead_letters):
