@@ -252,7 +252,9 @@ class JobStore:
         terminal state.
 
         With ``fresh`` (a replay) the job is queued again whatever its state, and its delivery
-        and outage counters start over.
+        and outage counters start over. Its attempts are kept, here and in
+        :meth:`enqueue_many`: a job enqueued again (or replayed) after an attempt that may have
+        started its recording must still take "already running" for that attempt's success.
         """
         key = self.key(job_id)
 
@@ -264,7 +266,7 @@ class JobStore:
             if fresh:
                 pipe.hdel(key, "deliveries", "outageSince", "requeues", "retryAt", "reconciled")
             call = self.write_call(
-                job_id, state, kind=kind, attempt=0, target=target, metadata=metadata, extra=extra
+                job_id, state, kind=kind, target=target, metadata=metadata, extra=extra
             )
             self._write_script(keys=call.keys, args=call.args, client=pipe)
             return None
@@ -333,7 +335,6 @@ class JobStore:
                 job.id,
                 State.QUEUED,
                 kind=job.kind,
-                attempt=0,
                 target=job.target,
                 metadata=job.metadata,
                 extra=job.extra,

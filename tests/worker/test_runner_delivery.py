@@ -6,10 +6,11 @@ import pytest
 import redis
 
 from worker.claims import ClaimStatus
+from worker.errors import Target
 from worker.jobs import START_RECORDING, START_TRACK_RECORDING
 from worker.runner import Limits
 from worker.sandbox import Fault
-from worker.state import State
+from worker.state import Queued, State
 
 JOB = {"roomId": "r1", "metadata": {"meeting": "board"}}
 
@@ -196,6 +197,32 @@ class TestLongOutages:
         assert "60 s outage window" in last.error.message
         assert last.attempts == 10
         assert dead_letters.get("j1").attempts == 10
+
+    def test_a_job_enqueued_again_while_it_waits_to_retry_still_reconciles(
+        self, runner, sandbox, store
+    ):
+        """A producer retrying its enqueue with the same jobId must not erase that an attempt
+        may have started the recording: the new message's delivery reconciles the refusal."""
+        sandbox.inject(Fault(status=503, applies=True), Fault(status=503, times=4))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.RETRYING
+        store.enqueue_many([Queued("j1", "start-recording", Target("r1"), {})])
+        assert store.get("j1").attempts == 5
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.reconciled) == (State.SUCCEEDED, True)
+        assert sandbox.recording_running("r1")
+
+    def test_a_replayed_dead_letter_whose_start_may_have_applied_reconciles(
+        self, make_runner, sandbox, store
+    ):
+        """A replay starts the delivery and outage counters over, not the attempts: a start
+        that failed after an outage may have been made, and the replay must not fail on it."""
+        runner = make_runner(limits=Limits(outage_window=1))
+        sandbox.inject(Fault(status=503, applies=True), Fault(status=503, times=4))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.FAILED
+        store.enqueue("j1", kind="start-recording", target=Target("r1"), metadata={}, fresh=True)
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.reconciled) == (State.SUCCEEDED, True)
+        assert sandbox.recording_running("r1")
 
     def test_a_job_that_recovers_after_a_requeue_succeeds(self, runner, sandbox, store):
         """A requeued job delivered again after the outage succeeds, its attempts counted."""
