@@ -134,6 +134,29 @@ class Reporter:
             if self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded):
                 self._complete(job.batch_id)
 
+    def ended_again(self, job: Job, state: State) -> None:
+        """Tell a child's end to its batch again, from a delivery that found the child ended.
+
+        The delivery that ended it may have died (or lost Redis) after the child's write but
+        before its count, or after the count that made it the last but before the batch was
+        recorded complete. Counting is once per child, so a true duplicate changes nothing.
+        """
+        if job.batch_id is None or self._batches is None:
+            return
+        succeeded = state is State.SUCCEEDED
+        last = self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded)
+        if last or self._left_incomplete(job.batch_id):
+            self._complete(job.batch_id)
+
+    def _left_incomplete(self, batch_id: str) -> bool:
+        """Every child counted, yet the batch not recorded ended."""
+        assert self._batches is not None  # noqa: S101 - only called when batches are counted
+        progress = self._batches.progress(batch_id)
+        if progress is None or not progress.completed:
+            return False
+        record = self.store.get(batch_id)
+        return record is not None and not record.state.terminal
+
     def _event(self, job: Job, outcome: str, report: Report) -> Event:
         return build_event(
             job.kind.event_type(outcome),

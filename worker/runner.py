@@ -204,7 +204,7 @@ class JobRunner:
         timing = kind.timing(body, grace=self._limits.start_grace)
         claim = self._claims.acquire(job_id, self._start(job, timing))
         if claim.status is ClaimStatus.DONE:
-            return self._duplicate(job_id)
+            return self._duplicate(job)
         if claim.status is ClaimStatus.BUSY:
             return self._defer(job, claim.retry_in + 1.0)
         if claim.batch_id is not None:
@@ -467,10 +467,14 @@ class JobRunner:
         state = record.state if record else State.QUEUED
         return Outcome(job.id, state, record.attempts if record else 0, deferred=True)
 
-    def _duplicate(self, job_id: str) -> Outcome:
+    def _duplicate(self, job: Job) -> Outcome:
+        job_id = job.id
         record = self._store.get(job_id)
         if record is None:  # its state expired between the claim and this read
             return Outcome(job_id, State.SUCCEEDED, 0, duplicate=True)
+        if record.batch_id is not None:
+            batch_child = dataclasses.replace(job, batch_id=record.batch_id)
+            self._reporter.ended_again(batch_child, record.state)
         error = ErrorInfo.from_json(record.error) if record.error else None
         return Outcome(
             job_id, record.state, record.attempts, error, record.reconciled, duplicate=True

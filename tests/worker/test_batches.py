@@ -207,6 +207,27 @@ class TestCompletion:
         assert batches.progress("b1").succeeded == 6
         assert [e["type"] for e in sink.events].count("batch.completed") == 1
 
+    @pytest.mark.parametrize("died", ["before counting", "before completing"])
+    def test_a_child_whose_delivery_died_after_its_end_still_completes_the_batch(
+        self, runner, published, batches, store, sink, died
+    ):
+        """The last child's end was written, but its delivery died before the count (or after
+        the count, before the batch was recorded): its redelivery, finding the child ended,
+        tells the batch again, and the batch completes once."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        *others, last = list(published)
+        for delivery in others:
+            runner.run(START_TRACK_RECORDING, delivery.job, job_id=delivery.job_id)
+        store.transition(last.job_id, State.SUCCEEDED, kind="start-track-recording", attempt=1)
+        if died == "before completing":
+            assert batches.child_ended("b1", last.job_id, succeeded=True)
+        assert store.get("b1").state is State.RUNNING
+        outcome = runner.run(START_TRACK_RECORDING, last.job, job_id=last.job_id)
+        assert outcome.duplicate
+        assert store.get("b1").state is State.SUCCEEDED
+        assert batches.progress("b1").succeeded == 6
+        assert [e["type"] for e in sink.events].count("batch.completed") == 1
+
     def test_a_running_batch_cannot_be_cancelled_as_a_whole(self, runner, scheduler):
         from worker.errors import JobConflict  # noqa: PLC0415
 
