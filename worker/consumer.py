@@ -16,6 +16,7 @@ from kombu.exceptions import ContentDisallowed
 from vine import promise
 
 from worker.logs import job_context
+from worker.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class RecqConsumer(Consumer):
         self._refused(message, "malformed_message", f"the task message is malformed: {exc}")
 
     def _refused(self, message: Any, reason: str, detail: str) -> None:
+        detail = redact(detail)  # an exception's text may quote the message, and what it holds
         headers = _headers(message)
         job_id, task = headers.get("id"), headers.get("task")
         if not isinstance(job_id, str) or not job_id:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from worker.errors import SettingsError
 from worker.rate_limit import Rate, parse_rate
+from worker.redact import redact
 
 DEFAULT_ENDPOINT = "https://api.videosdk.live"
 DEFAULT_BROKER = "redis://localhost:6379/0"
@@ -213,7 +214,8 @@ class _Reader:
         parts = urlsplit(value)
         if parts.scheme not in schemes or not (parts.netloc or parts.path):
             allowed = ", ".join(f"{s}://" for s in schemes)
-            self.problems.append(f"{name}={value!r} is not a URL starting with one of {allowed}")
+            shown = redact(value)  # a password in it stays out of the error
+            self.problems.append(f"{name}={shown!r} is not a URL starting with one of {allowed}")
         return value
 
     def number(self, name: str, default: _T, kind: Callable[[str], _T], *, minimum: float) -> _T:

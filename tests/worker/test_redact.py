@@ -1,4 +1,4 @@
-"""Redaction: tokens and pre-signed URL signatures never leave the process."""
+"""Redaction: tokens, pre-signed URL signatures and URL passwords never leave the process."""
 
 from __future__ import annotations
 
@@ -23,7 +23,24 @@ class TestRedact:
         assert "abc123" not in cleaned
         assert "https://bucket.s3.amazonaws.com/a.mp4?[redacted]" in cleaned
 
+    def test_a_presigned_url_with_escaped_slashes_loses_its_query_string(self):
+        """JSON may write '/' as '\\/' (some encoders do): the signature goes all the same."""
+        body = '{"url": "https:\\/\\/bucket.s3.amazonaws.com\\/a.mp4?X-Amz-Signature=abc123"}'
+        assert "abc123" not in redact(body)
+
+    def test_a_password_in_a_url_is_replaced(self):
+        """A broker's or Redis's password, even in a mistyped URL; the rest stays readable."""
+        assert (
+            redact("amqp://guest:s3cret@rabbit:5672//") == "amqp://guest:[redacted]@rabbit:5672//"
+        )
+        assert redact("redis://:s3cret@cache:6379/0") == "redis://:[redacted]@cache:6379/0"
+        assert "s3cret" not in redact("amqps:/user:s3cret@rabbit")
+
     def test_ordinary_text_is_untouched(self):
         """Text without secrets comes back as it was."""
-        text = '{"message": "Recording is already running", "code": 4011}'
-        assert redact(text) == text
+        for text in [
+            '{"message": "Recording is already running", "code": 4011}',
+            "redis://cache:6379/0",
+            "at 10:30 @home",
+        ]:
+            assert redact(text) == text

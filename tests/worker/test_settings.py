@@ -53,6 +53,13 @@ class TestFromEnv:
         assert "CELERY_BROKER_URL" in str(caught.value)
         assert "RECQ_RETRY_ATTEMPTS='many' is not a whole number" in str(caught.value)
 
+    def test_a_mistyped_broker_url_is_named_without_its_password(self):
+        """The error names the variable and shows the URL, its password replaced."""
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({"CELERY_BROKER_URL": "rabbitmq://user:s3cret@rabbit:5671//"})
+        assert "CELERY_BROKER_URL='rabbitmq://user:[redacted]@rabbit:5671//'" in str(caught.value)
+        assert "s3cret" not in str(caught.value)
+
     def test_a_key_without_a_secret_says_what_to_set(self):
         """Half the credentials is an error naming the missing half."""
         with pytest.raises(SettingsError, match="VIDEOSDK_SECRET is not"):
