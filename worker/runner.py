@@ -112,6 +112,10 @@ class _Attempts:
     """What this delivery has learnt so far about its calls."""
 
     before: int
+    deadline: float = float("inf")
+    """No retry of this delivery starts after it (the retry policy's window, on its clock):
+    the meeting check and the call share it, so that a delivery outlives neither its claim's
+    lease nor the visibility timeout."""
     made: int = 0
     maybe_applied: bool = False
     last_error: UpstreamUnavailable | None = None
@@ -251,6 +255,7 @@ class JobRunner:
         # An earlier delivery that made a call may have started the recording.
         attempts = _Attempts(
             before=claim.attempts,
+            deadline=self._policy.deadline(),
             maybe_applied=claim.attempts > 0,
             cleared=claim.paused == 0.0,
             recorded=claim.started,
@@ -275,7 +280,8 @@ class JobRunner:
                 ended = self._publish_children(job)
             if ended is not None:
                 return ended
-            self._policy.call(lambda: self._call(job, attempts))
+            self._within_window(attempts)
+            self._policy.call(lambda: self._call(job, attempts), deadline=attempts.deadline)
         except RateLimited as exc:
             return self._await_slot(job, claim, attempts, exc.wait)
         except UpstreamUnavailable as exc:
@@ -285,6 +291,18 @@ class JobRunner:
                 return self._succeed(job, timing, claim, attempts, reconciled=True)
             return self._finish(job, attempts, error=exc.info(), claim=claim)
         return self._succeed(job, timing, claim, attempts)
+
+    def _within_window(self, attempts: _Attempts) -> None:
+        """Raise when the meeting check spent this delivery's retry window: the call is left to
+        the next delivery (after the requeue delay), as after any spent window."""
+        if self._policy.clock() >= attempts.deadline:
+            window = f"{self._policy.window:.0f} s"
+            raise UpstreamUnavailable(
+                f"this delivery's {window} retry window went on checking that the meeting is "
+                "live; the start is made by the next",
+                endpoint=Endpoints.SESSIONS,
+                maybe_applied=False,
+            )
 
     def _unless_ready(
         self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts
@@ -303,7 +321,9 @@ class JobRunner:
         if not timing.scheduled:
             return None
         before_stop = timing.stop_at is None or self._clock() < timing.stop_at
-        if before_stop and self._policy.call(lambda: self._live(job, attempts)):
+        if before_stop and self._policy.call(
+            lambda: self._live(job, attempts), deadline=attempts.deadline
+        ):
             return None
         now = self._clock()
         if now >= deadline:

@@ -175,6 +175,7 @@ def make_runner(
         limits: Limits | None = None,
         limiter: Any = None,
         fan_out: FanOut = fan_out,
+        policy: RetryPolicy = policy,
     ) -> JobRunner:
         client = make_client(read_timeout=read_timeout)
         claimed = claims

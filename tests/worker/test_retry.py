@@ -27,7 +27,54 @@ def unavailable(status: int = 503, retry_after: float | None = None) -> Upstream
     return UpstreamUnavailable("busy", endpoint="/v2/recordings/start", answer=answer)
 
 
+class Time:
+    """A clock that only the policy's waits move: each call's start can be read off it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class TestRetryPolicy:
+    def test_no_attempt_starts_after_the_window(self):
+        """A wait that would end at or past the window ends the retries instead: the delivery
+        lasts at most the window and one call, as the claim's lease is sized."""
+        time = Time()
+        starts: list[float] = []
+
+        def down() -> str:
+            starts.append(time.now)
+            raise unavailable()
+
+        policy = RetryPolicy(
+            attempts=100, window=10, initial_wait=4, max_wait=4, jitter=0,
+            sleep=time.sleep, clock=time,
+        )  # fmt: skip
+        with pytest.raises(UpstreamUnavailable):
+            policy.call(down)
+        assert starts == [0, 4, 8]
+
+    def test_calls_of_one_delivery_can_share_a_deadline(self):
+        """A scheduled start's meeting check and its start share one window: the second call
+        makes its first attempt, but retries no later than the first one's deadline."""
+        time = Time()
+        policy = RetryPolicy(
+            attempts=100, window=10, initial_wait=3, max_wait=3, jitter=0,
+            sleep=time.sleep, clock=time,
+        )  # fmt: skip
+        deadline = policy.deadline()
+        assert policy.call(Flaky(unavailable(), unavailable()), deadline=deadline) == "ok"
+        assert time.now == 6
+        second = Flaky(unavailable(), unavailable(), unavailable())
+        with pytest.raises(UpstreamUnavailable):
+            policy.call(second, deadline=deadline)
+        assert (second.calls, time.now) == (2, 9)
+
     def test_a_transient_error_is_retried_until_success(self, sleeps):
         """Two 503s then success: three calls, two waits."""
         flaky = Flaky(unavailable(), unavailable())

@@ -7,6 +7,8 @@ the test's, so "now" for scheduling is whatever the test says.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from worker.errors import InvalidJob, JobConflict, UnknownJob
@@ -16,6 +18,7 @@ from worker.jobs import (
     STOP_RECORDING,
     STOP_TRACK_RECORDING,
 )
+from worker.retry import RetryPolicy
 from worker.runner import Limits
 from worker.sandbox import Fault
 from worker.state import State, epoch_iso
@@ -205,6 +208,23 @@ class TestWaitingForTheMeeting:
         outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
         assert outcome.state is State.SUCCEEDED
         assert len(sleeps.waits) == 1
+
+    def test_a_meeting_check_that_spent_the_window_leaves_the_start_to_the_next_delivery(
+        self, make_runner, sandbox, schedule, store, sleeps, clock
+    ):
+        """The check and the start share one retry window: a start made after the check used
+        it up would outlive the claim's lease (a cancel, or a second delivery, could then slip
+        in). The job goes back on the schedule, as after any spent window, and no start is
+        made."""
+        scale = 100  # a slow listing: 0.15 s of real time is 15 s on the policy's clock
+        policy = RetryPolicy(window=10, sleep=sleeps, clock=lambda: time.monotonic() * scale)
+        sandbox.inject(Fault(latency=0.15, path=Endpoints.SESSIONS))
+        runner = make_runner(policy=policy)
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
+        assert (outcome.state, outcome.deferred) == (State.RETRYING, True)
+        assert "went on checking that the meeting is live" in outcome.error.message
+        assert sandbox.calls_to(Endpoints.START_RECORDING) == []
+        assert [d.job_id for d in schedule.pending()] == ["j1"]
 
 
 class TestScheduledStops:
