@@ -114,8 +114,9 @@ class _Attempts:
     before: int
     deadline: float = float("inf")
     """No retry of this delivery starts after it (the retry policy's window, on its clock):
-    the meeting check and the call share it, so that a delivery outlives neither its claim's
-    lease nor the visibility timeout."""
+    a scheduled start's meeting check and its call share it, so that neither retries past the
+    window the claim's lease is sized for. (The call's first attempt is always made: a check
+    that ends at the window's end adds one call to the delivery.)"""
     made: int = 0
     maybe_applied: bool = False
     last_error: UpstreamUnavailable | None = None
@@ -280,7 +281,6 @@ class JobRunner:
                 ended = self._publish_children(job)
             if ended is not None:
                 return ended
-            self._within_window(attempts)
             self._policy.call(lambda: self._call(job, attempts), deadline=attempts.deadline)
         except RateLimited as exc:
             return self._await_slot(job, claim, attempts, exc.wait)
@@ -291,18 +291,6 @@ class JobRunner:
                 return self._succeed(job, timing, claim, attempts, reconciled=True)
             return self._finish(job, attempts, error=exc.info(), claim=claim)
         return self._succeed(job, timing, claim, attempts)
-
-    def _within_window(self, attempts: _Attempts) -> None:
-        """Raise when the meeting check spent this delivery's retry window: the call is left to
-        the next delivery (after the requeue delay), as after any spent window."""
-        if self._policy.clock() >= attempts.deadline:
-            window = f"{self._policy.window:.0f} s"
-            raise UpstreamUnavailable(
-                f"this delivery's {window} retry window went on checking that the meeting is "
-                "live; the start is made by the next",
-                endpoint=Endpoints.SESSIONS,
-                maybe_applied=False,
-            )
 
     def _unless_ready(
         self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts

@@ -209,21 +209,23 @@ class TestWaitingForTheMeeting:
         assert outcome.state is State.SUCCEEDED
         assert len(sleeps.waits) == 1
 
-    def test_a_meeting_check_that_spent_the_window_leaves_the_start_to_the_next_delivery(
-        self, make_runner, sandbox, schedule, store, sleeps, clock
+    def test_a_scheduled_start_s_check_and_call_share_one_retry_window(
+        self, make_runner, sandbox, schedule, sleeps, clock
     ):
-        """The check and the start share one retry window: a start made after the check used
-        it up would outlive the claim's lease (a cancel, or a second delivery, could then slip
-        in). The job goes back on the schedule, as after any spent window, and no start is
-        made."""
+        """A check that used up the window leaves the start one attempt, not a window of its
+        own: retried in a fresh window, the delivery would outlive the claim's lease (a cancel,
+        or a second delivery, could then slip in). The job goes back on the schedule."""
         scale = 100  # a slow listing: 0.15 s of real time is 15 s on the policy's clock
         policy = RetryPolicy(window=10, sleep=sleeps, clock=lambda: time.monotonic() * scale)
-        sandbox.inject(Fault(latency=0.15, path=Endpoints.SESSIONS))
+        sandbox.inject(
+            Fault(latency=0.15, path=Endpoints.SESSIONS),
+            Fault(status=503, times=5, path=Endpoints.START_RECORDING),
+        )
         runner = make_runner(policy=policy)
         outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
         assert (outcome.state, outcome.deferred) == (State.RETRYING, True)
-        assert "went on checking that the meeting is live" in outcome.error.message
-        assert sandbox.calls_to(Endpoints.START_RECORDING) == []
+        assert len(sandbox.calls_to(Endpoints.START_RECORDING)) == 1
+        assert sleeps.waits == []
         assert [d.job_id for d in schedule.pending()] == ["j1"]
 
 
