@@ -93,6 +93,16 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers: a hung Redis or broker. The socket
+    listens but never accepts, so the kernel completes each connection and nothing replies."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield int(listener.getsockname()[1])
+
+
+@pytest.fixture
 def sandbox_server() -> Iterator[SandboxServer]:
     """A fresh VideoSDK sandbox, served over real HTTP on a free port."""
     with SandboxServer(Sandbox()) as server:

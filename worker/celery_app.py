@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -52,6 +53,29 @@ RESTORE_LOCK_EXPIRY = 30
 """Seconds the restore sweep's lock outlives a worker that died holding it (kombu: 300), at
 most the visibility timeout."""
 RedisClient = redis.Redis  # the app has a property named ``redis``
+
+
+@dataclass(frozen=True, slots=True)
+class Patience:
+    """How a Redis client waits on a Redis that restarts, fails over or stops answering."""
+
+    retries: int
+    """Retries of a command whose connection failed (with backoff up to 2 s)."""
+    read_timeout: float
+    connect_timeout: float
+    retry_timeouts: bool
+    """Whether a command that met its read timeout is tried again."""
+
+
+WORKER_PATIENCE = Patience(retries=10, read_timeout=30, connect_timeout=5, retry_timeouts=True)
+"""A worker rides over a short outage: about 15 s of retries before a state write gives up and
+the message is delivered again."""
+QUICK_PATIENCE = Patience(retries=1, read_timeout=2, connect_timeout=2, retry_timeouts=False)
+"""Producers and the command line report a Redis that refuses within about a second, and one
+that accepts but does not answer within about 10 s: redis-py retries a connection's handshake
+and then its command, each ``retries`` times, so a silent Redis costs (retries + 1)² read
+timeouts. One retry still rides over a pooled connection that a Redis restart closed; a
+blocking read of the event log waits 1 s, within the read timeout."""
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -130,25 +154,34 @@ class RecqCelery(Celery):
 
     log_cls = "worker.logs:RecqLogging"
 
-    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        patience: Patience = WORKER_PATIENCE,
+    ) -> None:
         super().__init__("recq", broker=settings.broker_url, set_as_current=False)
         self.settings = settings
         self._sleep = sleep
+        self._patience = patience
         self._runner: JobRunner | None = None
         self._clients: list[redis.Redis] = []
         self._lock = threading.Lock()
 
-    def redis_client(self, *, retries: int, url: str | None = None) -> redis.Redis:
-        """A client of the state store (or of ``url``) that retries connection errors
-        ``retries`` times."""
+    def redis_client(self, patience: Patience, *, url: str | None = None) -> redis.Redis:
+        """A client of the state store (or of ``url``) that waits as ``patience`` says."""
+        retried: list[type[Exception]] = [redis.ConnectionError]
+        if patience.retry_timeouts:
+            retried.append(redis.TimeoutError)
         client = redis.Redis.from_url(
             url or self.settings.redis_url,
-            socket_timeout=30,
-            socket_connect_timeout=5,
+            socket_timeout=patience.read_timeout,
+            socket_connect_timeout=patience.connect_timeout,
             socket_keepalive=True,
             health_check_interval=25,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=retries),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=patience.retries),
+            retry_on_error=retried,
         )
         self._clients.append(client)
         return client
@@ -161,14 +194,13 @@ class RecqCelery(Celery):
 
     @cached_property
     def redis(self) -> redis.Redis:
-        # A worker rides over a short outage (a Redis restart, a failover): about 15 s of
-        # retries with backoff, before a state write gives up and the message is redelivered.
-        return self.redis_client(retries=10)
+        """The state store, as the app's patience says (a worker's, unless told otherwise)."""
+        return self.redis_client(self._patience)
 
     @cached_property
     def producer_redis(self) -> RedisClient:
-        """Redis as producers use it: a down Redis is reported within about a second."""
-        return self.redis_client(retries=2)
+        """Redis as producers use it: quick to report a Redis that is down or does not answer."""
+        return self.redis_client(QUICK_PATIENCE)
 
     @cached_property
     def producer_store(self) -> JobStore:
@@ -214,7 +246,7 @@ class RecqCelery(Celery):
     def broker_redis(self) -> RedisClient:
         """The Redis broker itself (which need not be the state store): its lists are the
         job queues."""
-        return self.redis_client(retries=2, url=self.settings.broker_url)
+        return self.redis_client(QUICK_PATIENCE, url=self.settings.broker_url)
 
     @cached_property
     def batches(self) -> Batches:
@@ -380,9 +412,15 @@ def refuse_green_pool(pool: Any) -> None:
             )
 
 
-def create_app(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> RecqCelery:
-    """A configured recq Celery app, with its tasks registered."""
-    app = RecqCelery(settings, sleep=sleep)
+def create_app(
+    settings: Settings,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    patience: Patience = WORKER_PATIENCE,
+) -> RecqCelery:
+    """A configured recq Celery app, with its tasks registered. The command line's reads use
+    ``patience=QUICK_PATIENCE``: a Redis that is down or hung is an error within seconds."""
+    app = RecqCelery(settings, sleep=sleep, patience=patience)
     app.conf.update(celery_config(settings))
     app.conf.include = list(TASK_MODULES)
     app.steps["worker"].add(DispatcherStep)

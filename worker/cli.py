@@ -13,8 +13,18 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from worker.errors import BrokerUnavailable, InvalidJob, JobConflict, SettingsError, UnknownJob
+import redis
+
+from worker.errors import (
+    UNREACHABLE,
+    BrokerUnavailable,
+    InvalidJob,
+    JobConflict,
+    SettingsError,
+    UnknownJob,
+)
 from worker.jobs import BY_COMMAND, BY_TASK
+from worker.redact import redact
 from worker.settings import Settings
 from worker.state import epoch_iso
 
@@ -207,15 +217,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"recq: {exc}", file=sys.stderr)
         return 2
+    except UNREACHABLE as exc:
+        print(f"recq {args.command}: {unreachable(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     return code
 
 
-def _app(settings: Settings) -> Any:
-    from worker.celery_app import create_app  # noqa: PLC0415 - keep `recq --help` fast
+def unreachable(exc: Exception) -> str:
+    """One line saying which of Redis or the broker failed the command, and how."""
+    which = "Redis" if isinstance(exc, redis.RedisError) else "the broker"
+    return f"{which} failed the command ({type(exc).__name__}: {redact(str(exc))})"
 
-    return create_app(settings)
+
+def _app(settings: Settings, *, worker: bool = False) -> Any:
+    """The app, with a worker's patience with Redis, or (for every other command) one that
+    reports a Redis that is down or does not answer within seconds."""
+    # Imported here to keep `recq --help` fast.
+    from worker.celery_app import QUICK_PATIENCE, WORKER_PATIENCE, create_app  # noqa: PLC0415
+
+    return create_app(settings, patience=WORKER_PATIENCE if worker else QUICK_PATIENCE)
 
 
 def requested_pool(args: Sequence[str]) -> str | None:
@@ -240,7 +262,7 @@ def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> 
     from worker.logs import install  # noqa: PLC0415
 
     install(settings)
-    app = _app(settings)
+    app = _app(settings, worker=True)
     # JSON logs are for machines: no banner between the lines (Celery's --quiet).
     quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main([*quiet, "worker", *WORKER_DEFAULTS, *extra])

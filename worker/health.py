@@ -74,7 +74,12 @@ def readiness(settings: Settings, *, timeout: float = 3.0) -> Verdict:
     problems = []
     broker = maybe_sanitize_url(settings.broker_url)
     try:
-        with kombu.Connection(settings.broker_url, connect_timeout=timeout) as connection:
+        # The transport options bound a Redis broker's reads (kombu's own default: none): a
+        # broker that accepts the connection but never answers is not ready.
+        waits = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        with kombu.Connection(
+            settings.broker_url, connect_timeout=timeout, transport_options=waits
+        ) as connection:
             connection.ensure_connection(max_retries=1, timeout=math.ceil(timeout))
     except (OperationalError, OSError) as exc:
         problems.append(f"the broker {broker} does not answer ({type(exc).__name__}: {exc})")

@@ -291,6 +291,39 @@ class TestSchedulingCommands:
         assert "--start-at" in result.stderr
 
 
+class TestRedisAway:
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("status", "j"),
+            ("events",),
+            ("dead", "list"),
+            ("dead", "replay", "--all"),
+            ("schedule", "list"),
+            ("cancel", "j"),
+            ("reschedule", "j", "--start-at", "2030-01-31T10:00:00Z"),
+        ],
+        ids=" ".join,
+    )
+    def test_a_redis_that_refuses_is_one_line_and_exit_1(self, env, args):
+        """Every command that reads or writes Redis says so in one line, not a traceback."""
+        down = f"redis://127.0.0.1:{free_port()}/0"
+        result = recq(*args, env={**env, "CELERY_BROKER_URL": down})
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"recq {args[0]}: Redis failed the command (")
+        assert "Connection refused" in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+
+    @pytest.mark.parametrize("args", [("status", "j"), ("enqueue", "start-recording", "-")])
+    def test_a_redis_that_never_answers_is_an_error_within_seconds(self, env, silent_port, args):
+        """A Redis that accepts connections and stays silent: exit 1 well within a minute (the
+        worker's patience, 30 s reads retried, would hold a command for minutes)."""
+        hung = {**env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{silent_port}/0"}
+        result = recq(*args, env=hung, stdin=json.dumps(ROOM_JOB), timeout=60)
+        assert result.returncode == 1
+        assert "Timeout reading from socket" in result.stderr
+
+
 BULK_JOB = {"roomId": "cli-room", "participants": ["ann", "ben"], "kinds": ["audio", "video"]}
 
 

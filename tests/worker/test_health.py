@@ -60,6 +60,17 @@ class TestReadiness:
         assert "hunter2" not in verdict.message
         assert "the broker" not in verdict.message
 
+    @pytest.mark.timeout(60)
+    def test_a_redis_broker_that_never_answers_is_not_ready_within_the_timeout(
+        self, settings, silent_port
+    ):
+        """A Redis broker that accepts the connection and stays silent: not ready, named (kombu
+        would otherwise wait on its read for ever)."""
+        broker = f"redis://127.0.0.1:{silent_port}/0"
+        verdict = readiness(settings.replace(broker_url=broker), timeout=0.5)
+        assert not verdict.healthy
+        assert f"the broker {broker} does not answer" in verdict.message
+
     @pytest.mark.integration
     def test_ready_on_rabbitmq(self, settings, amqp_url):
         """A RabbitMQ broker that answers counts as ready."""
