@@ -31,7 +31,7 @@ from worker.errors import SettingsError
 from worker.event_log import EventLog
 from worker.events import Events, ExchangeSink, RedisExchangeSink
 from worker.fanout import FanOut
-from worker.health import HeartbeatStep
+from worker.health import HeartbeatStep, require_writable
 from worker.metrics import Metrics
 from worker.producer import PUBLISH_RETRY
 from worker.publisher import KombuPublisher, Publisher, RedisPublisher, TaskMessage
@@ -434,6 +434,7 @@ def create_app(
         try:
             settings.require_credentials()
             refuse_green_pool(sender.pool_cls)
+            require_writable(settings.heartbeat_file)
         except SettingsError as exc:
             # SystemExit, not an exception: Celery's signal dispatch swallows exceptions.
             print(f"recq worker: {exc}", file=sys.stderr)

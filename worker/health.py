@@ -14,6 +14,7 @@ them should not count as serving, but restarting it would not help either.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -28,9 +29,11 @@ from celery import bootsteps
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
+from worker.errors import SettingsError
 from worker.settings import Settings
 
 DEFAULT_MAX_AGE = 60.0
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,26 @@ def beat(path: Path, clock: Callable[[], float] = time.time) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}")
     partial.write_text(f"{clock():.3f}\n", encoding="ascii")
     partial.replace(path)
+
+
+def require_writable(path: Path) -> None:
+    """Check, before a worker starts, that its heartbeat can be written at ``path``.
+
+    Raises a :class:`SettingsError` naming ``RECQ_HEARTBEAT_FILE``: a worker that cannot beat
+    would otherwise fail its liveness probe for ever (or, from the consumer, restart it in a
+    loop)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("", encoding="ascii")
+        partial.unlink()
+    except OSError as exc:
+        raise SettingsError(
+            [
+                f"RECQ_HEARTBEAT_FILE={str(path)!r} cannot be written ({exc.strerror}): point it "
+                "at a file in a writable directory"
+            ]
+        ) from None
 
 
 def liveness(
@@ -110,9 +133,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
     def start(self, parent: Any) -> None:
         settings: Settings = parent.app.settings
-        beat(settings.heartbeat_file)
+        _beat(settings.heartbeat_file)
         self._entry = parent.timer.call_repeatedly(
-            settings.heartbeat_interval, beat, (settings.heartbeat_file,)
+            settings.heartbeat_interval, _beat, (settings.heartbeat_file,)
         )
 
     def stop(self, parent: Any) -> None:
@@ -125,3 +148,12 @@ class HeartbeatStep(bootsteps.StartStopStep):
     def shutdown(self, parent: Any) -> None:
         self.stop(parent)
         parent.app.settings.heartbeat_file.unlink(missing_ok=True)
+
+
+def _beat(path: Path) -> None:
+    """A beat from the consumer's loop: a failure to write it (a full disk) is logged, and the
+    probe sees the heartbeat age; raised, it would make the consumer restart."""
+    try:
+        beat(path)
+    except OSError as exc:
+        logger.warning("cannot write the heartbeat at %s: %s", path, exc.strerror)

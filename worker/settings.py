@@ -216,6 +216,13 @@ class _Reader:
             allowed = ", ".join(f"{s}://" for s in schemes)
             shown = redact(value)  # a password in it stays out of the error
             self.problems.append(f"{name}={shown!r} is not a URL starting with one of {allowed}")
+            return value
+        try:
+            parts.port  # noqa: B018 - urllib checks the port only when it is read
+        except ValueError:
+            self.problems.append(
+                f"{name}={redact(value)!r} has a port that is not a number from 0 to 65535"
+            )
         return value
 
     def number(self, name: str, default: _T, kind: Callable[[str], _T], *, minimum: float) -> _T:

@@ -400,6 +400,19 @@ class TestWorkerCommand:
         assert "VIDEOSDK_API_KEY and VIDEOSDK_SECRET" in result.stderr
         assert "Traceback" not in result.stderr
 
+    def test_a_heartbeat_file_that_cannot_be_written_stops_the_worker_with_a_message(
+        self, env, tmp_path
+    ):
+        """Exit 2 naming RECQ_HEARTBEAT_FILE, before consuming: the consumer used to restart in a
+        loop ("Connection to broker lost") on every beat it could not write."""
+        not_a_directory = tmp_path / "plain-file"
+        not_a_directory.write_text("")
+        where = {**env, "RECQ_HEARTBEAT_FILE": str(not_a_directory / "hb")}
+        result = recq("worker", "--concurrency", "1", env=where, timeout=30)
+        assert result.returncode == 2
+        assert f"RECQ_HEARTBEAT_FILE='{not_a_directory / 'hb'}' cannot be written" in result.stderr
+        assert "Traceback" not in result.stderr
+
     def test_celery_run_worker_without_credentials_stops_too(self, env):
         """`celery -A worker.app worker` with no VideoSDK key exits 2 with the same message."""
         bare = {k: v for k, v in env.items() if not k.startswith("VIDEOSDK_")}
@@ -478,6 +491,16 @@ class TestWorkerCommand:
         result = recq("status", "x", env={**env, "CELERY_BROKER_URL": "kafka://nope"})
         assert result.returncode == 2
         assert "CELERY_BROKER_URL='kafka://nope'" in result.stderr
+
+    @pytest.mark.parametrize("port", ["abc", "99999"])
+    def test_a_malformed_port_is_named_too(self, env, port):
+        """Not a traceback from urllib with exit 1: exit 2, the variable, what a port must be."""
+        url = f"redis://:hunter2@127.0.0.1:{port}/0"
+        result = recq("status", "x", env={**env, "RECQ_REDIS_URL": url})
+        assert result.returncode == 2
+        assert "RECQ_REDIS_URL='redis://:[redacted]@127.0.0.1:" in result.stderr
+        assert "has a port that is not a number from 0 to 65535" in result.stderr
+        assert "hunter2" not in result.stderr
 
     def test_celery_can_run_the_app_its_own_way(self, env, sandbox):
         """`celery -A worker.app worker` consumes and runs jobs like `recq worker`."""

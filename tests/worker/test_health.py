@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from worker.health import beat, liveness, readiness
+from worker.errors import SettingsError
+from worker.health import _beat, beat, liveness, readiness, require_writable
 
 
 def _dead_port() -> int:
@@ -43,6 +44,20 @@ class TestLiveness:
         path = tmp_path / "hb"
         path.write_text("not a time")
         assert not liveness(path).healthy
+
+    def test_a_heartbeat_that_cannot_be_written_is_named_before_the_worker_starts(self, tmp_path):
+        """The check the worker runs at start names the variable; it leaves no file behind."""
+        (tmp_path / "plain-file").write_text("")
+        with pytest.raises(SettingsError, match=r"RECQ_HEARTBEAT_FILE=.* cannot be written"):
+            require_writable(tmp_path / "plain-file" / "hb")
+        require_writable(tmp_path / "hb")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["plain-file"]
+
+    def test_a_beat_the_consumer_cannot_write_is_logged_not_raised(self, tmp_path, caplog):
+        """Raised in the consumer's loop, it would restart the consumer; the age tells instead."""
+        (tmp_path / "plain-file").write_text("")
+        _beat(tmp_path / "plain-file" / "hb")
+        assert "cannot write the heartbeat" in caplog.text
 
 
 class TestReadiness:
