@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fake-api", help="run the VideoSDK sandbox", description="Serve the VideoSDK sandbox."
     )
     fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8765)
+    fake.add_argument(
+        "--port", type=port_number, default=8765, help="0 for any free port (default 8765)"
+    )
     fake.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     fake.set_defaults(handler=_fake_api)
 
@@ -203,6 +205,17 @@ def _add_health(commands: Any) -> None:
         help="readiness: how long the broker and Redis each have to answer (default 3)",
     )
     health.set_defaults(handler=_health)
+
+
+def port_number(text: str) -> int:
+    """A TCP port from the command line, or argparse's usage error saying what one is."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if port not in range(65536):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: a number from 0 to 65535")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,7 +329,7 @@ def read_jobs(stream: IO[str]) -> list[tuple[int, Any]]:
         raise ValueError("the input holds no job")
     try:
         whole = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         whole = None
     else:
         if isinstance(whole, dict):
@@ -330,6 +343,10 @@ def read_jobs(stream: IO[str]) -> list[tuple[int, Any]]:
         except ValueError as exc:
             raise ValueError(
                 f"line {number}: not valid JSON ({exc}); nothing was published"
+            ) from None
+        except RecursionError:
+            raise ValueError(
+                f"line {number}: JSON nested too deeply to read; nothing was published"
             ) from None
     return jobs
 
@@ -479,13 +496,20 @@ def _health(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
 def _fake_api(_settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
     from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET, run_forever  # noqa: PLC0415
 
-    run_forever(
-        host=args.host,
-        port=args.port,
-        api_key=DEFAULT_API_KEY,
-        secret=DEFAULT_SECRET,
-        latency=args.latency,
-    )
+    try:
+        run_forever(
+            host=args.host,
+            port=args.port,
+            api_key=DEFAULT_API_KEY,
+            secret=DEFAULT_SECRET,
+            latency=args.latency,
+        )
+    except OSError as exc:  # the port is taken, or the host is not this machine's
+        print(
+            f"recq fake-api: cannot listen on {args.host}:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -169,6 +169,8 @@ def _size_problem(job: object, limit: int) -> Violation | None:
         text = json.dumps(job, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as error:  # a set, a datetime, NaN, a cycle...
         return Violation("", "not-json", f"a job must hold only JSON values ({error})")
+    except RecursionError:
+        return Violation("", "too-deep", "a job must not nest its values thousands deep")
     size = len(text.encode())
     if size > limit:
         message = f"a job must be at most {limit} bytes of JSON (got {size})"

@@ -108,6 +108,11 @@ class TestRawArguments:
         assert sandbox.calls == []
 
 
+DEEP = b"[" * 100_000 + b"]" * 100_000
+TOO_DEEP = b'[[], {"job": {"roomId": "r", "metadata": {"a": ' + DEEP + b"}}}, {}]"
+"""JSON nested deeper than Python's recursion limit: json.loads raises RecursionError."""
+
+
 class TestRefusedMessages:
     @pytest.mark.parametrize(
         ("task", "body", "content_type", "reason"),
@@ -121,8 +126,9 @@ class TestRefusedMessages:
                 "undecodable_message",
             ),
             ("recq.start_recording", b'"just a string"', "application/json", "malformed_message"),
+            ("recq.start_recording", TOO_DEEP, "application/json", "undecodable_message"),
         ],
-        ids=["unknown-task", "broken-json", "pickle", "not-a-call"],
+        ids=["unknown-task", "broken-json", "pickle", "not-a-call", "nested-too-deep"],
     )
     def test_a_refused_message_is_recorded_and_the_worker_goes_on(
         self, app, sandbox, running_worker, redis_client, task, body, content_type, reason

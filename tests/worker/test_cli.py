@@ -161,6 +161,17 @@ class TestEnqueue:
         assert result.returncode == 1
         assert "line 1: not valid JSON" in result.stderr
 
+    @pytest.mark.parametrize("lines", [1, 2], ids=["one-job", "json-lines"])
+    def test_json_nested_too_deeply_is_refused_by_line(self, env, lines):
+        """Deeper than Python's recursion limit: the line is named, without a traceback."""
+        deep = '{"roomId": "r", "metadata": {"a": ' + "[" * 100_000 + "]" * 100_000 + "}}"
+        text = "\n".join([json.dumps(ROOM_JOB)] * (lines - 1) + [deep])
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=text)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"recq enqueue: line {lines}: JSON nested too deeply to read; nothing was published\n"
+        )
+
     def test_a_missing_file_is_a_clear_error(self, env, tmp_path):
         """A path that does not exist is named, without a traceback."""
         result = recq("enqueue", "start-recording", str(tmp_path / "nope.json"), env=env)
@@ -539,6 +550,19 @@ class TestFakeApiAndDev:
             stop(process)
             if process.stdout:
                 process.stdout.close()
+
+    def test_fake_api_on_a_taken_port_says_so(self, env, silent_port):
+        """A port another process holds: one line and exit 1, not a traceback."""
+        result = recq("fake-api", "--port", str(silent_port), env=env)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"recq fake-api: cannot listen on 127.0.0.1:{silent_port}: Address already in use\n"
+        )
+
+    def test_fake_api_refuses_a_port_out_of_range(self, env):
+        result = recq("fake-api", "--port", "99999", env=env)
+        assert result.returncode == 2
+        assert "'99999' is not a port: a number from 0 to 65535" in result.stderr
 
     def test_dev_runs_the_examples_to_their_events(self, env, tmp_path: Path):
         """`recq dev --once` starts everything, and both example recordings are accepted."""

@@ -186,6 +186,14 @@ class TestWholeJob:
         assert (found.path, found.code) == ("", "too-large")
         assert str(MAX_JOB_BYTES) in found.message
 
+    def test_a_job_nested_thousands_deep_is_refused_not_crashed_on(self):
+        """Deeper than Python's recursion limit: one violation, not a RecursionError."""
+        deep: list[object] = []
+        for _ in range(100_000):
+            deep = [deep]
+        found = only("start-recording", room_job(metadata={"a": deep}))
+        assert (found.path, found.code) == ("", "too-deep")
+
     def test_a_job_of_exactly_the_limit_is_accepted(self):
         """The limit is inclusive, measured as compact JSON."""
         job = room_job(metadata={"pad": ""})
