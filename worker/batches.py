@@ -8,11 +8,14 @@ Chords on the Redis result backend have a long record of callbacks that never fi
   the fan-out has published, in order, so a redelivered batch resumes instead of starting over),
   ``completedAt`` once every child ended, and ``job``, the bulk job itself (its children are
   derived from it, see :func:`worker.jobs.child_jobs`);
-- ``recq:batch:B:ended`` the set of children counted so far.
+- ``recq:batch:B:ended`` the set of children counted so far, and ``recq:batch:B:failed`` those
+  of them counted failed.
 
 A child that ends is counted once (a set membership guards the counters against a duplicate
 report), and the child whose count completes the batch learns it, atomically, exactly once.
-Cancelled children count as failed.
+Cancelled children count as failed. A failed child replayed (``recq dead replay``) that then
+succeeds moves from the failed count to the succeeded one; if the batch had completed, it is
+completed again with the new counts.
 """
 
 from __future__ import annotations
@@ -36,11 +39,27 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# KEYS: the batch's hash, its counted children, those of them counted failed. ARGV: the child,
+# '1' if it succeeded, now, ttl. Returns 0 (already counted as that), 1 (counted), 2 (the batch
+# is complete, and should be recorded so: its last child, or a change to a completed batch).
 _ENDED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
+  -- Counted before. Only a failed child replayed to success changes the counts.
+  if ARGV[2] == '0' or redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+  redis.call('HINCRBY', KEYS[1], 'failed', -1)
+  redis.call('HINCRBY', KEYS[1], 'succeeded', 1)
+  if redis.call('HEXISTS', KEYS[1], 'completedAt') == 1 then return 2 end
+  return 1
+end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'succeeded', 1)
+else
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if redis.call('SCARD', KEYS[2]) >= total
     and redis.call('HSETNX', KEYS[1], 'completedAt', ARGV[3]) == 1 then
@@ -104,11 +123,13 @@ class Batches:
         self._redis.hset(self._key(batch_id), "published", published)
 
     def child_ended(self, batch_id: str, child_id: str, *, succeeded: bool) -> bool:
-        """Count a child's end (once); True when it was the batch's last."""
+        """Count a child's end (once, or again when a failed child replayed succeeds); True
+        when the batch is to be recorded complete: it was the last child, or the batch had
+        completed and its counts changed."""
         key = self._key(batch_id)
-        field = "succeeded" if succeeded else "failed"
-        args = [child_id, field, self._clock(), self._ttl]
-        return int(self._ended(keys=[key, key + ":ended"], args=args)) == 2  # noqa: PLR2004
+        args = [child_id, "1" if succeeded else "0", self._clock(), self._ttl]
+        keys = [key, f"{key}:ended", f"{key}:failed"]
+        return int(self._ended(keys=keys, args=args)) == 2  # noqa: PLR2004
 
     def progress(self, batch_id: str) -> Progress | None:
         """The batch's progress, or None when there is no such batch (yet)."""

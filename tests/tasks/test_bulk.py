@@ -15,7 +15,7 @@ import pytest
 
 from worker.celery_app import create_app
 from worker.enqueuer import Enqueuer, NewJob
-from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
+from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING, STOP_TRACK_RECORDING
 from worker.producer import Producer
 from worker.publisher import TaskMessage
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
@@ -113,6 +113,32 @@ def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
     failed = [c for c in completed["data"]["children"] if c["state"] == "failed"]
     assert [(c["jobId"], c["error"]["status"]) for c in failed] == [("b-partial:audio:p0001", 400)]
     assert completed["data"]["counts"] == {"total": 6, "succeeded": 5, "failed": 1, "pending": 0}
+
+
+def test_a_failed_child_replayed_to_success_completes_its_batch_again(
+    app, running_worker, sandbox, sandbox_server
+):
+    """The batch's counts follow the child's new end: a second batch.completed, succeeded."""
+    client = VideoSDKClient(
+        build_session(sandbox_server.url),
+        endpoint=sandbox_server.url,
+        tokens=TokenSigner(Credentials(DEFAULT_API_KEY, Secret(DEFAULT_SECRET))),
+    )
+    track = {"roomId": "bulk-room", "participantId": "p0001", "kind": "audio"}
+    client.post(TRACK_START, track)
+    batch_id = Producer(app).enqueue(
+        BULK_TRACK_RECORDING, {**bulk(2, ["audio"]), "jobId": "b-replayed"}
+    )
+    wait_for_state(app.store, batch_id, State.PARTIALLY_FAILED, State.SUCCEEDED, timeout=30)
+    client.post(STOP_TRACK_RECORDING.endpoint, track)  # what kept the child from starting
+    Producer(app).replay("b-replayed:audio:p0001")
+    record = wait_for_state(app.store, batch_id, State.SUCCEEDED, timeout=30)
+    assert record.error is None
+    first, again = [e["data"] for e in app.event_log.read() if e["type"] == "batch.completed"]
+    assert (first["state"], first["counts"]["failed"]) == ("partially_failed", 1)
+    assert again["state"] == "succeeded"
+    assert again["counts"] == {"total": 2, "succeeded": 2, "failed": 0, "pending": 0}
+    assert [c["state"] for c in again["children"]] == ["succeeded", "succeeded"]
 
 
 class CountingEnqueuer:

@@ -207,6 +207,34 @@ class TestCompletion:
         assert batches.progress("b1").succeeded == 6
         assert [e["type"] for e in sink.events].count("batch.completed") == 1
 
+    def test_counts_follow_a_failed_child_that_succeeds_on_its_replay(self, batches):
+        """Failed, then succeeded: moved from failed to succeeded once; the completed batch is
+        to be completed again. A child failing again, or any repeat, changes nothing."""
+        batches.create("b9", BULK, total=2)
+        assert not batches.child_ended("b9", "c1", succeeded=False)
+        assert batches.child_ended("b9", "c2", succeeded=True)
+        assert not batches.child_ended("b9", "c1", succeeded=False)
+        assert batches.progress("b9").counts()["failed"] == 1
+        assert batches.child_ended("b9", "c1", succeeded=True)
+        assert not batches.child_ended("b9", "c1", succeeded=True)
+        assert not batches.child_ended("b9", "c2", succeeded=False)
+        progress = batches.progress("b9")
+        assert (progress.succeeded, progress.failed, progress.completed) == (2, 0, True)
+
+    def test_a_child_replayed_to_success_before_its_batch_completes_only_moves_counts(
+        self, batches
+    ):
+        batches.create("b9", BULK, total=2)
+        assert not batches.child_ended("b9", "c1", succeeded=False)
+        assert not batches.child_ended("b9", "c1", succeeded=True)
+        assert batches.progress("b9").counts() == {
+            "total": 2,
+            "succeeded": 1,
+            "failed": 0,
+            "pending": 1,
+        }
+        assert batches.child_ended("b9", "c2", succeeded=True)
+
     @pytest.mark.parametrize("died", ["before counting", "before completing"])
     def test_a_child_whose_delivery_died_after_its_end_still_completes_the_batch(
         self, runner, published, batches, store, sink, died
