@@ -24,7 +24,7 @@ from worker.errors import (
     UnknownJob,
 )
 from worker.jobs import BY_COMMAND, BY_TASK
-from worker.redact import redact
+from worker.redact import redact, redact_values
 from worker.settings import Settings
 from worker.state import epoch_iso
 
@@ -456,7 +456,7 @@ def _dead(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> in
     if args.dead_command == "list":
         for letter in letters.list():
             if args.json:
-                print(json.dumps(letter.to_json()))
+                print(json.dumps(redact_values(letter.to_json())))
             else:
                 print(
                     f"{letter.job_id}  {letter.task}  {letter.error['reason']}: "
@@ -468,7 +468,8 @@ def _dead(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> in
         if letter is None:
             print(f"recq dead show: no dead letter {args.id!r}", file=sys.stderr)
             return 1
-        print(json.dumps(letter.to_json(), indent=2))
+        # The letter keeps the job whole for its replay; what is shown keeps no secret.
+        print(json.dumps(redact_values(letter.to_json()), indent=2))
         return 0
     producer = Producer(app)
     ids = [letter.job_id for letter in letters.list()] if args.all else [args.id]

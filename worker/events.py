@@ -33,6 +33,7 @@ from kombu.transport import redis as kombu_redis
 from worker.errors import ErrorInfo, Target
 from worker.event_log import EVENT_FIELD, MAX_EVENTS, EventLog
 from worker.publisher import kombu_envelope
+from worker.redact import redact_values
 from worker.scripts import ScriptCall, run_together
 from worker.state import State, epoch_iso, iso, utc_now
 
@@ -71,7 +72,7 @@ def build_event(
         "state": state.value,
         "target": target.to_json(),
         "attempt": attempt,
-        "metadata": dict(metadata or {}),
+        "metadata": redact_values(metadata or {}),
     }
     if error is not None:
         data["error"] = error.to_json()

@@ -9,6 +9,8 @@ redacted, because it is only ever held in a :class:`worker.settings.Secret`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 # Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"').
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
@@ -21,6 +23,8 @@ _URL_QUERY = re.compile(r"(?P<url>\bhttps?:(?:\\?/){2}[^\s?\"'<>]+)\?[^\s\"'<>]*
 _URL_PASSWORD = re.compile(r"(?P<user>\b[A-Za-z][A-Za-z0-9+.-]*:/{0,2}[^\s:@/]*:)[^\s@/]+@")
 
 REDACTED = "[redacted]"
+# What every secret above contains: a string without either is left as it is, unread.
+_MAY_HOLD_SECRET = re.compile(r"eyJ|:")
 
 
 def redact(text: str) -> str:
@@ -28,3 +32,15 @@ def redact(text: str) -> str:
     text = _JWT.sub(REDACTED, text)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group('user')}{REDACTED}@", text)
     return _URL_QUERY.sub(lambda m: f"{m.group('url')}?{REDACTED}", text)
+
+
+def redact_values(value: Any) -> Any:
+    """A JSON value with :func:`redact` applied to every string in it (keys included): what a
+    job's ``metadata`` becomes in its states and events, which may quote a URL or a token."""
+    if isinstance(value, str):
+        return redact(value) if _MAY_HOLD_SECRET.search(value) else value
+    if isinstance(value, Mapping):
+        return {redact_values(k): redact_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_values(item) for item in value]
+    return value

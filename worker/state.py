@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from worker.errors import ErrorInfo, Target
+from worker.redact import redact_values
 from worker.scripts import ScriptCall, run_together
 
 HISTORY_LENGTH = 20
@@ -447,7 +448,7 @@ def _fields(
     if target is not None:
         fields["target"] = json.dumps(target.to_json())
     if metadata is not None:
-        fields["metadata"] = json.dumps(dict(metadata))
+        fields["metadata"] = json.dumps(redact_values(metadata))
     if error is not None:
         fields["error"] = json.dumps(error.to_json())
     if reconciled:

@@ -243,3 +243,21 @@ class TestUpstreamOutcomes:
         assert "X-Amz-Signature=abc" not in stored
         assert DEFAULT_SECRET not in stored
         assert token not in stored
+
+    def test_metadata_quoting_a_secret_is_redacted_in_states_and_events(
+        self, app, sandbox, running_worker
+    ):
+        """Metadata is echoed, but a URL's query or a token in it is not: the rule is the
+        same for every text that leaves recq. Other values are echoed as given."""
+        token = jwt.encode({"x": 1}, "someone else's key, 32 bytes long", algorithm="HS256")
+        metadata = {"upload": ROOM_JOB["preSignedUrl"], "auth": [token], "case": "C-7", "n": 3}
+        job_id = Producer(app).enqueue(START_RECORDING, {**ROOM_JOB, "metadata": metadata})
+        record = wait_for_state(app, job_id, State.SUCCEEDED)
+        shown = {
+            "upload": "https://bucket.s3.amazonaws.com/rec.mp4?[redacted]",
+            "auth": ["[redacted]"],
+            "case": "C-7",
+            "n": 3,
+        }
+        assert record.metadata == shown
+        assert [e["data"]["metadata"] for e in app.event_log.read()] == [shown]

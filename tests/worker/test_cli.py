@@ -395,6 +395,30 @@ class TestDeadCommands:
         assert wait_for_json_state(job_id, env)["state"] == "succeeded"
         assert recq("dead", "list", env=env).stdout == ""
 
+    def test_a_dead_letter_is_shown_without_its_signature_and_replayed_with_it(
+        self, env, worker_process, sandbox
+    ):
+        """`dead show` and `dead list --json` redact the pre-signed URL's query (and metadata
+        quoting one); the letter keeps it whole, so the replay sends it to VideoSDK."""
+        from worker.sandbox import Fault  # noqa: PLC0415
+
+        signed = "https://bucket.s3.amazonaws.com/rec.mp4?X-Amz-Signature=abc"
+        job = {**ROOM_JOB, "preSignedUrl": signed, "metadata": {"copy": signed}}
+        sandbox.inject(Fault(status=400, body='{"message": "no such room"}'))
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(job))
+        job_id = result.stdout.strip()
+        assert wait_for_json_state(job_id, env)["state"] == "failed"
+        shown = recq("dead", "show", job_id, env=env).stdout
+        listed = recq("dead", "list", "--json", env=env).stdout
+        assert (
+            json.loads(shown)["job"]["preSignedUrl"]
+            == "https://bucket.s3.amazonaws.com/rec.mp4?[redacted]"
+        )
+        assert "X-Amz-Signature" not in shown + listed
+        assert recq("dead", "replay", job_id, env=env).returncode == 0
+        assert wait_for_json_state(job_id, env)["state"] == "succeeded"
+        assert sandbox.calls[-1].body["preSignedUrl"] == signed
+
     def test_showing_an_unknown_dead_letter_is_an_error(self, env):
         """`recq dead show` of an id with no letter exits 1 and says so."""
         result = recq("dead", "show", "nope", env=env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jwt
 
-from worker.redact import redact
+from worker.redact import redact, redact_values
 
 
 class TestRedact:
@@ -44,3 +44,15 @@ class TestRedact:
             "at 10:30 @home",
         ]:
             assert redact(text) == text
+
+
+class TestRedactValues:
+    def test_every_string_in_a_json_value_is_redacted_keys_included(self):
+        value = {
+            "https://h/p?sig=1": ["amqp://u:pw@h", {"n": 1, "ok": True, "none": None}],
+            "plain": "no secret: here",
+        }
+        assert redact_values(value) == {
+            "https://h/p?[redacted]": ["amqp://u:[redacted]@h", {"n": 1, "ok": True, "none": None}],
+            "plain": "no secret: here",
+        }
