@@ -40,7 +40,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from worker.claims import Claim, Claims, ClaimStatus, Start
 from worker.errors import (
@@ -61,7 +61,7 @@ from worker.reporter import Report, Reporter
 from worker.retry import RetryPolicy
 from worker.schedule import Delivery, Schedule
 from worker.scheduler import Scheduler
-from worker.state import Extra, State, epoch_iso
+from worker.state import Extra, JobRecord, State, epoch_iso
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 from worker.videosdk import Endpoints, VideoSDKClient, last_page, ongoing_session
@@ -171,8 +171,7 @@ class JobRunner:
             raw = job_from_arguments(args, kwargs)
         except InvalidJob as exc:
             received = {"args": list(args), "kwargs": kwargs}
-            job = self._recorded(Job(task_id, kind, {}))
-            return self._finish(job, _Attempts(before=0), error=exc.info(), received=received)
+            return self._fail_unclaimed(Job(task_id, kind, {}), exc.info(), received)
         return self.run(kind, raw, job_id=job_id_of(raw, task_id))
 
     def run(self, kind: JobKind, raw: object, *, job_id: str) -> Outcome:
@@ -195,16 +194,14 @@ class JobRunner:
                 "as a dead letter, to replay once the fault is mended",
             )
             partial = raw if isinstance(raw, Mapping) else {}
-            job = self._recorded(Job(job_id, kind, partial))
-            return self._finish(job, _Attempts(before=0), error=error, received=raw)
+            return self._fail_unclaimed(Job(job_id, kind, partial), error, raw)
 
     def _run(self, kind: JobKind, raw: object, *, job_id: str) -> Outcome:
         try:
             body = validate(kind.name, raw, job_id=job_id)
         except InvalidJob as exc:
             partial = raw if isinstance(raw, Mapping) else {}
-            job = self._recorded(Job(job_id, kind, partial))
-            return self._finish(job, _Attempts(before=0), error=exc.info(), received=raw)
+            return self._fail_unclaimed(Job(job_id, kind, partial), exc.info(), raw)
         job = Job(job_id, kind, body)
         timing = kind.timing(body, grace=self._limits.start_grace)
         claim = self._claims.acquire(job_id, self._start(job, timing))
@@ -228,16 +225,23 @@ class JobRunner:
         error = ErrorInfo(reason=reason, message=message)
         kind = BY_TASK.get(task or "")
         if kind is None:
-            self._reporter.dead_letter(job_id, task=task, job=None, error=error, attempts=0)
-            self._store.transition(job_id, State.FAILED, error=error)
+            if not _ended(self._store.get(job_id), error):
+                self._reporter.dead_letter(job_id, task=task, job=None, error=error, attempts=0)
+                self._store.transition(job_id, State.FAILED, error=error)
             return
-        self._finish(self._recorded(Job(job_id, kind, {})), _Attempts(before=0), error=error)
+        self._fail_unclaimed(Job(job_id, kind, {}), error, None)
 
-    def _recorded(self, job: Job) -> Job:
-        """``job`` with the batch its record names: for the rare paths that claim nothing."""
+    def _fail_unclaimed(self, job: Job, error: ErrorInfo, received: object) -> Outcome:
+        """Fail a delivery that could not take the job's claim (the message, or recq, failed
+        before it): kept as a dead letter, recorded, announced; told to the batch its record
+        names. Unless the job had already ended: its outcome stands."""
         record = self._store.get(job.id)
-        batch_id = record.batch_id if record is not None else None
-        return dataclasses.replace(job, batch_id=batch_id) if batch_id else job
+        if _ended(record, error):
+            failure = ErrorInfo.from_json(record.error) if record.error else None
+            return Outcome(job.id, record.state, record.attempts, failure, duplicate=True)
+        if record is not None and record.batch_id is not None:
+            job = dataclasses.replace(job, batch_id=record.batch_id)
+        return self._finish(job, _Attempts(before=0), error=error, received=received)
 
     def _start(self, job: Job, timing: Timing) -> Start | None:
         """The claim's running write, for a delivery that will call VideoSDK at once: due, a
@@ -522,6 +526,22 @@ class JobRunner:
             reconciled=reconciled,
             released=claim is not None,
         )
+
+
+def _ended(record: JobRecord | None, error: ErrorInfo) -> TypeGuard[JobRecord]:
+    """Whether the job of ``record`` has ended. A message failing for its own fault with the id
+    of a job that ended (a producer reusing an id) then changes nothing: it is logged and
+    dropped, not recorded over the job's outcome."""
+    if record is None or not record.state.terminal:
+        return False
+    logger.warning(
+        "job %s already ended (%s); a later message with its id failed (%s: %s) and is dropped",
+        record.id,
+        record.state.value,
+        error.reason,
+        error.message,
+    )
+    return True
 
 
 def epoch_text(epoch: float) -> str:

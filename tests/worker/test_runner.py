@@ -43,6 +43,25 @@ class TestJobRunner:
         assert store.get("j1").error["violations"][0]["field"] == "config.layout.gridSize"
         assert sink.types == ["recording.failed"]
 
+    @pytest.mark.parametrize("how", ["invalid", "refused", "refused-unknown-task"])
+    def test_a_failing_message_with_an_ended_job_s_id_leaves_its_outcome(
+        self, runner, store, sink, dead_letters, how, caplog
+    ):
+        """A producer reusing the id of a job that succeeded, with a job that cannot run: the
+        success stands, and no dead letter or failed event claims otherwise. It is logged."""
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        if how == "invalid":
+            outcome = runner.run(START_RECORDING, {"roomId": ""}, job_id="j1")
+            assert (outcome.state, outcome.duplicate) == (State.SUCCEEDED, True)
+        else:
+            task = "recq.nope" if how == "refused-unknown-task" else START_RECORDING.task_name
+            runner.refuse("j1", task, reason="malformed_message", message="not a call")
+        assert store.get("j1").state is State.SUCCEEDED
+        assert store.get("j1").error is None
+        assert dead_letters.list() == []
+        assert sink.types == ["recording.started"]
+        assert "job j1 already ended (succeeded); a later message with its id failed" in caplog.text
+
     def test_transient_errors_are_retried_until_success(self, runner, sandbox, store, sink, sleeps):
         """Two 503s, then success: three calls, two waits, retrying events with the last error."""
         sandbox.inject(Fault(status=503, times=2))
