@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 _TAKE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
@@ -120,12 +121,14 @@ class Schedule:
         pipe.zcard(self._keys[1])
         return sum(int(n) for n in pipe.execute())
 
-    def add(self, delivery: Delivery) -> None:
-        """Schedule ``delivery`` (replacing any earlier one of the same job)."""
-        pipe = self._redis.pipeline(transaction=True)
+    def add(self, delivery: Delivery, *, within: Pipeline | None = None) -> None:
+        """Schedule ``delivery`` (replacing any earlier one of the same job); ``within`` a
+        transaction of the caller's, as part of it."""
+        pipe = within if within is not None else self._redis.pipeline(transaction=True)
         pipe.hset(self._keys[2], delivery.job_id, _encode(delivery))
         pipe.zadd(self._keys[0], {delivery.job_id: delivery.due})
-        pipe.execute()
+        if within is None:
+            pipe.execute()
 
     def get(self, job_id: str) -> Delivery | None:
         """The job's delivery while it waits on the schedule (not once a dispatcher took it)."""

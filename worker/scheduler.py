@@ -82,6 +82,7 @@ class Scheduler:
         extra: dict[str, float | int | str] = {"dueAt": timing.due, "deliveries": 0}
         if timing.deadline is not None:
             extra["deadline"] = timing.deadline
+        delivery = Delivery(job.id, job.kind.task_name, dict(job.body), timing.due)
         ended = self._store.enqueue(
             job.id,
             kind=job.kind.name,
@@ -90,10 +91,12 @@ class Scheduler:
             state=State.SCHEDULED,
             extra=extra,
             fresh=fresh,
+            # One transaction: a producer dying between the two would leave the job recorded
+            # scheduled with nothing to ever deliver it.
+            then=lambda pipe: self._schedule.add(delivery, within=pipe),
         )
         if ended is not None:
             return ended
-        self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), timing.due))
         self._reporter.announce(job, "scheduled", report)
         return None
 

@@ -248,9 +248,11 @@ class JobStore:
         fresh: bool = False,
         state: State = State.QUEUED,
         extra: Extra | None = None,
+        then: Callable[[redis.client.Pipeline], None] | None = None,
     ) -> State | None:
         """Record a job as queued (or ``state``), unless it already ended: then return its
-        terminal state.
+        terminal state. ``then`` adds commands to the same transaction, made only with the
+        write (a scheduled job's schedule entry: never one without the other).
 
         With ``fresh`` (a replay) the job is queued again whatever its state, and its delivery
         and outage counters start over. Its attempts are kept, here and in
@@ -270,6 +272,8 @@ class JobStore:
                 job_id, state, kind=kind, target=target, metadata=metadata, extra=extra
             )
             self._write_script(keys=call.keys, args=call.args, client=pipe)
+            if then is not None:
+                then(pipe)
             return None
 
         # redis-py types transaction()'s callable as returning None; it returns its value.

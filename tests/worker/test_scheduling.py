@@ -7,9 +7,11 @@ the test's, so "now" for scheduling is whatever the test says.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
+from redis.client import Pipeline
 
 from worker.errors import InvalidJob, JobConflict, UnknownJob
 from worker.jobs import (
@@ -17,10 +19,13 @@ from worker.jobs import (
     START_TRACK_RECORDING,
     STOP_RECORDING,
     STOP_TRACK_RECORDING,
+    Job,
 )
 from worker.retry import RetryPolicy
 from worker.runner import Limits
 from worker.sandbox import Fault
+from worker.schedule import Delivery, Schedule
+from worker.scheduler import Scheduler
 from worker.state import State, epoch_iso
 from worker.videosdk import Endpoints
 
@@ -93,6 +98,32 @@ class TestDueTimes:
         """Only scheduled starts wait for their meeting: a start now is just the start."""
         runner.run(START_RECORDING, room_job(), job_id="j1")
         assert [call.path for call in sandbox.calls] == [Endpoints.START_RECORDING]
+
+
+class DiesAfterOneRoundTrip(Schedule):
+    """A schedule whose producer is killed as it starts a round trip of the schedule's own."""
+
+    def add(self, delivery: Delivery, *, within: Pipeline | None = None) -> None:
+        if within is None:
+            raise KeyboardInterrupt("the producer is killed")
+        super().add(delivery, within=within)
+
+
+class TestHolding:
+    def test_a_job_is_never_recorded_scheduled_without_its_schedule_entry(
+        self, redis_client, namespace, reporter, claims, clock, store
+    ):
+        """The record and the entry are one transaction: a producer killed after it leaves
+        both; one killed before, neither. Never a job scheduled that nothing will deliver."""
+        schedule = DiesAfterOneRoundTrip(redis_client, namespace=namespace, clock=clock)
+        scheduler = Scheduler(
+            schedule=schedule, reporter=reporter, claim_key=claims.key, clock=clock
+        )
+        job = Job("j1", START_RECORDING, room_job(startAt=at(clock, 3600)))
+        with contextlib.suppress(KeyboardInterrupt):
+            scheduler.hold(job, START_RECORDING.timing(job.body, grace=900))
+        assert store.get("j1").state is State.SCHEDULED
+        assert [d.job_id for d in schedule.pending()] == ["j1"]
 
 
 class TestLateJobs:
