@@ -6,15 +6,18 @@ chunk of jobs at a time. Where the broker is the state store's Redis (the defaul
 :class:`RecordAndPush` writes each job's record and pushes its message in one script: a job is
 never recorded queued without its message, even if the producer dies between the two, and a job
 takes one round trip. Elsewhere (RabbitMQ, or a Redis broker of its own) :class:`RecordThenPublish`
-writes the records in one round trip and then publishes the messages of those not ended.
+writes the records in one round trip and then publishes the messages of those not ended; if the
+broker fails it, the records it had just created are withdrawn.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from worker.errors import UNREACHABLE
 from worker.publisher import TaskMessage, queue_envelope
 from worker.state import JobStore, Queued
 
@@ -51,6 +54,13 @@ class RecordThenPublish:
 
     def enqueue(self, jobs: Sequence[NewJob]) -> None:
         ended = self._store.enqueue_many([record for record, _ in jobs])
-        self._publish(
-            [message for (_, message), done in zip(jobs, ended, strict=True) if done is None]
-        )
+        messages = [message for (_, message), done in zip(jobs, ended, strict=True) if done is None]
+        try:
+            self._publish(messages)
+        except UNREACHABLE:
+            # The caller is told; no job it never learns the id of is left recorded queued with
+            # nothing on its way. A message that did get through runs all the same: a worker
+            # records a job it finds no record of.
+            with contextlib.suppress(*UNREACHABLE):
+                self._store.withdraw([message.job_id for message in messages])
+            raise

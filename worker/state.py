@@ -110,6 +110,19 @@ return ended
 """
 )
 
+# Delete the records of KEYS (each job's hash, then its history) that are still only what one
+# enqueue wrote: queued, with one history entry. Returns how many were deleted.
+_WITHDRAW = """
+local withdrawn = 0
+for i = 1, #KEYS, 2 do
+  if redis.call('HGET', KEYS[i], 'state') == 'queued' and redis.call('LLEN', KEYS[i + 1]) == 1 then
+    redis.call('DEL', KEYS[i], KEYS[i + 1])
+    withdrawn = withdrawn + 1
+  end
+end
+return withdrawn
+"""
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -200,6 +213,7 @@ class JobStore:
         self._clock = clock
         self._write_script: Any = client.register_script(_WRITE)
         self._push_script: Any = client.register_script(_WRITE_AND_PUSH)
+        self._withdraw_script: Any = client.register_script(_WITHDRAW)
 
     def key(self, job_id: str) -> str:
         return f"{self._namespace}:job:{job_id}"
@@ -355,6 +369,14 @@ class JobStore:
                 raise answer
             ended.append(State(_text(answer)) if answer else None)
         return ended
+
+    def withdraw(self, job_ids: Sequence[str]) -> int:
+        """Delete the records :meth:`enqueue_many` just created for jobs whose messages could
+        not be published: those still queued with that one write in their history. A job
+        recorded before (its message may be on its way) or that a worker has reached since is
+        left alone. Returns how many were deleted."""
+        keys = [key for job_id in job_ids for key in self.keys(job_id)]
+        return int(self._withdraw_script(keys=keys)) if keys else 0
 
     def states(self, job_ids: Sequence[str]) -> list[tuple[State | None, dict[str, Any] | None]]:
         """Each job's state and error (None for an unknown job), in one round trip."""

@@ -76,6 +76,24 @@ class TestOutages:
         assert time.monotonic() - started < 10
         app.close()
 
+    def test_a_broker_down_behind_a_working_store_leaves_no_job_recorded_queued(
+        self, settings, app
+    ):
+        """RabbitMQ or a Redis broker of its own: the records are written first, then the
+        messages published. When that fails, the records just made are withdrawn (the caller
+        never learned a generated id, and nothing would ever run them); a job recorded by an
+        earlier enqueue keeps its record."""
+        down = f"redis://127.0.0.1:{free_port()}/0"
+        Producer(app).enqueue(START_RECORDING, {**JOB, "jobId": "earlier"})
+        cut_off = create_app(settings.replace(broker_url=down))
+        with pytest.raises(BrokerUnavailable):
+            Producer(cut_off).enqueue_many(
+                START_RECORDING, [{**JOB, "jobId": "new"}, {**JOB, "jobId": "earlier"}]
+            )
+        assert app.store.get("new") is None
+        assert app.store.get("earlier").state is State.QUEUED
+        cut_off.close()
+
 
 class TestDeadLetters:
     def test_a_rejected_job_is_replayed_under_its_id(self, app, sandbox, running_worker):
