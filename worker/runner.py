@@ -529,13 +529,14 @@ class JobRunner:
 
 
 def _ended(record: JobRecord | None, error: ErrorInfo) -> TypeGuard[JobRecord]:
-    """Whether the job of ``record`` has ended. A message failing for its own fault with the id
-    of a job that ended (a producer reusing an id) then changes nothing: it is logged and
-    dropped, not recorded over the job's outcome."""
+    """Whether the job of ``record`` has ended. A delivery failing before its claim with the id
+    of a job that ended (a producer reusing an id for a malformed job, or a fault of recq's own
+    after the job's end was written) then changes nothing: it is logged, not recorded over the
+    job's outcome."""
     if record is None or not record.state.terminal:
         return False
     logger.warning(
-        "job %s already ended (%s); a later message with its id failed (%s: %s) and is dropped",
+        "job %s already ended (%s); a delivery with its id failed (%s: %s) and changes nothing",
         record.id,
         record.state.value,
         error.reason,

@@ -60,7 +60,7 @@ class TestJobRunner:
         assert store.get("j1").error is None
         assert dead_letters.list() == []
         assert sink.types == ["recording.started"]
-        assert "job j1 already ended (succeeded); a later message with its id failed" in caplog.text
+        assert "job j1 already ended (succeeded); a delivery with its id failed" in caplog.text
 
     def test_transient_errors_are_retried_until_success(self, runner, sandbox, store, sink, sleeps):
         """Two 503s, then success: three calls, two waits, retrying events with the last error."""
