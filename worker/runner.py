@@ -313,8 +313,11 @@ class JobRunner:
         if not timing.scheduled:
             return None
         before_stop = timing.stop_at is None or self._clock() < timing.stop_at
+        # The check leaves the start one call's length of the window: its first attempt then
+        # ends within the claim's lease (the window plus one call, plus a margin).
+        check_until = attempts.deadline - self._client.longest_call
         if before_stop and self._policy.call(
-            lambda: self._live(job, attempts), deadline=attempts.deadline
+            lambda: self._live(job, attempts), deadline=check_until
         ):
             return None
         now = self._clock()

@@ -99,6 +99,11 @@ class VideoSDKClient:
         self._timeout = (connect_timeout, read_timeout)
         self._templates: dict[tuple[str, str], requests.PreparedRequest] = {}
 
+    @property
+    def longest_call(self) -> float:
+        """The longest one call can take: its connect and read timeouts."""
+        return self._timeout[0] + self._timeout[1]
+
     def _prepared(self, method: str, path: str) -> requests.PreparedRequest:
         """The request for ``method`` and ``path``, merged with the session's headers, hooks
         and auth once: each call copies it and adds its body, query and token.

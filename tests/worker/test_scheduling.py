@@ -259,6 +259,23 @@ class TestWaitingForTheMeeting:
         assert sleeps.waits == []
         assert [d.job_id for d in schedule.pending()] == ["j1"]
 
+    def test_a_check_leaves_the_start_one_call_s_length_of_the_window(
+        self, make_runner, sandbox, schedule, sleeps, clock
+    ):
+        """The start must end within the claim's lease (the window plus one call's timeouts,
+        here 5 + 2 s). Listings failing for 8 s each: no check starts in the window's last 7 s,
+        so the third failure hands the job back to the schedule instead of a fourth check and a
+        start that would end past the lease."""
+        scale = 100  # 0.08 s of real time is 8 s on the policy's clock
+        policy = RetryPolicy(window=30, sleep=sleeps, clock=lambda: time.monotonic() * scale)
+        sandbox.inject(Fault(status=503, latency=0.08, times=3, path=Endpoints.SESSIONS))
+        runner = make_runner(policy=policy)
+        outcome = runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
+        assert (outcome.state, outcome.deferred) == (State.RETRYING, True)
+        assert len(sandbox.calls_to(Endpoints.SESSIONS)) <= 3
+        assert sandbox.calls_to(Endpoints.START_RECORDING) == []
+        assert [d.job_id for d in schedule.pending()] == ["j1"]
+
 
 class TestScheduledStops:
     def test_a_start_with_stop_at_schedules_its_stop_when_it_succeeds(
