@@ -157,8 +157,8 @@ BY_TASK: Mapping[str, JobKind] = {k.task_name: k for k in KINDS}
 _STOP_OF = {START_RECORDING: STOP_RECORDING, START_TRACK_RECORDING: STOP_TRACK_RECORDING}
 
 
-def stop_job_for(job: Job) -> Job:
-    """The stop job that ends what the start ``job`` started, at its ``stopAt``.
+def stop_job_for(job: Job, *, at: str | None = None) -> Job:
+    """The stop job that ends what the start ``job`` started, at its ``stopAt`` (or ``at``).
 
     Its body names the same target, metadata and ``stopAt`` and no ``jobId``: its id,
     ``<start id>:stop``, travels as the task id.
@@ -166,7 +166,7 @@ def stop_job_for(job: Job) -> Job:
     kind = _STOP_OF[job.kind]
     body: dict[str, Any] = {
         "roomId": job.body["roomId"],
-        "stopAt": job.body["stopAt"],
+        "stopAt": at or job.body["stopAt"],
         "metadata": job.metadata,
     }
     if kind.track:

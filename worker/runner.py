@@ -115,8 +115,8 @@ class _Attempts:
     deadline: float = float("inf")
     """No retry of this delivery starts after it (the retry policy's window, on its clock):
     a scheduled start's meeting check and its call share it, so that neither retries past the
-    window the claim's lease is sized for. (The call's first attempt is always made: a check
-    that ends at the window's end adds one call to the delivery.)"""
+    window the claim's lease is sized for. (The call's first attempt is always made: the check
+    leaves it one call's length of the window.)"""
     made: int = 0
     maybe_applied: bool = False
     last_error: UpstreamUnavailable | None = None
@@ -304,12 +304,20 @@ class JobRunner:
         deadline = timing.deadline if timing.deadline is not None else float("inf")
         waited = claim.state == State.WAITING
         if timing.past_deadline(self._clock()) and not waited:
-            shown = epoch_text(deadline)
-            error = ErrorInfo(
-                reason="start_deadline_passed",
-                message=f"the job arrived after its start deadline ({shown}); it was not started",
-            )
-            return self._finish(job, attempts, error=error, claim=claim)
+            message = f"the job arrived after its start deadline ({epoch_text(deadline)})"
+            extra: Extra = {}
+            if attempts.maybe_applied:
+                # Its stop is kept: a recording that attempt started still ends at stopAt.
+                extra = self._hold_stop(job, timing)
+                message += (
+                    "; it was not started again, but an earlier attempt VideoSDK did not answer "
+                    "may have started the recording"
+                    + ("; its stop stays scheduled" if extra else "; end it with a stop job")
+                )
+            else:
+                message += "; it was not started"
+            error = ErrorInfo(reason="start_deadline_passed", message=message)
+            return self._finish(job, attempts, error=error, claim=claim, extra=extra)
         if not timing.scheduled:
             return None
         before_stop = timing.stop_at is None or self._clock() < timing.stop_at
@@ -409,14 +417,18 @@ class JobRunner:
         *,
         reconciled: bool = False,
     ) -> Outcome:
-        extra: dict[str, float | int | str] = {}
-        if timing.stop_at is not None and not job.kind.stops:
-            # Before the start is recorded: a crash in between redelivers the start, which is
-            # reconciled and holds the stop again, never leaving a recording without its stop.
-            stop = stop_job_for(job)
-            self._scheduler.hold(stop, stop.kind.timing(stop.body))
-            extra["stopJobId"] = stop.id
+        # Before the start is recorded: a crash in between redelivers the start, which is
+        # reconciled and holds the stop again, never leaving a recording without its stop.
+        extra = self._hold_stop(job, timing)
         return self._finish(job, attempts, reconciled=reconciled, extra=extra, claim=claim)
+
+    def _hold_stop(self, job: Job, timing: Timing) -> Extra:
+        """Hold the stop of a start with a ``stopAt``; the start's record names it."""
+        if timing.stop_at is None or job.kind.stops:
+            return {}
+        stop = stop_job_for(job)
+        self._scheduler.hold(stop, stop.kind.timing(stop.body))
+        return {"stopJobId": stop.id}
 
     def _call(self, job: Job, attempts: _Attempts) -> None:
         # The slot first: a job re-queued for want of one has not made this attempt.

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.errors import JobConflict, UnknownJob
-from worker.jobs import BY_NAME, BY_TASK, Job
+from worker.jobs import BY_NAME, BY_TASK, Job, stop_job_for
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
-from worker.state import TERMINAL_LUA, JobRecord, State
+from worker.state import TERMINAL_LUA, JobRecord, State, epoch_iso
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 
@@ -133,8 +133,15 @@ class Scheduler:
             ended = answer.removeprefix("ended:")
             raise JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
         job = _job_of(record)
+        extra: dict[str, float | int | str] = {}
+        if record.attempts > 0 and not job.kind.stops and not job.kind.fans_out:
+            # An attempt VideoSDK never answered may have started the recording: it is ended
+            # now (a stop that finds nothing recording succeeds, reconciled).
+            stop = stop_job_for(job, at=epoch_iso(self._clock()))
+            self.hold(stop, stop.kind.timing(stop.body))
+            extra["stopJobId"] = stop.id
         report = Report(State.CANCELLED, attempt=record.attempts)
-        self._reporter.record_and_announce(job, "cancelled", report)
+        self._reporter.record_and_announce(job, "cancelled", report, extra=extra)
         return job
 
     def reschedule(

@@ -145,6 +145,31 @@ class TestLateJobs:
         assert dead_letters.get("j1").error["reason"] == "start_deadline_passed"
         assert sink.types == ["recording.failed"]
 
+    def test_a_start_past_its_deadline_after_an_unanswered_attempt_keeps_its_stop(
+        self, make_runner, sandbox, schedule, store, clock
+    ):
+        """The first attempt started the recording, its answer lost to a 503; the retry comes
+        after startDeadline. The job fails without a new start, saying the recording may run,
+        and the stop at stopAt is still scheduled: nothing it may have started runs on."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        stop_at = clock.now + 3600
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10), stopAt=epoch_iso(stop_at))
+        sandbox.inject(
+            Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
+            Fault(status=503, times=4, path=Endpoints.START_RECORDING),
+        )
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+        [retry] = schedule.pending()
+        clock.now = retry.due
+        schedule.cancel("j1")  # as the dispatcher takes it
+        outcome = runner.run(START_RECORDING, job, job_id="j1")
+        assert outcome.error.reason == "start_deadline_passed"
+        assert "may have started the recording; its stop stays scheduled" in outcome.error.message
+        assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 0
+        assert store.get("j1").stop_job_id == "j1:stop"
+        [stop] = schedule.pending()
+        assert (stop.job_id, stop.due) == ("j1:stop", stop_at)
+
     def test_an_explicit_start_deadline_replaces_the_grace_window(self, runner, sandbox, clock):
         """startDeadline is the job's own limit, shorter or longer than the default."""
         job = room_job(startAt=at(clock, -3600), startDeadline=at(clock, 60))
@@ -369,6 +394,34 @@ class TestCancel:
         runner.run(START_RECORDING, room_job(startAt=at(clock, 0)), job_id="j1")
         scheduler.cancel("j1")
         assert store.get("j1").state is State.CANCELLED
+
+    def test_cancelling_a_start_whose_unanswered_attempt_may_have_applied_stops_it(
+        self, make_runner, scheduler, sandbox, schedule, store, clock
+    ):
+        """Its first attempt started the recording, but VideoSDK's answer was a 503; the job
+        waits to retry. Cancelled, it cannot know: a stop is scheduled now, and ends it."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        sandbox.inject(
+            Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
+            Fault(status=503, times=4, path=Endpoints.START_RECORDING),
+        )
+        assert runner.run(START_RECORDING, room_job(), job_id="j1").state is State.RETRYING
+        assert sandbox.recording_running(ROOM)
+        scheduler.cancel("j1")
+        record = store.get("j1")
+        assert (record.state, record.stop_job_id) == (State.CANCELLED, "j1:stop")
+        [stop] = schedule.pending()
+        assert (stop.job_id, stop.due) == ("j1:stop", pytest.approx(clock.now))
+        runner.run(STOP_RECORDING, stop.job, job_id=stop.job_id)
+        assert not sandbox.recording_running(ROOM)
+
+    def test_cancelling_a_start_that_made_no_attempt_schedules_no_stop(
+        self, runner, scheduler, schedule, store, clock
+    ):
+        runner.run(START_RECORDING, room_job(startAt=at(clock, 60)), job_id="j1")
+        scheduler.cancel("j1")
+        assert store.get("j1").stop_job_id is None
+        assert schedule.pending() == []
 
     def test_a_job_being_run_cannot_be_cancelled(self, runner, scheduler, claims, clock, sleeps):
         """While a delivery holds its claim the call may be in flight: cancelling is refused."""
