@@ -12,7 +12,7 @@ from worker.enqueuer import RecordThenPublish
 from worker.fanout import FanOut
 from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
 from worker.sandbox import Fault
-from worker.state import State
+from worker.state import State, epoch_iso
 
 ROOM = "r1"
 BULK = {
@@ -139,6 +139,22 @@ class TestFanOut:
         assert published[0].job["stopAt"] == job["stopAt"]
         assert "startAt" not in published[0].job
         assert sink.types == ["batch.scheduled", "batch.waiting", "batch.started"]
+
+    def test_children_delivered_after_the_deadline_the_batch_met_still_start(
+        self, runner, published, sandbox, store, clock
+    ):
+        """The batch found its meeting live at its last check, on its deadline; its children,
+        delivered a moment later (or minutes later, under a rate limit), are not failed by it."""
+        job = {**BULK, "startAt": epoch_iso(clock.now), "startDeadline": epoch_iso(clock.now + 5)}
+        sandbox.end_session(ROOM)
+        assert runner.run(BULK_TRACK_RECORDING, job, job_id="b1").state is State.WAITING
+        sandbox.make_live(ROOM)
+        clock.now += 5.3  # the last check, a dispatcher's usual moment after the deadline
+        assert runner.run(BULK_TRACK_RECORDING, job, job_id="b1").state is State.RUNNING
+        clock.now += 120
+        run_children(runner, published)
+        assert store.get("b1").state is State.SUCCEEDED
+        assert "startDeadline" not in published[0].job
 
 
 class TestCompletion:
