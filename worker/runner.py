@@ -339,7 +339,9 @@ class JobRunner:
             return self._finish(job, attempts, error=error, claim=claim)
         due = min(now + self._limits.live_poll, deadline)
         report = Report(State.WAITING, attempt=attempts.total, due_at=due, deadline=deadline)
-        self._reporter.record(job, report, extra={"deliveries": 0}, release=claim.lease)
+        # The check got through: an outage the job was re-queued for is over.
+        over: Extra = {"outageSince": "", "requeues": 0} if before_stop else {}
+        self._reporter.record(job, report, extra={"deliveries": 0, **over}, release=claim.lease)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         if not waited:
             self._reporter.announce(job, "waiting", report)

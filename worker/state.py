@@ -432,7 +432,7 @@ def _text(value: bytes | str) -> str:
 
 
 def _float(value: str | None) -> float | None:
-    return None if value is None else float(value)
+    return float(value) if value else None
 
 
 def _json(value: str | None) -> Any:

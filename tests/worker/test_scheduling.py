@@ -515,3 +515,24 @@ class TestOutageRequeues:
             clock.now = schedule.pending()[0].due
             schedule.cancel("j1")
         assert runner.run(START_RECORDING, room_job(), job_id="j1").state is State.SUCCEEDED
+
+    def test_an_outage_that_ended_is_not_counted_against_the_next(
+        self, runner, sandbox, schedule, store, clock
+    ):
+        """A blip at startAt re-queues a waiting start; VideoSDK answers again (no meeting yet)
+        for an hour; a second blip is a new outage, not the first one lasting an hour."""
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 3 * 3600))
+        sandbox.end_session(ROOM)
+        sandbox.inject(Fault(status=503, times=5, path=Endpoints.SESSIONS))
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+        first_blip = clock.now
+        while clock.now < first_blip + 3600:
+            clock.now = schedule.pending()[0].due
+            schedule.cancel("j1")  # as the dispatcher takes it
+            assert runner.run(START_RECORDING, job, job_id="j1").state is State.WAITING
+        assert (store.get("j1").outage_since, store.get("j1").requeues) == (None, 0)
+        sandbox.inject(Fault(status=503, times=5, path=Endpoints.SESSIONS))
+        clock.now = schedule.pending()[0].due
+        schedule.cancel("j1")
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+        assert store.get("j1").outage_since == clock.now
