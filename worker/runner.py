@@ -302,8 +302,13 @@ class JobRunner:
         """None when a start may go ahead: before its deadline and, for a scheduled start, in a
         live meeting. Else how this delivery ended instead (failed, or waiting)."""
         deadline = timing.deadline if timing.deadline is not None else float("inf")
+        now = self._clock()
+        # A waiting start's last check is due at its deadline, and the dispatcher delivers it a
+        # moment after: it still counts up to one poll interval late (not when every worker was
+        # down for hours meanwhile).
         waited = claim.state == State.WAITING
-        if timing.past_deadline(self._clock()) and not waited:
+        last_check = waited and now <= deadline + self._limits.live_poll
+        if timing.past_deadline(now) and not last_check:
             message = f"the job arrived after its start deadline ({epoch_text(deadline)})"
             extra: Extra = {}
             if attempts.maybe_applied:

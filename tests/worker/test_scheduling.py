@@ -256,6 +256,21 @@ class TestWaitingForTheMeeting:
         clock.now += 5.3
         assert runner.run(START_RECORDING, job, job_id="j1").state is State.SUCCEEDED
 
+    def test_a_waiting_start_delivered_long_after_its_deadline_is_not_started(
+        self, runner, sandbox, schedule, clock
+    ):
+        """Its last check may come a poll interval late, not hours: with every worker down for
+        two hours, the meeting live by then, the job fails instead of starting."""
+        sandbox.end_session(ROOM)
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 60))
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.WAITING
+        clock.now += 7200
+        sandbox.make_live(ROOM)
+        schedule.cancel("j1")  # as the first dispatcher back takes it
+        outcome = runner.run(START_RECORDING, job, job_id="j1")
+        assert outcome.error.reason == "start_deadline_passed"
+        assert sandbox.accepted(Endpoints.START_RECORDING) == []
+
     def test_a_failing_sessions_listing_is_retried_like_any_call(
         self, runner, sandbox, sleeps, clock
     ):
