@@ -66,11 +66,15 @@ class Reporter:
         *,
         extra: Extra | None = None,
         release: tuple[str, str] | None = None,
-    ) -> None:
+        unless_ended: bool = False,
+    ) -> bool:
         """Write the job's new state, with its kind, target, metadata and times; with
-        ``release`` (a claim's key and token), give the delivery's claim back in the same write."""
-        self._write(job, report, extra, release).run()
+        ``release`` (a claim's key and token), give the delivery's claim back in the same write.
+        With ``unless_ended``, a job that has ended is left as it is: False."""
+        if self._write(job, report, extra, release, unless_ended=unless_ended).run():
+            return False
         self._recorded(job, report)
+        return True
 
     def announce(self, job: Job, outcome: str, report: Report) -> None:
         """Publish the event ``<prefix>.<outcome>`` about the job."""
@@ -99,7 +103,13 @@ class Reporter:
         )
 
     def _write(
-        self, job: Job, report: Report, extra: Extra | None, release: tuple[str, str] | None
+        self,
+        job: Job,
+        report: Report,
+        extra: Extra | None,
+        release: tuple[str, str] | None,
+        *,
+        unless_ended: bool = False,
     ) -> ScriptCall:
         fields = dict(extra or {})
         if report.due_at is not None:
@@ -117,6 +127,7 @@ class Reporter:
             reconciled=report.reconciled,
             extra=fields,
             release=release,
+            unless_ended=unless_ended,
         )
 
     def _recorded(self, job: Job, report: Report) -> None:

@@ -183,7 +183,9 @@ class Scheduler:
         report = Report(
             State.SCHEDULED, attempt=record.attempts, due_at=due, deadline=timing.deadline
         )
-        self._reporter.record_and_announce(job, "scheduled", report, extra={"deliveries": 0})
+        # Unless it ended meanwhile: moved due, it may have been delivered and run at once.
+        if self._reporter.record(job, report, extra={"deliveries": 0}, unless_ended=True):
+            self._reporter.announce(job, "scheduled", report)
         return job, timing
 
     def upcoming(self) -> list[tuple[Delivery, JobRecord | None]]:

@@ -13,8 +13,10 @@ import time
 import pytest
 from redis.client import Pipeline
 
+from worker.dispatcher import Dispatcher
 from worker.errors import InvalidJob, JobConflict, UnknownJob
 from worker.jobs import (
+    BY_TASK,
     START_RECORDING,
     START_TRACK_RECORDING,
     STOP_RECORDING,
@@ -476,6 +478,46 @@ class TestCancel:
 
 
 class TestReschedule:
+    def test_a_job_run_while_it_was_being_moved_keeps_its_outcome(
+        self,
+        runner,
+        redis_client,
+        namespace,
+        reporter,
+        claims,
+        sandbox,
+        store,
+        schedule,
+        sink,
+        clock,
+    ):
+        """The new times make the job due; between the schedule's change and the record's, a
+        dispatcher publishes it and a worker starts it. The record says succeeded, not
+        scheduled, and no scheduled event follows the start."""
+
+        class RunAtOnce(Schedule):
+            def replace(self, old: Delivery, new: Delivery) -> bool:
+                replaced = super().replace(old, new)
+                deliver = lambda d: runner.run(BY_TASK[d.task], d.job, job_id=d.job_id)  # noqa: E731
+                Dispatcher(schedule, deliver).tick()
+                return replaced
+
+        moving = Scheduler(
+            schedule=RunAtOnce(redis_client, namespace=namespace, clock=clock),
+            reporter=reporter,
+            claim_key=claims.key,
+            clock=clock,
+        )
+        sandbox.end_session(ROOM)
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 60))
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.WAITING
+        sandbox.make_live(ROOM)
+        clock.now += 5
+        moving.reschedule("j1", start_deadline=at(clock, 3600))
+        assert store.get("j1").state is State.SUCCEEDED
+        assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 1
+        assert sink.types == ["recording.waiting", "recording.started"]
+
     def test_a_scheduled_job_moves_to_its_new_time(
         self, runner, scheduler, schedule, store, sink, clock
     ):
