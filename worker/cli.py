@@ -244,13 +244,14 @@ def unreachable(exc: Exception) -> str:
     return f"{which} failed the command ({type(exc).__name__}: {redact(str(exc))})"
 
 
-def _app(settings: Settings, *, worker: bool = False) -> Any:
-    """The app, with a worker's patience with Redis, or (for every other command) one that
-    reports a Redis that is down or does not answer within seconds."""
+def _app(settings: Settings, *, patient: bool = False) -> Any:
+    """The app, with a worker's patience with Redis (``patient``: for what runs for long and
+    should ride out a Redis restart), or one that reports a Redis that is down or does not
+    answer within seconds."""
     # Imported here to keep `recq --help` fast.
     from worker.celery_app import QUICK_PATIENCE, WORKER_PATIENCE, create_app  # noqa: PLC0415
 
-    return create_app(settings, patience=WORKER_PATIENCE if worker else QUICK_PATIENCE)
+    return create_app(settings, patience=WORKER_PATIENCE if patient else QUICK_PATIENCE)
 
 
 def requested_pool(args: Sequence[str]) -> str | None:
@@ -275,7 +276,7 @@ def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> 
     from worker.logs import install  # noqa: PLC0415
 
     install(settings)
-    app = _app(settings, worker=True)
+    app = _app(settings, patient=True)
     # JSON logs are for machines: no banner between the lines (Celery's --quiet).
     quiet = ["--quiet"] if settings.log_format == "json" else []
     app.worker_main([*quiet, "worker", *WORKER_DEFAULTS, *extra])
@@ -442,7 +443,7 @@ def _events(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
     from worker.event_log import EventFilter  # noqa: PLC0415
 
     wanted = EventFilter(types=tuple(args.type), job=args.job)
-    for event in _app(settings).event_log.read(follow=args.follow):
+    for event in _app(settings, patient=args.follow).event_log.read(follow=args.follow):
         if wanted(event):
             print(json.dumps(event), flush=True)
     return 0

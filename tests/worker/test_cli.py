@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from worker.cli import WORKER_DEFAULTS, requested_pool
+from worker.event_log import EventLog
 from worker.processes import stop_process
-from worker.redis_server import free_port
+from worker.redis_server import free_port, throwaway_redis
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 
 pytestmark = pytest.mark.integration
@@ -333,6 +336,34 @@ class TestRedisAway:
         result = recq(*args, env=hung, stdin=json.dumps(ROOM_JOB), timeout=60)
         assert result.returncode == 1
         assert "Timeout reading from socket" in result.stderr
+
+    def test_events_follow_rides_over_a_redis_restart(self, env):
+        """A follower runs for long: it keeps a worker's patience, reconnects, and prints the
+        events published after the restart (the quick commands' one retry would end it)."""
+        with throwaway_redis() as server:
+            follower = subprocess.Popen(
+                [sys.executable, "-m", "worker", "events", "--follow"],
+                env={**env, "CELERY_BROKER_URL": server.url},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                time.sleep(2)  # reading the log
+                server.stop()
+                time.sleep(3)  # down for longer than one quick retry
+                server.start()
+                with redis.Redis.from_url(server.url) as client:
+                    log = EventLog(client, namespace=env["RECQ_NAMESPACE"])
+                    log.publish({"type": "recording.started", "id": "after-restart"})
+                assert follower.stdout is not None
+                ready, _, _ = select.select([follower.stdout], [], [], 30)
+                assert ready, "the follower printed nothing within 30 s"
+                assert json.loads(follower.stdout.readline())["id"] == "after-restart"
+            finally:
+                stop(follower)
+                if follower.stdout:
+                    follower.stdout.close()
 
 
 BULK_JOB = {"roomId": "cli-room", "participants": ["ann", "ben"], "kinds": ["audio", "video"]}
