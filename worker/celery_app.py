@@ -322,6 +322,11 @@ class RecqCelery(Celery):
             task_id=message.job_id,
             retry=True,
             retry_policy=PUBLISH_RETRY,
+            # Celery puts a repr of the arguments in the message's headers, and a worker run
+            # with -E copies it into its task events: not the job, which may hold a
+            # pre-signed URL's signature.
+            argsrepr="()",
+            kwargsrepr=f"{{'job': <job {message.job_id}>}}",
         )
 
     def publish_delivery(self, delivery: Delivery) -> None:

@@ -15,8 +15,14 @@ from typing import Any
 # Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"').
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
 # The query string of any URL: pre-signed URLs carry their signature and credential there.
-# Slashes may be escaped ("https:\/\/...": JSON allows it, and some encoders do it).
-_URL_QUERY = re.compile(r"(?P<url>\bhttps?:(?:\\?/){2}[^\s?\"'<>]+)\?[^\s\"'<>]*")
+# The scheme in any case; slashes may be escaped, once or more ("https:\/\/...": JSON allows
+# it, and a repr of such JSON doubles the backslash). The path runs to the first '?' or space,
+# whatever it holds (an S3 key can be "O'Brien/rec.mp4"), and the query to a space or an
+# unescaped '"', '<' or '>'. In compact JSON a URL without a query may so reach into the next
+# string with a '?': redacting too much is better than leaving a signature.
+_URL_QUERY = re.compile(
+    r"(?P<url>\b(?i:https?):(?:\\*/){2}(?:[^\s?\\]|\\.)+)\?(?:[^\s\"<>\\]|\\.)*"
+)
 
 # The password of a URL's user information: "scheme://user:PASSWORD@host" (or a mistyped
 # "scheme:/user:PASSWORD@host").

@@ -269,9 +269,11 @@ class _Reader:
         try:
             value = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
+            # A value with no '/' may be the secret itself, set here by mistake: not shown.
+            shown = f"={path!r}" if "/" in path else " (not shown: it has no '/')"
             self.problems.append(
-                f"VIDEOSDK_SECRET_FILE={path!r} cannot be read ({exc.strerror or exc}): "
-                "mount the secret there or fix the path"
+                f"VIDEOSDK_SECRET_FILE{shown} cannot be read ({exc.strerror or 'error'}): mount "
+                "the secret there or fix the path; it names a file, not the secret itself"
             )
             return ""
         if not value:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
@@ -160,3 +161,15 @@ class TestRefusedMessages:
         assert sandbox.calls == []
         good = Producer(app).enqueue(START_RECORDING, JOB)
         assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
+
+    def test_an_undecodable_body_is_not_logged(self, app, running_worker, redis_client, caplog):
+        """Celery logs an undecodable body whole; base64 hides a signature from redaction, so
+        only its size is logged."""
+        job = b'{"job": {"roomId": "r", "preSignedUrl": "https://b/r.mp4?X-Amz-Signature=S"}}'
+        body = base64.b64encode(b"[[], " + job + b", {}]")
+        queue = app.settings.queue
+        message = celery_message("recq.start_recording", "b64-1", queue=queue, body=body)
+        redis_client.lpush(queue, message)
+        wait_for(app, "b64-1", State.FAILED)
+        assert "cannot decode a message (application/json, " in caplog.text
+        assert body.decode()[:40] not in caplog.text

@@ -116,6 +116,18 @@ class TestRabbitMQBroker:
                 queue, durable=True, auto_delete=False, arguments={"x-queue-type": "classic"}
             )
 
+    def test_a_published_job_s_headers_hold_no_repr_of_it(self, app, channel):
+        """Celery writes a repr of a task's arguments into its headers, which a worker run with
+        -E (for Flower) copies into its task events: a pre-signed URL's signature must not be
+        there. The body holds the job, as it must."""
+        signed = "https://bucket.s3.amazonaws.com/rec.mp4?X-Amz-Signature=SIGNED"
+        job_id = Producer(app).enqueue(START_RECORDING, {"roomId": "r", "preSignedUrl": signed})
+        message = channel.basic_get(app.settings.queue, no_ack=True)
+        headers = message.properties["application_headers"]
+        assert headers["kwargsrepr"] == f"{{'job': <job {job_id}>}}"
+        assert "SIGNED" not in json.dumps(headers, default=str)
+        assert json.loads(message.body)[1]["job"]["preSignedUrl"] == signed
+
     def test_a_hand_built_message_from_a_bare_amqp_client_is_run(
         self, app, sandbox, running_worker, channel
     ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jwt
+import pytest
 
 from worker.redact import redact, redact_values
 
@@ -27,6 +28,32 @@ class TestRedact:
         """JSON may write '/' as '\\/' (some encoders do): the signature goes all the same."""
         body = '{"url": "https:\\/\\/bucket.s3.amazonaws.com\\/a.mp4?X-Amz-Signature=abc123"}'
         assert "abc123" not in redact(body)
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "https://bucket.s3.amazonaws.com/O'Brien/rec.mp4?X-Amz-Signature=SIG",
+            'https://bucket/a"b/rec.mp4?X-Amz-Signature=SIG',
+            "HTTPS://bucket/rec.mp4?X-Amz-Signature=SIG",
+            # a repr of escaped JSON, as Celery dumps a message body
+            'b\'{"u": "https:\\\\/\\\\/b\\\\/rec.mp4?X-Amz-Signature=SIG"}\'',
+            # a quote in the query, before the signature
+            '{"u": "https://b/rec.mp4?name=\\"x\\"&X-Amz-Signature=SIG"}',
+            "https://b/rec.mp4?who=O'Brien&X-Amz-Signature=SIG",
+        ],
+        ids=[
+            "quote-in-path",
+            "double-quote-in-path",
+            "upper-case",
+            "repr",
+            "escaped-quote",
+            "quote",
+        ],
+    )
+    def test_no_quoting_or_spelling_of_a_url_keeps_its_signature(self, text):
+        """Found by review: each of these kept its signature."""
+        assert "SIG" not in redact(text)
+        assert "[redacted]" in redact(text)
 
     def test_a_password_in_a_url_is_replaced(self):
         """A broker's or Redis's password, even in a mistyped URL; the rest stays readable."""

@@ -79,6 +79,14 @@ class TestFromEnv:
         with pytest.raises(SettingsError, match="cannot be read"):
             Settings.from_env(env)
 
+    def test_a_secret_set_as_the_secret_file_by_mistake_is_not_echoed(self):
+        """A value with no '/' cannot be read as a file, and may be the secret itself."""
+        env = {"VIDEOSDK_API_KEY": "k", "VIDEOSDK_SECRET_FILE": "3f9c2a7e5b1d4c8a9e0f6b2d"}
+        with pytest.raises(SettingsError) as raised:
+            Settings.from_env(env)
+        assert "VIDEOSDK_SECRET_FILE (not shown: it has no '/') cannot be read" in str(raised.value)
+        assert "3f9c2a7e" not in str(raised.value)
+
     def test_numbers_below_their_minimum_are_refused(self):
         """A token lifetime under two minutes would expire in flight."""
         with pytest.raises(SettingsError, match="RECQ_TOKEN_TTL='30' must be at least 120"):
