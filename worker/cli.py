@@ -353,15 +353,22 @@ def read_jobs(stream: IO[str]) -> list[tuple[int, Any]]:
 
 
 def _cancel(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    app = _app(settings)
     try:
-        job = _app(settings).producer_scheduler.cancel(args.id)
+        job = app.producer_scheduler.cancel(args.id)
     except (UnknownJob, JobConflict) as exc:
         print(f"recq cancel: {exc}", file=sys.stderr)
         return 1
     if job.id != args.id:
         print(f"{job.id}: cancelled (the pending stop of {args.id}; its recording keeps running)")
-    else:
-        print(f"{job.id}: cancelled")
+        return 0
+    print(f"{job.id}: cancelled")
+    record = app.producer_store.get(job.id)
+    if record is not None and record.stop_job_id:
+        print(
+            f"  an earlier attempt VideoSDK did not answer may have started its recording: "
+            f"{record.stop_job_id} stops it now"
+        )
     return 0
 
 

@@ -279,6 +279,40 @@ class TestSchedulingCommands:
         assert again.returncode == 1
         assert "already ended (cancelled)" in again.stderr
 
+    def test_cancel_says_when_it_stops_a_recording_that_may_have_started(self, env, sandbox):
+        """The job's one attempt started the recording but was answered 503: it waits to retry.
+        Cancelled, it gets its stop at once, and the command says so."""
+        from worker.sandbox import Fault  # noqa: PLC0415
+
+        sandbox.inject(Fault(status=503, applies=True))
+        quick = {**env, "RECQ_RETRY_ATTEMPTS": "1", "RECQ_REQUEUE_DELAY": "60"}
+        job = {**ROOM_JOB, "jobId": "maybe-started"}
+        assert (
+            recq("enqueue", "start-recording", "-", env=quick, stdin=json.dumps(job)).returncode
+            == 0
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker", "--concurrency", "1"],
+            env=quick,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while (
+                json.loads(recq("status", "maybe-started", "--json", env=quick).stdout)["state"]
+                != "retrying"
+            ):
+                assert time.monotonic() < deadline, "the job never waited to retry"
+                time.sleep(0.2)
+            result = recq("cancel", "maybe-started", env=quick)
+        finally:
+            stop(process)
+        assert result.stdout == (
+            "maybe-started: cancelled\n  an earlier attempt VideoSDK did not answer may have "
+            "started its recording: maybe-started:stop stops it now\n"
+        )
+
     def test_cancel_of_an_unknown_job_is_an_error(self, env):
         result = recq("cancel", "ghost", env=env)
         assert result.returncode == 1
