@@ -156,17 +156,9 @@ class Reporter:
             return
         succeeded = state is State.SUCCEEDED
         last = self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded)
-        if last or self._left_incomplete(job.batch_id):
-            self._complete(job.batch_id)
-
-    def _left_incomplete(self, batch_id: str) -> bool:
-        """Every child counted, yet the batch not recorded ended."""
-        assert self._batches is not None  # noqa: S101 - only called when batches are counted
-        progress = self._batches.progress(batch_id)
-        if progress is None or not progress.completed:
-            return False
-        record = self.store.get(batch_id)
-        return record is not None and not record.state.terminal
+        # Not the last: complete it still if every child was counted but the batch was never
+        # recorded ended (the delivery that counted the last one died before recording it).
+        self._complete(job.batch_id, only_if_left=not last)
 
     def _event(self, job: Job, outcome: str, report: Report) -> Event:
         return build_event(
@@ -192,13 +184,18 @@ class Reporter:
         """Keep a failed job, as it was received, for an operator to inspect and replay."""
         self._dead.add(job_id, task=task, job=job, error=error.to_json(), attempts=attempts)
 
-    def _complete(self, batch_id: str) -> None:
-        """Record and announce a batch whose last child just ended."""
+    def _complete(self, batch_id: str, *, only_if_left: bool = False) -> None:
+        """Record and announce a batch whose last child just ended; ``only_if_left``, only if
+        every child was counted and the batch is not recorded ended."""
         assert self._batches is not None  # noqa: S101 - only called when batches are counted
-        record = self.store.get(batch_id)
-        body = self._batches.job(batch_id)
         progress = self._batches.progress(batch_id)
-        if record is None or body is None or progress is None:  # expired meanwhile
+        if progress is None or (only_if_left and not progress.completed):
+            return
+        record = self.store.get(batch_id)
+        if record is None or (only_if_left and record.state.terminal):
+            return
+        body = self._batches.job(batch_id)
+        if body is None:  # expired meanwhile
             return
         batch = Job(batch_id, BY_NAME[record.kind or "bulk-track-recording"], body)
         outcomes = child_outcomes(self.store, batch)
