@@ -294,18 +294,22 @@ class RecqCelery(Celery):
 
     @cached_property
     def producer_enqueuer(self) -> Enqueuer:
-        """How producers put jobs on the queue (through the producers' quick-to-fail client)."""
-        return self._enqueuer(self.producer_store)
+        """How producers put jobs on the queue (through the producers' quick-to-fail client).
+        A failed publish withdraws the records it had just made: the producer is told, and a
+        message that got through runs without one."""
+        return self._enqueuer(self.producer_store, withdraw=True)
 
     @cached_property
     def enqueuer(self) -> Enqueuer:
-        """How the workers put jobs on the queue: a batch's children."""
-        return self._enqueuer(self.store)
+        """How the workers put jobs on the queue: a batch's children. Their records stay when
+        a publish fails: they name the batch a child that got through is counted in, and the
+        batch's redelivery publishes the rest."""
+        return self._enqueuer(self.store, withdraw=False)
 
-    def _enqueuer(self, store: JobStore) -> Enqueuer:
+    def _enqueuer(self, store: JobStore, *, withdraw: bool) -> Enqueuer:
         if self.broker_is_store:
             return RecordAndPush(store, self.settings.queue)
-        return RecordThenPublish(store, self.task_publisher.publish)
+        return RecordThenPublish(store, self.task_publisher.publish, withdraw=withdraw)
 
     @cached_property
     def task_publisher(self) -> Publisher:

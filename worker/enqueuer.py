@@ -7,7 +7,7 @@ chunk of jobs at a time. Where the broker is the state store's Redis (the defaul
 never recorded queued without its message, even if the producer dies between the two, and a job
 takes one round trip. Elsewhere (RabbitMQ, or a Redis broker of its own) :class:`RecordThenPublish`
 writes the records in one round trip and then publishes the messages of those not ended; if the
-broker fails it, the records it had just created are withdrawn.
+broker fails a producer's publish, the records it had just created are withdrawn.
 """
 
 from __future__ import annotations
@@ -48,9 +48,16 @@ class RecordAndPush:
 class RecordThenPublish:
     """The records in one round trip, then the messages of the jobs that had not ended."""
 
-    def __init__(self, store: JobStore, publish: Callable[[Sequence[TaskMessage]], None]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        publish: Callable[[Sequence[TaskMessage]], None],
+        *,
+        withdraw: bool = False,
+    ) -> None:
         self._store = store
         self._publish = publish
+        self._withdraw = withdraw
 
     def enqueue(self, jobs: Sequence[NewJob]) -> None:
         ended = self._store.enqueue_many([record for record, _ in jobs])
@@ -58,9 +65,10 @@ class RecordThenPublish:
         try:
             self._publish(messages)
         except UNREACHABLE:
-            # The caller is told; no job it never learns the id of is left recorded queued with
-            # nothing on its way. A message that did get through runs all the same: a worker
-            # records a job it finds no record of.
-            with contextlib.suppress(*UNREACHABLE):
-                self._store.withdraw([message.job_id for message in messages])
+            if self._withdraw:
+                # A producer is told; no job it never learns the id of is left recorded queued
+                # with nothing on its way. A message that did get through runs all the same: a
+                # worker records a job it finds no record of.
+                with contextlib.suppress(*UNREACHABLE):
+                    self._store.withdraw([message.job_id for message in messages])
             raise

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+from kombu.exceptions import OperationalError
 from kombu.utils.json import loads
 
 from worker.celery_app import create_app
@@ -115,3 +116,26 @@ class TestTheAppsChoice:
             assert isinstance(app.enqueuer, RecordThenPublish)
         finally:
             app.close()
+
+    def test_a_failed_publish_withdraws_a_producer_s_new_records_but_not_a_worker_s(
+        self, settings, store
+    ):
+        """A producer is told, and its new records go (nothing would run them). A batch's
+        children keep theirs: a child whose message got through before the broker failed is
+        counted in its batch by the batchId its record holds."""
+        app = create_app(settings.replace(broker_url="redis://127.0.0.1:6379/1"))
+
+        class OneThenFails:
+            def publish(self, messages):
+                raise OperationalError("the broker went away after one message")
+
+        app.__dict__["task_publisher"] = OneThenFails()  # what the enqueuers are built with
+        try:
+            with pytest.raises(OperationalError):
+                app.producer_enqueuer.enqueue([new_job("from-a-producer")])
+            with pytest.raises(OperationalError):
+                app.enqueuer.enqueue([new_job("b1:audio:p1")])
+        finally:
+            app.close()
+        assert store.get("from-a-producer") is None
+        assert store.get("b1:audio:p1").state is State.QUEUED
