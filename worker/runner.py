@@ -279,8 +279,13 @@ class JobRunner:
 
     def _attempt(self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts) -> Outcome:
         """Make the job's call, with retries, once it is due (and its meeting is live)."""
+        # A batch recorded running has begun its fan-out, its time and meeting already met:
+        # redelivered (its delivery died midway), it resumes without being judged again.
+        resuming = job.kind.fans_out and claim.state == State.RUNNING
         try:
-            ended = None if job.kind.stops else self._unless_ready(job, timing, claim, attempts)
+            ended = None
+            if not job.kind.stops and not resuming:
+                ended = self._unless_ready(job, timing, claim, attempts)
             if ended is None and job.kind.fans_out:
                 ended = self._publish_children(job)
             if ended is not None:

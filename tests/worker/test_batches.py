@@ -6,6 +6,7 @@ Children are run by handing what the fan-out published back to the runner, as a 
 from __future__ import annotations
 
 import pytest
+import redis
 from kombu.exceptions import OperationalError
 
 from worker.enqueuer import RecordThenPublish
@@ -155,6 +156,37 @@ class TestFanOut:
         run_children(runner, published)
         assert store.get("b1").state is State.SUCCEEDED
         assert "startDeadline" not in published[0].job
+
+    def test_a_scheduled_batch_cut_mid_fan_out_resumes_past_its_deadline(
+        self, make_runner, batches, store, published, sink, clock, dead_letters
+    ):
+        """Its time and meeting were met, and its delivery died in its second chunk. Delivered
+        again after startDeadline, it publishes the rest instead of failing as a late start."""
+        fan_out = FanOut(
+            batches=batches, enqueuer=RecordThenPublish(store, published.extend), chunk=2
+        )
+        job = {**BULK, "startAt": epoch_iso(clock.now), "startDeadline": epoch_iso(clock.now + 60)}
+        runner = make_runner(fan_out=fan_out)
+        advance = batches.advance
+
+        def dies_at_the_second_chunk(batch_id: str, count: int) -> None:
+            if count == 4:  # two chunks of two
+                raise redis.ConnectionError("the delivery died here")
+            advance(batch_id, count)
+
+        batches.advance = dies_at_the_second_chunk
+        with pytest.raises(redis.ConnectionError):
+            runner.run(BULK_TRACK_RECORDING, job, job_id="b1")
+        batches.advance = advance
+        clock.now += 90  # delivered again once the visibility timeout passed
+        assert runner.run(BULK_TRACK_RECORDING, job, job_id="b1").state is State.RUNNING
+        run_children(runner, published)
+        assert store.get("b1").state is State.SUCCEEDED
+        assert dead_letters.get("b1") is None
+        assert [e["type"] for e in sink.events if e["type"].startswith("batch.")] == [
+            "batch.started",
+            "batch.completed",
+        ]
 
 
 class TestCompletion:
