@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.batches import Batches, child_outcomes
+from worker.batches import Batches, Progress, child_outcomes
 from worker.dead_letters import DeadLetters
 from worker.errors import ErrorInfo
 from worker.events import Event, Events, build_event
@@ -23,6 +23,8 @@ from worker.scripts import ScriptCall
 from worker.state import Extra, JobStore, State
 
 logger = logging.getLogger(__name__)
+_RECOMPLETIONS = 5
+"""How many times a completion writes again while replayed children keep changing the counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,18 @@ class Reporter:
         if body is None:  # expired meanwhile
             return
         batch = Job(batch_id, BY_NAME[record.kind or "bulk-track-recording"], body)
+        # Children replayed to success at once each complete the batch again: whichever writes
+        # last may have read older counts, so each writer reads them again after its write and
+        # writes anew until they hold still. The last write then has the latest counts.
+        for _ in range(_RECOMPLETIONS):
+            self.record_and_announce(batch, "completed", self._outcome(batch, progress))
+            latest = self._batches.progress(batch_id)
+            if latest is None or latest.counts() == progress.counts():
+                return
+            progress = latest
+
+    def _outcome(self, batch: Job, progress: Progress) -> Report:
+        """A completed batch's report, from its counts and its children's records."""
         outcomes = child_outcomes(self.store, batch)
         failure = None
         if progress.failed == 0:
@@ -207,5 +221,4 @@ class Reporter:
             failure = ErrorInfo("children_failed", f"all {progress.total} children failed")
         else:
             state = State.PARTIALLY_FAILED
-        report = Report(state, error=failure, counts=progress.counts(), children=outcomes)
-        self.record_and_announce(batch, "completed", report)
+        return Report(state, error=failure, counts=progress.counts(), children=outcomes)

@@ -269,6 +269,41 @@ class TestCompletion:
         progress = batches.progress("b9")
         assert (progress.succeeded, progress.failed, progress.completed) == (2, 0, True)
 
+    def test_replays_completing_a_batch_at_once_leave_the_latest_outcome(
+        self, runner, published, store, sandbox, batches, sink, monkeypatch
+    ):
+        """Both children failed and both are replayed, on two threads: A reads the counts to
+        complete the batch again, B ends and completes it, then A writes what it read. A reads
+        the counts again after its write, and writes the latest."""
+        sandbox.inject(Fault(status=400, times=2))
+        runner.run(BULK_TRACK_RECORDING, {**BULK, "participants": ["alice"]}, job_id="b1")
+        run_children(runner, published)
+        assert store.get("b1").state is State.FAILED
+        first, second = published
+        for child in published:  # what Producer.replay does
+            store.enqueue(
+                child.job_id,
+                kind=START_TRACK_RECORDING.name,
+                target=START_TRACK_RECORDING.target(child.job),
+                metadata={},
+                fresh=True,
+            )
+        read = batches.progress
+        reads = []
+
+        def b_runs_between_a_s_read_and_its_write(batch_id):
+            seen = read(batch_id)
+            reads.append(seen)
+            if len(reads) == 1:
+                runner.run(START_TRACK_RECORDING, second.job, job_id=second.job_id)
+            return seen
+
+        monkeypatch.setattr(batches, "progress", b_runs_between_a_s_read_and_its_write)
+        runner.run(START_TRACK_RECORDING, first.job, job_id=first.job_id)
+        assert store.get("b1").state is State.SUCCEEDED
+        last = [e for e in sink.events if e["type"] == "batch.completed"][-1]["data"]
+        assert (last["state"], last["counts"]["succeeded"]) == ("succeeded", 2)
+
     def test_a_child_replayed_to_success_before_its_batch_completes_only_moves_counts(
         self, batches
     ):
