@@ -126,6 +126,9 @@ class _Attempts:
     recorded: bool = False
     """The claim recorded the job running this delivery's first attempt (:class:`Start`): the
     first call goes without a state write of its own."""
+    checked: bool = False
+    """A scheduled start's meeting check found it live: the start follows, next in the rate
+    limit's line, and may wait one more turn for its slot."""
 
     @property
     def total(self) -> int:
@@ -337,7 +340,10 @@ class JobRunner:
         if before_stop and self._policy.call(
             lambda: self._live(job, attempts), deadline=check_until
         ):
+            attempts.checked = True
             return None
+        if before_stop and self._limiter is not None:
+            self._limiter.leave(job.id)  # no start follows the check: its place is not kept
         now = self._clock()
         if now >= deadline:
             room = job.target.room_id
@@ -370,22 +376,27 @@ class JobRunner:
         return ongoing_session(self._get(job, attempts, Endpoints.SESSIONS, page))
 
     def _get(self, job: Job, attempts: _Attempts, path: str, params: Mapping[str, str]) -> Answer:
-        self._take_slot(job, attempts)
+        self._take_slot(job, attempts, keep=True)
         try:
             return self._client.get(path, params)
         except UpstreamUnavailable as exc:
             self._slow_down(exc)
             raise
 
-    def _take_slot(self, job: Job, attempts: _Attempts) -> None:
-        """Wait briefly for a call slot under the fleet-wide rate limit, or raise RateLimited."""
+    def _take_slot(self, job: Job, attempts: _Attempts, *, keep: bool = False) -> None:
+        """Wait briefly for a call slot under the fleet-wide rate limit, or raise RateLimited.
+
+        A meeting check keeps its place in the line for the start that follows, and that start
+        may wait one turn more: at 1/s it could otherwise never fit in the wait after its check
+        and would check again on every delivery, never starting."""
         if self._limiter is None:
             return
         if attempts.cleared:  # the claim, a moment ago, found no pause (and there is no limit)
             attempts.cleared = False
             return
         began = time.perf_counter()
-        wait = self._limiter.acquire(self._limits.rate_wait, ticket=job.id)
+        longest = self._limits.rate_wait + (self._limiter.step if attempts.checked else 0.0)
+        wait = self._limiter.acquire(longest, ticket=job.id, keep=keep)
         self._metrics.rate_limit_wait.observe(time.perf_counter() - began)
         if wait > 0:
             self._metrics.rate_limit_requeued.inc()

@@ -9,7 +9,7 @@ from worker.jobs import START_RECORDING
 from worker.rate_limit import Rate, RateLimiter
 from worker.runner import Limits
 from worker.sandbox import Fault
-from worker.state import State
+from worker.state import State, epoch_iso
 
 
 @pytest.fixture
@@ -66,9 +66,9 @@ class CountingLimiter(RateLimiter):
 
     asked = 0
 
-    def try_acquire(self, ticket: str | None = None) -> float:
+    def try_acquire(self, ticket: str | None = None, *, keep: bool = False) -> float:
         self.asked += 1
-        return super().try_acquire(ticket)
+        return super().try_acquire(ticket, keep=keep)
 
 
 def test_without_a_limit_the_claim_reads_the_pause_for_the_first_call(
@@ -104,3 +104,30 @@ def test_with_a_limit_every_call_asks_the_limiter(make_runner, redis_client, nam
     runner = make_runner(limiter=limiter)
     runner.run(START_RECORDING, {"roomId": "r1"}, job_id="a")
     assert limiter.asked == 1
+
+
+def test_a_scheduled_start_under_1_per_second_makes_its_start_after_its_check(
+    make_runner, redis_client, namespace, sandbox, clock
+):
+    """At 1/s the check takes the second's slot; the start, next in line, waits for the next
+    one (about 1.05 s, past the usual 1 s wait). It used to be deferred, check again on every
+    delivery and never start, failing at its deadline with the meeting live all along."""
+    limiter = RateLimiter(redis_client, namespace=namespace, rate=Rate(1, 1.0))
+    runner = make_runner(limiter=limiter)
+    job = {"roomId": "r1", "startAt": epoch_iso(clock.now)}
+    outcome = runner.run(START_RECORDING, job, job_id="s")
+    assert outcome.state is State.SUCCEEDED
+    assert [c.method for c in sandbox.calls] == ["GET", "POST"]
+    assert sandbox.calls[1].at - sandbox.calls[0].at >= 1.0
+
+
+def test_a_check_that_finds_no_meeting_gives_up_its_place_in_line(
+    make_runner, redis_client, namespace, sandbox, clock
+):
+    """No start follows: the place the check kept would hold a slot from every other job."""
+    limiter = RateLimiter(redis_client, namespace=namespace, rate=Rate(5, 1.0))
+    runner = make_runner(limiter=limiter)
+    sandbox.end_session("r1")
+    job = {"roomId": "r1", "startAt": epoch_iso(clock.now)}
+    assert runner.run(START_RECORDING, job, job_id="s").state is State.WAITING
+    assert not limiter.leave("s")  # nothing left to leave
