@@ -312,7 +312,8 @@ def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) ->
         return 0
     from worker.progress import wait_for  # noqa: PLC0415
 
-    return wait_for(app, ids, sys.stderr)
+    # Waiting runs for long: it rides out a Redis restart, as a worker does.
+    return wait_for(_app(settings, patient=True), ids, sys.stderr)
 
 
 def _open(path: str) -> IO[str]:

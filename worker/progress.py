@@ -58,7 +58,8 @@ def wait_for(
             if progress is not None:
                 line = f"{job_id} {bar(progress)}"
                 if line != shown:
-                    out.write(f"\r{line}" if redraw else f"{line}\n")
+                    # A shorter line than the last must not leave the end of it on screen.
+                    out.write(f"\r{line}\x1b[K" if redraw else f"{line}\n")
                     out.flush()
                     shown = line
             if record is not None and record.state.terminal:
