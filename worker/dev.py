@@ -7,12 +7,14 @@ jobs (a room recording and a track recording) whose events are printed as they h
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from worker.celery_app import create_app
@@ -47,6 +49,9 @@ EXAMPLES = (
 def run_dev(environ: Mapping[str, str], *, once: bool, out: IO[str] = sys.stdout) -> int:
     """Run the demo; with ``once``, return when the examples have ended (0 if all started)."""
     with ExitStack() as stack:
+        # SIGTERM or SIGHUP (kill, timeout, a closed terminal) stop it as Ctrl-C does: through
+        # the cleanup below, which stops the worker and Redis it started.
+        stack.enter_context(_interrupted_by(signal.SIGTERM, signal.SIGHUP))
         redis_server = stack.enter_context(throwaway_redis())
         env = {k: v for k, v in environ.items() if k != "RECQ_REDIS_URL"}
         env["CELERY_BROKER_URL"] = redis_server.url
@@ -82,6 +87,21 @@ def run_dev(environ: Mapping[str, str], *, once: bool, out: IO[str] = sys.stdout
             if once and not pending:
                 return 1 if failed else 0
     return 0
+
+
+@contextmanager
+def _interrupted_by(*signals: signal.Signals) -> Iterator[None]:
+    """Turn ``signals`` into KeyboardInterrupt while the block runs (on the main thread)."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager

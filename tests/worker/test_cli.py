@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -652,6 +654,36 @@ class TestFakeApiAndDev:
         result = recq("fake-api", "--port", "99999", env=env)
         assert result.returncode == 2
         assert "'99999' is not a port: a number from 0 to 65535" in result.stderr
+
+    def test_dev_stopped_by_sigterm_stops_what_it_started(self, env):
+        """kill, timeout or a closed terminal stop `recq dev` as Ctrl-C does: its Redis and
+        worker are stopped and its temporary files removed, not left running."""
+        bare = {k: v for k, v in env.items() if not k.startswith(("VIDEOSDK_", "CELERY_"))}
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "worker", "dev"],
+            env=bare,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert dev.stdout is not None
+        lines: list[str] = []
+        try:
+            while not any(line.startswith("enqueued") for line in lines):
+                line = dev.stdout.readline()
+                assert line, f"recq dev ended early: {lines}"
+                lines.append(line)
+            dev.send_signal(signal.SIGTERM)
+            assert dev.wait(timeout=60) == 0
+        finally:
+            if dev.poll() is None:
+                dev.kill()
+            dev.stdout.close()
+        port = int(next(x for x in lines if "throwaway Redis" in x).rsplit(":", 1)[1].split("/")[0])
+        log = Path(next(x for x in lines if "its log is" in x).rsplit(" ", 1)[1].strip())
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        assert not log.parent.exists()
 
     def test_dev_runs_the_examples_to_their_events(self, env, tmp_path: Path):
         """`recq dev --once` starts everything, and both example recordings are accepted."""
