@@ -23,12 +23,14 @@ from worker.errors import (
     SettingsError,
     UnknownJob,
 )
-from worker.jobs import BY_COMMAND, BY_TASK
+from worker.jobs import BY_COMMAND, BY_NAME, BY_TASK
 from worker.redact import redact, redact_values
 from worker.settings import Settings
 from worker.state import epoch_iso
 
 WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "32", "--loglevel", "INFO")
+ENQUEUE_KINDS = {**BY_NAME, **BY_COMMAND}
+"""What `recq enqueue` takes: each kind's command, or its name as states and events show it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker (extra arguments go to `celery worker`)",
         description="Run a Celery worker for recq with defaults for I/O-bound work "
         f"({' '.join(WORKER_DEFAULTS)}). Any further arguments are passed to `celery worker` "
-        "and override these defaults, e.g. `recq worker --concurrency 64`. The gevent and "
-        "eventlet pools are refused (see docs/performance.md).",
+        "and override these defaults, e.g. `recq worker --concurrency 64`; `celery worker "
+        "--help` lists them. The gevent and eventlet pools are refused (see "
+        "docs/performance.md).",
     )
     worker.set_defaults(handler=_worker)
 
@@ -58,7 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(one job a line). If any job is invalid, nothing of the input is published and every "
         "problem is printed with its line, field and reason.",
     )
-    enqueue.add_argument("kind", choices=sorted(BY_COMMAND), help="what the jobs ask for")
+    enqueue.add_argument(
+        "kind",
+        choices=sorted(ENQUEUE_KINDS),
+        metavar="KIND",
+        help="what the jobs ask for: "
+        + ", ".join(sorted(BY_COMMAND))
+        + " (start-track-recording, the kind's name in states and events, works too)",
+    )
     enqueue.add_argument("file", help="a file of jobs, or - for standard input")
     enqueue.add_argument(
         "--wait",
@@ -139,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     fake = commands.add_parser(
         "fake-api", help="run the VideoSDK sandbox", description="Serve the VideoSDK sandbox."
     )
-    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default 127.0.0.1; 0.0.0.0 in a container)",
+    )
     fake.add_argument(
         "--port", type=port_number, default=8765, help="0 for any free port (default 8765)"
     )
@@ -286,7 +300,7 @@ def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> 
 def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
     from worker.producer import BatchRejected, Producer  # noqa: PLC0415
 
-    kind = BY_COMMAND[args.kind]
+    kind = ENQUEUE_KINDS[args.kind]
     try:
         lines = read_jobs(sys.stdin if args.file == "-" else _open(args.file))
     except ValueError as exc:

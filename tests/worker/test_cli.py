@@ -160,6 +160,14 @@ class TestEnqueue:
         assert result.stdout == ""
         assert redis_client.llen(env["RECQ_QUEUE"]) == 0
 
+    def test_a_kind_named_as_states_name_it_is_taken_too(self, env, redis_client):
+        """`status` says start-track-recording; enqueue takes it as well as track-recording."""
+        job = {"roomId": "r", "participantId": "p", "kind": "audio", "jobId": "by-name"}
+        result = recq("enqueue", "start-track-recording", "-", env=env, stdin=json.dumps(job))
+        assert (result.returncode, result.stdout) == (0, "by-name\n")
+        status = json.loads(recq("status", "by-name", "--json", env=env).stdout)
+        assert status["kind"] == "start-track-recording"
+
     def test_a_line_that_is_not_json_is_refused(self, env):
         """Broken JSON is named by its line and nothing is published."""
         result = recq("enqueue", "track-recording", "-", env=env, stdin='{"roomId": \n')
