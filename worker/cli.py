@@ -13,8 +13,6 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-import redis
-
 from worker.errors import (
     UNREACHABLE,
     BrokerUnavailable,
@@ -22,9 +20,10 @@ from worker.errors import (
     JobConflict,
     SettingsError,
     UnknownJob,
+    which_failed,
 )
 from worker.jobs import BY_COMMAND, BY_NAME, BY_TASK
-from worker.redact import redact, redact_values
+from worker.redact import redact_values
 from worker.settings import Settings
 from worker.state import epoch_iso
 
@@ -254,8 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def unreachable(exc: Exception) -> str:
     """One line saying which of Redis or the broker failed the command, and how."""
-    which = "Redis" if isinstance(exc, redis.RedisError) else "the broker"
-    return f"{which} failed the command ({type(exc).__name__}: {redact(str(exc))})"
+    return which_failed(exc)
 
 
 def _app(settings: Settings, *, patient: bool = False) -> Any:
@@ -500,7 +498,7 @@ def _dead(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> in
     for job_id in ids:
         try:
             print(producer.replay(job_id))
-        except (KeyError, InvalidJob, BrokerUnavailable) as exc:
+        except (UnknownJob, InvalidJob, BrokerUnavailable) as exc:
             failed += 1
             print(f"recq dead replay: {job_id}: {exc}", file=sys.stderr)
     return 1 if failed else 0

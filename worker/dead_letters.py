@@ -16,6 +16,8 @@ from typing import Any
 
 import redis
 
+from worker.state import epoch_iso
+
 MAX_JOB_CHARS = 256 * 1024
 
 
@@ -31,6 +33,11 @@ class DeadLetter:
     failed_at: float
 
     def to_json(self) -> dict[str, Any]:
+        """The letter as shown, its time in RFC 3339 as every other time recq shows."""
+        return {**self.stored(), "failedAt": epoch_iso(self.failed_at)}
+
+    def stored(self) -> dict[str, Any]:
+        """The letter as kept in Redis (its time in epoch seconds)."""
         return {
             "id": self.job_id,
             "task": self.task,
@@ -59,7 +66,7 @@ class DeadLetters:
         kept = job if len(json.dumps(job, default=str)) <= MAX_JOB_CHARS else "(too large to keep)"
         letter = DeadLetter(job_id, task, kept, error, attempts, self._clock())
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._letters, job_id, json.dumps(letter.to_json(), default=str))
+        pipe.hset(self._letters, job_id, json.dumps(letter.stored(), default=str))
         pipe.zadd(self._index, {job_id: letter.failed_at})
         pipe.execute()
 

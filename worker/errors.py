@@ -27,10 +27,21 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
+from worker.redact import redact
+
 UNREACHABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
 """Redis (the state store, or a Redis broker) or the broker failing us: no fault of the job's
 nor of recq's code. A producer reports it (:class:`BrokerUnavailable`); a worker hands the
 message back to be delivered again, as it would if it had died."""
+
+
+def which_failed(exc: Exception) -> str:
+    """Which of Redis or the broker raised ``exc``, how, and which variable names it."""
+    if isinstance(exc, redis.RedisError):
+        which = "Redis (RECQ_REDIS_URL, or CELERY_BROKER_URL when that is Redis)"
+    else:
+        which = "the broker (CELERY_BROKER_URL)"
+    return redact(f"{which} failed: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +144,9 @@ class UnknownJob(RecqError):
 
     reason = "unknown_job"
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, message: str | None = None) -> None:
         self.job_id = job_id
-        super().__init__(f"no job {job_id!r} (unknown, or its state expired)")
+        super().__init__(message or f"no job {job_id!r} (unknown, or its state expired)")
 
 
 class RateLimited(RecqError):

@@ -17,7 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from worker.errors import UNREACHABLE, BrokerUnavailable, InvalidJob, Violation
+from worker.errors import (
+    UNREACHABLE,
+    BrokerUnavailable,
+    InvalidJob,
+    UnknownJob,
+    Violation,
+    which_failed,
+)
 from worker.jobs import BY_TASK, Job, JobKind
 from worker.publisher import CHUNK, TaskMessage
 from worker.state import Queued
@@ -74,7 +81,7 @@ class Producer:
         try:
             self._publish_all(kind, list(zip(ids, valid, strict=True)))
         except UNREACHABLE as exc:
-            raise BrokerUnavailable(f"could not publish the jobs: {exc}") from None
+            raise BrokerUnavailable(f"could not publish the jobs: {which_failed(exc)}") from None
         return ids
 
     def _publish_all(self, kind: JobKind, jobs: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -103,7 +110,7 @@ class Producer:
         """Publish a dead letter's job again under the same id, after validating it again."""
         letter = self._app.dead_letters.get(job_id)
         if letter is None:
-            raise KeyError(f"no dead letter {job_id!r}")
+            raise UnknownJob(job_id, f"no dead letter {job_id!r}")
         kind = BY_TASK.get(letter.task or "")
         if kind is None:
             raise InvalidJob([Violation("", "unknown-task", f"no task is named {letter.task!r}")])
@@ -126,7 +133,9 @@ class Producer:
                 )
                 app.task_publisher.publish([TaskMessage(kind.task_name, job_id, job)])
         except UNREACHABLE as exc:
-            raise BrokerUnavailable(f"could not publish job {job_id}: {exc}") from None
+            raise BrokerUnavailable(
+                f"could not publish job {job_id}: {which_failed(exc)}"
+            ) from None
         app.dead_letters.remove(job_id)
         return job_id
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -368,7 +369,10 @@ class TestRedisAway:
         down = f"redis://127.0.0.1:{free_port()}/0"
         result = recq(*args, env={**env, "CELERY_BROKER_URL": down})
         assert result.returncode == 1
-        assert result.stderr.startswith(f"recq {args[0]}: Redis failed the command (")
+        assert result.stderr.startswith(
+            f"recq {args[0]}: Redis (RECQ_REDIS_URL, or CELERY_BROKER_URL when that is Redis) "
+            "failed: ConnectionError: "
+        )
         assert "Connection refused" in result.stderr
         assert len(result.stderr.splitlines()) == 1
 
@@ -465,6 +469,7 @@ class TestDeadCommands:
         assert f"{job_id}  recq.start_recording  upstream_rejected" in listed.stdout
         shown = json.loads(recq("dead", "show", job_id, env=env).stdout)
         assert (shown["job"], shown["attempts"]) == (ROOM_JOB, 1)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", shown["failedAt"])
         replayed = recq("dead", "replay", job_id, env=env)
         assert replayed.stdout.split() == [job_id]
         assert wait_for_json_state(job_id, env)["state"] == "succeeded"
@@ -499,6 +504,11 @@ class TestDeadCommands:
         result = recq("dead", "show", "nope", env=env)
         assert result.returncode == 1
         assert "no dead letter 'nope'" in result.stderr
+        replayed = recq("dead", "replay", "nope", env=env)
+        assert (replayed.returncode, replayed.stderr) == (
+            1,
+            "recq dead replay: nope: no dead letter 'nope'\n",
+        )
 
 
 class TestWorkerCommand:
