@@ -174,6 +174,12 @@ class Scheduler:
             body = _with_times(delivery.job, kind.stops, start_at, stop_at, start_deadline)
             body = validate(kind.name, body, job_id=job_id)
             timing = kind.timing(body, grace=self._grace)
+            if timing.past_deadline(self._clock()):
+                raise JobConflict(
+                    f"job {job_id} would be past its start deadline "
+                    f"({epoch_iso(timing.deadline or 0)}) at once, and fail without starting: "
+                    "give a later --start-at or --start-deadline"
+                )
             due = self._clock() if timing.due is None else timing.due
             if self._schedule.replace(delivery, Delivery(job_id, delivery.task, body, due)):
                 break

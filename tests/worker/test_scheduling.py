@@ -541,6 +541,17 @@ class TestReschedule:
             scheduler.reschedule("j1", start_at=at(clock, 600))
         assert schedule.pending()[0].due == clock.now + 60
 
+    def test_times_that_put_the_deadline_in_the_past_are_refused(
+        self, runner, scheduler, schedule, clock
+    ):
+        """Moved to a start long past, the job would fail start_deadline_passed at once: the
+        command says so instead of "scheduled", and the job keeps its time."""
+        runner.run(START_RECORDING, room_job(startAt=at(clock, 60)), job_id="j1")
+        with pytest.raises(JobConflict, match="past its start deadline"):
+            scheduler.reschedule("j1", start_at=at(clock, -7200))
+        assert schedule.pending()[0].due == clock.now + 60
+        scheduler.reschedule("j1", start_at=at(clock, -60))  # late, within its grace: it runs
+
     def test_a_started_job_moves_its_pending_stop(self, runner, scheduler, schedule, clock):
         """Only --stop-at makes sense once the recording runs."""
         runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
