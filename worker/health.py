@@ -79,7 +79,11 @@ def liveness(
     try:
         last = float(path.read_text(encoding="ascii"))
     except FileNotFoundError:
-        return Verdict(False, f"no heartbeat at {path}: the worker's consumer has not started")
+        return Verdict(
+            False,
+            f"no heartbeat at {path}: the worker's consumer has not started, or the worker "
+            "stopped (is RECQ_HEARTBEAT_FILE the worker's?)",
+        )
     except (OSError, ValueError) as exc:
         return Verdict(False, f"cannot read the heartbeat at {path}: {exc}")
     age = clock() - last
