@@ -92,15 +92,20 @@ def test_a_batch_of_1000_tracks_ends_with_exact_counts(app, running_worker, sand
     assert len(completed["data"]["children"]) == 1000
 
 
-def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
-    app, running_worker, sandbox, sandbox_server
-):
-    """p0001's audio is already being recorded: VideoSDK refuses that child, and only it."""
-    client = VideoSDKClient(
+@pytest.fixture
+def client(sandbox_server) -> VideoSDKClient:
+    """A client of the sandbox of its own, as another system calling VideoSDK."""
+    return VideoSDKClient(
         build_session(sandbox_server.url),
         endpoint=sandbox_server.url,
         tokens=TokenSigner(Credentials(DEFAULT_API_KEY, Secret(DEFAULT_SECRET))),
     )
+
+
+def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
+    app, running_worker, client
+):
+    """p0001's audio is already being recorded: VideoSDK refuses that child, and only it."""
     client.post(TRACK_START, {"roomId": "bulk-room", "participantId": "p0001", "kind": "audio"})
     batch_id = Producer(app).enqueue(
         BULK_TRACK_RECORDING, {**bulk(3, ["audio", "video"]), "jobId": "b-partial"}
@@ -115,15 +120,8 @@ def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
     assert completed["data"]["counts"] == {"total": 6, "succeeded": 5, "failed": 1, "pending": 0}
 
 
-def test_a_failed_child_replayed_to_success_completes_its_batch_again(
-    app, running_worker, sandbox, sandbox_server
-):
+def test_a_failed_child_replayed_to_success_completes_its_batch_again(app, running_worker, client):
     """The batch's counts follow the child's new end: a second batch.completed, succeeded."""
-    client = VideoSDKClient(
-        build_session(sandbox_server.url),
-        endpoint=sandbox_server.url,
-        tokens=TokenSigner(Credentials(DEFAULT_API_KEY, Secret(DEFAULT_SECRET))),
-    )
     track = {"roomId": "bulk-room", "participantId": "p0001", "kind": "audio"}
     client.post(TRACK_START, track)
     batch_id = Producer(app).enqueue(
