@@ -12,21 +12,34 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+# Every pattern here must take time linear in the text, whatever the text: they run on log lines
+# and on a job's metadata strings (up to 64 KB), where a pattern that rescans the rest of the
+# text from each of many starting points would hold a worker for minutes. So each starts only
+# at the beginning of a run (a lookbehind), its repeats are possessive (no backtracking) and
+# those that may fail after a long run are bounded.
+
 # Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"').
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
+_JWT = re.compile(
+    r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+"
+)
 # The query string of any URL: pre-signed URLs carry their signature and credential there.
 # The scheme in any case; slashes may be escaped, once or more ("https:\/\/...": JSON allows
 # it, and a repr of such JSON doubles the backslash). The path runs to the first '?' or space,
 # whatever it holds (an S3 key can be "O'Brien/rec.mp4"), and the query to a space or an
 # unescaped '"', '<' or '>'. In compact JSON a URL without a query may so reach into the next
-# string with a '?': redacting too much is better than leaving a signature.
+# string with a '?': redacting too much is better than leaving a signature. A path stops before
+# another "http(s):" (that one is tried on its own), so that no stretch is scanned twice.
 _URL_QUERY = re.compile(
-    r"(?P<url>\b(?i:https?):(?:\\*/){2}(?:[^\s?\\]|\\.)+)\?(?:[^\s\"<>\\]|\\.)*"
+    r"(?P<url>\b(?i:https?):(?:\\*+/){2}(?:(?!(?i:https?):)[^\s?\\]|\\.){1,4096}+)"
+    r"\?(?:[^\s\"<>\\]|\\.)*+"
 )
 
 # The password of a URL's user information: "scheme://user:PASSWORD@host" (or a mistyped
 # "scheme:/user:PASSWORD@host").
-_URL_PASSWORD = re.compile(r"(?P<user>\b[A-Za-z][A-Za-z0-9+.-]*:/{0,2}[^\s:@/]*:)[^\s@/]+@")
+_URL_PASSWORD = re.compile(
+    r"(?P<user>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}+:/{0,2}[^\s:@/]{0,256}+:)"
+    r"[^\s@/]{1,256}+@"
+)
 
 REDACTED = "[redacted]"
 # What every secret above contains: a string without either is left as it is, unread.
