@@ -245,8 +245,8 @@ class RecqCelery(Celery):
     @cached_property
     def broker_redis(self) -> RedisClient:
         """The Redis broker itself (which need not be the state store): its lists are the
-        job queues."""
-        return self.redis_client(QUICK_PATIENCE, url=self.settings.broker_url)
+        job queues. With the app's patience: a worker's dispatcher and fan-out publish here."""
+        return self.redis_client(self._patience, url=self.settings.broker_url)
 
     @cached_property
     def batches(self) -> Batches:

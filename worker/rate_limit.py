@@ -70,9 +70,8 @@ import redis
 from worker.errors import SettingsError
 
 # KEYS: log, pause, line, back. ARGV: count, window, member, ticket ('' for none), patience, log
-# expiry in ms, keep ('1': a granted ticket keeps, or takes, its place in line, for a call that
-# follows at once). Times and waits are in microseconds. An unlimited limiter passes count 0:
-# only the pause applies.
+# expiry in ms. Times and waits are in microseconds. An unlimited limiter passes count 0: only the
+# pause applies.
 _TRY = """
 local count = tonumber(ARGV[1])
 local paused = math.max(redis.call('PTTL', KEYS[2]), 0) * 1000
@@ -98,13 +97,7 @@ local position = rank or redis.call('ZCARD', KEYS[3])
 if position < free and paused == 0 then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  if ARGV[7] == '1' and ticket ~= '' then
-    redis.call('ZADD', KEYS[3], 'NX', now, ticket)
-    redis.call('ZADD', KEYS[4], now, ticket)
-    local expiry = math.ceil(patience / 1000)
-    redis.call('PEXPIRE', KEYS[3], math.max(redis.call('PTTL', KEYS[3]), expiry))
-    redis.call('PEXPIRE', KEYS[4], math.max(redis.call('PTTL', KEYS[4]), expiry))
-  elseif rank then
+  if rank then
     redis.call('ZREM', KEYS[3], ticket)
     redis.call('ZREM', KEYS[4], ticket)
   end
@@ -244,37 +237,24 @@ class RateLimiter:
         """The key present while a 429's pause is in force (its expiry is the pause's end)."""
         return self._keys[1]
 
-    def try_acquire(self, ticket: str | None = None, *, keep: bool = False) -> float:
+    def try_acquire(self, ticket: str | None = None) -> float:
         """Take a slot if it is this caller's turn: 0.0 when granted, else seconds to wait (> 0).
 
         With a ticket (the job's id, the same on every re-delivery) a refused caller takes its
         place in the line, or keeps the one it has, and the wait is until its own turn. Without
         one the caller is refused whenever anyone is waiting, and told when a newcomer's turn is.
-        With ``keep`` a granted ticket keeps its place (or takes one) for a call that follows at
-        once, as a scheduled start's after its meeting check: it is then the next in line, not
-        a newcomer behind every waiter. That call takes it out; :meth:`leave` drops it if no
-        call follows.
         """
         count, window_us, patience_us, expiry_ms = self._args
         member = uuid.uuid4().hex
-        keeps = "1" if keep else "0"
-        args = [count, window_us, member, ticket or "", patience_us, expiry_ms, keeps]
+        args = [count, window_us, member, ticket or "", patience_us, expiry_ms]
         wait_us = self._try(keys=self._keys, args=args)
         return int(wait_us) / 1_000_000
-
-    @property
-    def step(self) -> float:
-        """The seconds between two grants at the full rate (0 without a rate)."""
-        count, window_us, _, _ = self._args
-        return window_us / count / 1_000_000 if count else 0.0
 
     def acquire(
         self,
         max_wait: float,
         sleep: Callable[[float], None] = time.sleep,
         ticket: str | None = None,
-        *,
-        keep: bool = False,
     ) -> float:
         """Take a slot, sleeping the advised waits while their total stays within ``max_wait``.
 
@@ -283,7 +263,7 @@ class RateLimiter:
         keeps its place in the line until the job comes back.
         """
         waited = 0.0
-        while wait := self.try_acquire(ticket, keep=keep):
+        while wait := self.try_acquire(ticket):
             if waited + wait > max_wait:
                 return wait
             sleep(wait)
