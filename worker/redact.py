@@ -15,8 +15,8 @@ from typing import Any
 # Every pattern here must take time linear in the text, whatever the text: they run on log lines
 # and on a job's metadata strings (up to 64 KB), where a pattern that rescans the rest of the
 # text from each of many starting points would hold a worker for minutes. So each starts only
-# at the beginning of a run (a lookbehind), its repeats are possessive (no backtracking) and
-# those that may fail after a long run are bounded.
+# at the beginning of a run (a lookbehind) or stops where the next try starts, its repeats are
+# possessive (no backtracking), and those that may fail after a long run are bounded.
 
 # Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"').
 _JWT = re.compile(
@@ -28,9 +28,9 @@ _JWT = re.compile(
 # whatever it holds (an S3 key can be "O'Brien/rec.mp4"), and the query to a space or an
 # unescaped '"', '<' or '>'. In compact JSON a URL without a query may so reach into the next
 # string with a '?': redacting too much is better than leaving a signature. A path stops before
-# another "http(s):" (that one is tried on its own), so that no stretch is scanned twice.
+# another "http(s)://" (that one is tried on its own), so that no stretch is scanned twice.
 _URL_QUERY = re.compile(
-    r"(?P<url>\b(?i:https?):(?:\\*+/){2}(?:(?!(?i:https?):)[^\s?\\]|\\.){1,4096}+)"
+    r"(?P<url>\b(?i:https?):(?:\\*+/){2}(?:(?!(?i:https?):(?:\\*/){2})[^\s?\\]|\\.)++)"
     r"\?(?:[^\s\"<>\\]|\\.)*+"
 )
 

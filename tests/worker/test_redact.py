@@ -40,6 +40,9 @@ class TestRedact:
             # a quote in the query, before the signature
             '{"u": "https://b/rec.mp4?name=\\"x\\"&X-Amz-Signature=SIG"}',
             "https://b/rec.mp4?who=O'Brien&X-Amz-Signature=SIG",
+            "https://b/backup/http:notes/rec.mp4?X-Amz-Signature=SIG",
+            "https://b/" + "k" * 5000 + "/rec.mp4?X-Amz-Signature=SIG",
+            "https://x/r/http://y/z?X-Amz-Signature=SIG",
         ],
         ids=[
             "quote-in-path",
@@ -48,6 +51,9 @@ class TestRedact:
             "repr",
             "escaped-quote",
             "quote",
+            "scheme-word-in-path",
+            "long-path",
+            "url-in-path",
         ],
     )
     def test_no_quoting_or_spelling_of_a_url_keeps_its_signature(self, text):
