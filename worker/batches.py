@@ -12,7 +12,8 @@ Chords on the Redis result backend have a long record of callbacks that never fi
   of them counted failed.
 
 A child that ends is counted once (a set membership guards the counters against a duplicate
-report), and the child whose count completes the batch learns it, atomically, exactly once.
+report), and the child whose count completes the batch learns it, atomically, exactly once
+(a failed child replayed to success later completes it again, below).
 Cancelled children count as failed. A failed child replayed (``recq dead replay``) that then
 succeeds moves from the failed count to the succeeded one; if the batch had completed, it is
 completed again with the new counts.

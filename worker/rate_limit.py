@@ -70,8 +70,9 @@ import redis
 from worker.errors import SettingsError
 
 # KEYS: log, pause, line, back. ARGV: count, window, member, ticket ('' for none), patience, log
-# expiry in ms. Times and waits are in microseconds. An unlimited limiter passes count 0: only the
-# pause applies.
+# expiry in ms, slots (how many calls the grant is for, at most count: a pair is granted when the
+# caller's turn has two free slots, as if it stood one place further back). Times and waits are in
+# microseconds. An unlimited limiter passes count 0: only the pause applies.
 _TRY = """
 local count = tonumber(ARGV[1])
 local paused = math.max(redis.call('PTTL', KEYS[2]), 0) * 1000
@@ -93,9 +94,11 @@ local since = string.format('(%d', start - window)
 local held = redis.call('ZCOUNT', KEYS[1], since, '+inf')
 local free = math.max(count - held, 0)
 local rank = ticket ~= '' and redis.call('ZRANK', KEYS[3], ticket)
-local position = rank or redis.call('ZCARD', KEYS[3])
+local position = (rank or redis.call('ZCARD', KEYS[3])) + tonumber(ARGV[7]) - 1
 if position < free and paused == 0 then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  for slot = 1, tonumber(ARGV[7]) do
+    redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. slot)
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   if rank then
     redis.call('ZREM', KEYS[3], ticket)
@@ -237,16 +240,30 @@ class RateLimiter:
         """The key present while a 429's pause is in force (its expiry is the pause's end)."""
         return self._keys[1]
 
-    def try_acquire(self, ticket: str | None = None) -> float:
+    @property
+    def pairs(self) -> bool:
+        """Whether two calls can be granted at once (the rate allows 2 or more a period)."""
+        return self._args[0] >= 2  # noqa: PLR2004 - a pair
+
+    @property
+    def step(self) -> float:
+        """The seconds between two grants at the full rate (0 without a rate)."""
+        count, window_us, _, _ = self._args
+        return window_us / count / 1_000_000 if count else 0.0
+
+    def try_acquire(self, ticket: str | None = None, *, pair: bool = False) -> float:
         """Take a slot if it is this caller's turn: 0.0 when granted, else seconds to wait (> 0).
 
         With a ticket (the job's id, the same on every re-delivery) a refused caller takes its
         place in the line, or keeps the one it has, and the wait is until its own turn. Without
         one the caller is refused whenever anyone is waiting, and told when a newcomer's turn is.
+        With ``pair`` (when :attr:`pairs`) the grant is for two calls made one after the other,
+        as a scheduled start's meeting check and its start: one turn for both.
         """
         count, window_us, patience_us, expiry_ms = self._args
         member = uuid.uuid4().hex
-        args = [count, window_us, member, ticket or "", patience_us, expiry_ms]
+        slots = 2 if pair and self.pairs else 1
+        args = [count, window_us, member, ticket or "", patience_us, expiry_ms, slots]
         wait_us = self._try(keys=self._keys, args=args)
         return int(wait_us) / 1_000_000
 
@@ -255,6 +272,8 @@ class RateLimiter:
         max_wait: float,
         sleep: Callable[[float], None] = time.sleep,
         ticket: str | None = None,
+        *,
+        pair: bool = False,
     ) -> float:
         """Take a slot, sleeping the advised waits while their total stays within ``max_wait``.
 
@@ -263,7 +282,7 @@ class RateLimiter:
         keeps its place in the line until the job comes back.
         """
         waited = 0.0
-        while wait := self.try_acquire(ticket):
+        while wait := self.try_acquire(ticket, pair=pair):
             if waited + wait > max_wait:
                 return wait
             sleep(wait)

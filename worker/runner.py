@@ -86,6 +86,11 @@ class Outcome:
     """The delivery's last state write gave its claim back already."""
 
 
+MAX_STEP_WAIT = 2.0
+"""The longest extra wait, in seconds, of a start for the slot after its check's, at one call a
+period: a delivery must stay well within its claim's lease."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """How long a job may keep trying across deliveries."""
@@ -127,8 +132,7 @@ class _Attempts:
     """The claim recorded the job running this delivery's first attempt (:class:`Start`): the
     first call goes without a state write of its own."""
     checked: bool = False
-    """A scheduled start's meeting check found it live: the start follows, next in the rate
-    limit's line, and may wait one more turn for its slot."""
+    """A scheduled start's meeting check found it live: the start follows at once."""
 
     @property
     def total(self) -> int:
@@ -320,12 +324,12 @@ class JobRunner:
             message = f"the job arrived after its start deadline ({epoch_text(deadline)})"
             extra: Extra = {}
             if attempts.maybe_applied:
-                # Its stop is kept: a recording that attempt started still ends at stopAt.
-                extra = self._hold_stop(job, timing)
+                # A recording that attempt started is stopped: at stopAt, or now (as a cancel).
+                now_iso = None if timing.stop_at is not None else epoch_iso(self._clock())
+                extra = self._hold_stop(job, timing, at=now_iso)
                 message += (
                     "; it was not started again, but an earlier attempt VideoSDK did not answer "
-                    "may have started the recording"
-                    + ("; its stop stays scheduled" if extra else "; end it with a stop job")
+                    f"may have started the recording: {extra['stopJobId']} stops it"
                 )
             else:
                 message += "; it was not started"
@@ -342,8 +346,6 @@ class JobRunner:
         ):
             attempts.checked = True
             return None
-        if before_stop and self._limiter is not None:
-            self._limiter.leave(job.id)  # no start follows the check: its place is not kept
         now = self._clock()
         if now >= deadline:
             room = job.target.room_id
@@ -376,27 +378,31 @@ class JobRunner:
         return ongoing_session(self._get(job, attempts, Endpoints.SESSIONS, page))
 
     def _get(self, job: Job, attempts: _Attempts, path: str, params: Mapping[str, str]) -> Answer:
-        self._take_slot(job, attempts, keep=True)
+        # A start's check and its start take one turn of the rate limit, a pair of slots: the
+        # start, a moment later, goes without asking (a batch makes no call after its check).
+        pair = not job.kind.fans_out
+        attempts.cleared = False  # a second page of the listing asks again
+        self._take_slot(job, attempts, pair=pair)
+        attempts.cleared = pair and self._limiter is not None and self._limiter.pairs
         try:
             return self._client.get(path, params)
         except UpstreamUnavailable as exc:
             self._slow_down(exc)
             raise
 
-    def _take_slot(self, job: Job, attempts: _Attempts, *, keep: bool = False) -> None:
+    def _take_slot(self, job: Job, attempts: _Attempts, *, pair: bool = False) -> None:
         """Wait briefly for a call slot under the fleet-wide rate limit, or raise RateLimited.
 
-        A meeting check keeps its place in the line for the start that follows, and that start
-        may wait one turn more: at 1/s it could otherwise never fit in the wait after its check
-        and would check again on every delivery, never starting."""
+        At one call a period no pair fits in a turn: a start after its check waits for the next
+        slot, up to one step more (1.05 s at 1/s), never past :data:`MAX_STEP_WAIT`."""
         if self._limiter is None:
             return
-        if attempts.cleared:  # the claim, a moment ago, found no pause (and there is no limit)
+        if attempts.cleared:  # a grant a moment ago covered this call too
             attempts.cleared = False
             return
         began = time.perf_counter()
-        longest = self._limits.rate_wait + (self._limiter.step if attempts.checked else 0.0)
-        wait = self._limiter.acquire(longest, ticket=job.id, keep=keep)
+        step = min(self._limiter.step, MAX_STEP_WAIT) if attempts.checked else 0.0
+        wait = self._limiter.acquire(self._limits.rate_wait + step, ticket=job.id, pair=pair)
         self._metrics.rate_limit_wait.observe(time.perf_counter() - began)
         if wait > 0:
             self._metrics.rate_limit_requeued.inc()
@@ -445,11 +451,12 @@ class JobRunner:
         extra = self._hold_stop(job, timing)
         return self._finish(job, attempts, reconciled=reconciled, extra=extra, claim=claim)
 
-    def _hold_stop(self, job: Job, timing: Timing) -> Extra:
-        """Hold the stop of a start with a ``stopAt``; the start's record names it."""
-        if timing.stop_at is None or job.kind.stops:
+    def _hold_stop(self, job: Job, timing: Timing, *, at: str | None = None) -> Extra:
+        """Hold the stop of a start with a ``stopAt`` (or at ``at``); the start's record names
+        it."""
+        if (timing.stop_at is None and at is None) or job.kind.stops or job.kind.fans_out:
             return {}
-        stop = stop_job_for(job)
+        stop = stop_job_for(job, at=at)
         self._scheduler.hold(stop, stop.kind.timing(stop.body))
         return {"stopJobId": stop.id}
 

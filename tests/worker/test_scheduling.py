@@ -166,11 +166,31 @@ class TestLateJobs:
         schedule.cancel("j1")  # as the dispatcher takes it
         outcome = runner.run(START_RECORDING, job, job_id="j1")
         assert outcome.error.reason == "start_deadline_passed"
-        assert "may have started the recording; its stop stays scheduled" in outcome.error.message
+        assert "may have started the recording: j1:stop stops it" in outcome.error.message
         assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 0
         assert store.get("j1").stop_job_id == "j1:stop"
         [stop] = schedule.pending()
         assert (stop.job_id, stop.due) == ("j1:stop", stop_at)
+
+    def test_without_a_stop_at_such_a_start_is_stopped_at_once(
+        self, make_runner, sandbox, schedule, store, clock
+    ):
+        """No stopAt to keep: the stop is scheduled now, as a cancel would."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10))
+        sandbox.inject(
+            Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
+            Fault(status=503, times=4, path=Endpoints.START_RECORDING),
+        )
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+        [retry] = schedule.pending()
+        clock.now = retry.due
+        schedule.cancel("j1")  # as the dispatcher takes it
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.FAILED
+        [stop] = schedule.pending()
+        assert (stop.job_id, stop.due) == ("j1:stop", pytest.approx(clock.now))
+        runner.run(STOP_RECORDING, stop.job, job_id=stop.job_id)
+        assert not sandbox.recording_running(ROOM)
 
     def test_an_explicit_start_deadline_replaces_the_grace_window(self, runner, sandbox, clock):
         """startDeadline is the job's own limit, shorter or longer than the default."""
