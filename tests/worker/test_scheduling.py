@@ -47,6 +47,21 @@ def posts(sandbox, path):
     return [call.body for call in sandbox.calls_to(path)]
 
 
+def retried_past_its_deadline(make_runner, sandbox, schedule, clock, job):
+    """Run ``job`` as j1: its first attempt starts the recording but is answered 503, the
+    budget is spent on more 503s, and its retry is delivered when due, past startDeadline."""
+    runner = make_runner(limits=Limits(outage_window=10_000))
+    sandbox.inject(
+        Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
+        Fault(status=503, times=4, path=Endpoints.START_RECORDING),
+    )
+    assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+    [retry] = schedule.pending()
+    clock.now = retry.due
+    schedule.cancel("j1")  # as the dispatcher takes it
+    return runner.run(START_RECORDING, job, job_id="j1")
+
+
 class TestDueTimes:
     def test_a_job_delivered_before_its_time_goes_on_the_schedule(
         self, runner, sandbox, schedule, store, sink, clock
@@ -153,18 +168,9 @@ class TestLateJobs:
         """The first attempt started the recording, its answer lost to a 503; the retry comes
         after startDeadline. The job fails without a new start, saying the recording may run,
         and the stop at stopAt is still scheduled: nothing it may have started runs on."""
-        runner = make_runner(limits=Limits(outage_window=10_000))
         stop_at = clock.now + 3600
         job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10), stopAt=epoch_iso(stop_at))
-        sandbox.inject(
-            Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
-            Fault(status=503, times=4, path=Endpoints.START_RECORDING),
-        )
-        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
-        [retry] = schedule.pending()
-        clock.now = retry.due
-        schedule.cancel("j1")  # as the dispatcher takes it
-        outcome = runner.run(START_RECORDING, job, job_id="j1")
+        outcome = retried_past_its_deadline(make_runner, sandbox, schedule, clock, job)
         assert outcome.error.reason == "start_deadline_passed"
         assert "may have started the recording: j1:stop stops it" in outcome.error.message
         assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 0
@@ -176,20 +182,12 @@ class TestLateJobs:
         self, make_runner, sandbox, schedule, store, clock
     ):
         """No stopAt to keep: the stop is scheduled now, as a cancel would."""
-        runner = make_runner(limits=Limits(outage_window=10_000))
         job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10))
-        sandbox.inject(
-            Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
-            Fault(status=503, times=4, path=Endpoints.START_RECORDING),
-        )
-        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
-        [retry] = schedule.pending()
-        clock.now = retry.due
-        schedule.cancel("j1")  # as the dispatcher takes it
-        assert runner.run(START_RECORDING, job, job_id="j1").state is State.FAILED
+        outcome = retried_past_its_deadline(make_runner, sandbox, schedule, clock, job)
+        assert outcome.state is State.FAILED
         [stop] = schedule.pending()
         assert (stop.job_id, stop.due) == ("j1:stop", pytest.approx(clock.now))
-        runner.run(STOP_RECORDING, stop.job, job_id=stop.job_id)
+        make_runner().run(STOP_RECORDING, stop.job, job_id=stop.job_id)
         assert not sandbox.recording_running(ROOM)
 
     def test_an_explicit_start_deadline_replaces_the_grace_window(self, runner, sandbox, clock):
