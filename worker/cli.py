@@ -244,16 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recq: {exc}", file=sys.stderr)
         return 2
     except UNREACHABLE as exc:
-        print(f"recq {args.command}: {unreachable(exc)}", file=sys.stderr)
+        print(f"recq {args.command}: {which_failed(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     return code
-
-
-def unreachable(exc: Exception) -> str:
-    """One line saying which of Redis or the broker failed the command, and how."""
-    return which_failed(exc)
 
 
 def _app(settings: Settings, *, patient: bool = False) -> Any:

@@ -46,10 +46,16 @@ class Verdict:
 
 def beat(path: Path, clock: Callable[[], float] = time.time) -> None:
     """Record a heartbeat now (write, then rename: a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial = _partial(path)
     partial.write_text(f"{clock():.3f}\n", encoding="ascii")
     partial.replace(path)
+
+
+def _partial(path: Path) -> Path:
+    """Where a beat of this process is written before it is renamed to ``path`` (its directory
+    made if need be)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}")
 
 
 def require_writable(path: Path) -> None:
@@ -58,9 +64,8 @@ def require_writable(path: Path) -> None:
     Raises a :class:`SettingsError` naming ``RECQ_HEARTBEAT_FILE``: a worker that cannot beat
     would otherwise fail its liveness probe for ever (or, from the consumer, restart it in a
     loop)."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = _partial(path)
         partial.write_text("", encoding="ascii")
         partial.unlink()
     except OSError as exc:

@@ -53,7 +53,7 @@ from worker.errors import (
     UpstreamUnavailable,
 )
 from worker.fanout import FanOut
-from worker.jobs import BY_TASK, Job, JobKind, stop_job_for
+from worker.jobs import BY_TASK, Job, JobKind
 from worker.messages import job_from_arguments, job_id_of
 from worker.metrics import Metrics, retry_reason
 from worker.rate_limit import RateLimiter
@@ -325,8 +325,9 @@ class JobRunner:
             extra: Extra = {}
             if attempts.maybe_applied:
                 # A recording that attempt started is stopped: at stopAt, or now (as a cancel).
-                now_iso = None if timing.stop_at is not None else epoch_iso(self._clock())
-                extra = self._hold_stop(job, timing, at=now_iso)
+                extra = self._scheduler.hold_stop(
+                    job, at=None if timing.stop_at is not None else epoch_iso(now)
+                )
                 message += (
                     "; it was not started again, but an earlier attempt VideoSDK did not answer "
                     f"may have started the recording: {extra['stopJobId']} stops it"
@@ -381,9 +382,11 @@ class JobRunner:
         # A start's check and its start take one turn of the rate limit, a pair of slots: the
         # start, a moment later, goes without asking (a batch makes no call after its check).
         pair = not job.kind.fans_out
-        attempts.cleared = False  # a second page of the listing asks again
+        paired = pair and self._limiter is not None and self._limiter.pairs
+        if paired:  # a grant before covered the start, not this call (a retry, a second page)
+            attempts.cleared = False
         self._take_slot(job, attempts, pair=pair)
-        attempts.cleared = pair and self._limiter is not None and self._limiter.pairs
+        attempts.cleared = paired
         try:
             return self._client.get(path, params)
         except UpstreamUnavailable as exc:
@@ -448,17 +451,8 @@ class JobRunner:
     ) -> Outcome:
         # Before the start is recorded: a crash in between redelivers the start, which is
         # reconciled and holds the stop again, never leaving a recording without its stop.
-        extra = self._hold_stop(job, timing)
+        extra = self._scheduler.hold_stop(job)
         return self._finish(job, attempts, reconciled=reconciled, extra=extra, claim=claim)
-
-    def _hold_stop(self, job: Job, timing: Timing, *, at: str | None = None) -> Extra:
-        """Hold the stop of a start with a ``stopAt`` (or at ``at``); the start's record names
-        it."""
-        if (timing.stop_at is None and at is None) or job.kind.stops or job.kind.fans_out:
-            return {}
-        stop = stop_job_for(job, at=at)
-        self._scheduler.hold(stop, stop.kind.timing(stop.body))
-        return {"stopJobId": stop.id}
 
     def _call(self, job: Job, attempts: _Attempts) -> None:
         # The slot first: a job re-queued for want of one has not made this attempt.

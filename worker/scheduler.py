@@ -21,7 +21,7 @@ from worker.errors import JobConflict, UnknownJob
 from worker.jobs import BY_NAME, BY_TASK, Job, stop_job_for
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
-from worker.state import TERMINAL_LUA, JobRecord, State, epoch_iso
+from worker.state import TERMINAL_LUA, Extra, JobRecord, State, epoch_iso
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 
@@ -100,6 +100,15 @@ class Scheduler:
         self._reporter.announce(job, "scheduled", report)
         return None
 
+    def hold_stop(self, start: Job, *, at: str | None = None) -> Extra:
+        """Hold the stop job of ``start`` until its ``stopAt``, or ``at``; the extra fields that
+        name it in the start's record ({} for a job with neither, or that is not a start)."""
+        if (at is None and "stopAt" not in start.body) or start.kind.stops or start.kind.fans_out:
+            return {}
+        stop = stop_job_for(start, at=at)
+        self.hold(stop, stop.kind.timing(stop.body))
+        return {"stopJobId": stop.id}
+
     def cancel(self, job_id: str) -> Job:
         """Cancel a job that has not run yet, or the pending stop of one that started.
 
@@ -133,13 +142,9 @@ class Scheduler:
             ended = answer.removeprefix("ended:")
             raise JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
         job = _job_of(record)
-        extra: dict[str, float | int | str] = {}
-        if record.attempts > 0 and not job.kind.stops and not job.kind.fans_out:
-            # An attempt VideoSDK never answered may have started the recording: it is ended
-            # now (a stop that finds nothing recording succeeds, reconciled).
-            stop = stop_job_for(job, at=epoch_iso(self._clock()))
-            self.hold(stop, stop.kind.timing(stop.body))
-            extra["stopJobId"] = stop.id
+        # An attempt VideoSDK never answered may have started the recording: it is ended now
+        # (a stop that finds nothing recording succeeds, reconciled).
+        extra = self.hold_stop(job, at=epoch_iso(self._clock())) if record.attempts else {}
         report = Report(State.CANCELLED, attempt=record.attempts)
         self._reporter.record_and_announce(job, "cancelled", report, extra=extra)
         return job
