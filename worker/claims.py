@@ -6,8 +6,8 @@ Before a delivery may call VideoSDK it claims its job id: one Lua script, atomic
   caller acknowledges it and reports the original outcome, without calling VideoSDK);
 - otherwise sets ``<ns>:claim:<id>`` to a fresh token with a lease (``SET NX PX``) and counts the
   delivery, answering ``claimed`` with what earlier deliveries left in the job's state (attempts
-  made, when an outage began, how often it was re-queued, its state, its batch), so the delivery
-  needs no second read;
+  made, and how many of those were proven to change nothing, when an outage began, how often it
+  was re-queued, its state, its batch), so the delivery needs no second read;
 - or answers ``busy`` with the lease's remaining time when another delivery holds the claim.
 
 Given the rate limiter's pause key (a worker with no ``RECQ_RATE_LIMIT``, where a 429's pause is
@@ -47,7 +47,8 @@ from worker.state import WRITE_FUNCTION
 _ACQUIRE = (
     WRITE_FUNCTION
     + """
-local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'outageSince', 'requeues', 'batchId')
+local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'outageSince', 'requeues', 'batchId',
+                      'unapplied')
 local state = job[1]
 if state and terminal[state] then
   return {'done', 0, 0}
@@ -70,7 +71,7 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
     started = 1
   end
   return {'claimed', deliveries, 0, job[2] or '0', job[3] or '', job[4] or '0', state or '',
-          job[5] or '', paused, started}
+          job[5] or '', job[6] or '0', paused, started}
 end
 return {'busy', 0, redis.call('PTTL', KEYS[2])}
 """
@@ -103,6 +104,8 @@ class Claim:
     """For a busy claim: seconds until its lease runs out."""
     attempts: int = 0
     """Calls earlier deliveries of the job made to VideoSDK."""
+    unapplied: int = 0
+    """Of those attempts, how many were answered in a way that proves they changed nothing."""
     outage_since: float | None = None
     requeues: int = 0
     state: str | None = None
@@ -185,10 +188,11 @@ class Claims:
         if not job:
             return claim
         *found, paused, started = job
-        attempts, since, requeues, state, batch_id = (_text(v) for v in found)
+        attempts, since, requeues, state, batch_id, unapplied = (_text(v) for v in found)
         return dataclasses.replace(
             claim,
             attempts=int(attempts),
+            unapplied=int(unapplied),
             outage_since=float(since) if since else None,
             requeues=int(requeues),
             state=state or None,

@@ -202,6 +202,8 @@ class UpstreamError(RecqError):
     """VideoSDK answered with an error, or could not be reached."""
 
     reason = "upstream_error"
+    maybe_applied = False
+    """Whether the call may have taken effect all the same: a refusal proves it did not."""
 
     def __init__(self, message: str, *, endpoint: str, answer: Answer | None = None) -> None:
         self.endpoint = endpoint

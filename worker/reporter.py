@@ -33,6 +33,10 @@ class Report:
 
     state: State
     attempt: int = 0
+    unapplied: int | None = None
+    """Of the attempts, how many were answered in a way that proves they changed nothing (a
+    429, a refusal, a connection never made): recorded (as ``unapplied``), never announced.
+    None leaves the recorded count as it is."""
     error: ErrorInfo | None = None
     reconciled: bool = False
     due_at: float | None = None
@@ -118,6 +122,8 @@ class Reporter:
             fields["dueAt"] = report.due_at
         if report.deadline is not None:
             fields["deadline"] = report.deadline
+        if report.unapplied is not None:
+            fields["unapplied"] = report.unapplied
         return self.store.write_call(
             job.id,
             report.state,

@@ -25,8 +25,11 @@ its id. Every path ends in a recorded state and an event:
 
 Reconciling "already running": VideoSDK has no idempotency key and a start returns no id. When an
 attempt of this job may have reached VideoSDK without its answer reaching us (a timeout, a dropped
-connection, a 5xx, or an earlier delivery that made a call), a later refusal saying the recording
-is already running is that earlier attempt's success, and is recorded as such (``reconciled``).
+connection, a 5xx, or an earlier delivery's call), a later refusal saying the recording is already
+running is that earlier attempt's success, and is recorded as such (``reconciled``). An attempt
+whose answer proves it changed nothing (a 429, a refusal, a connection never made) is counted in
+the job's record (``unapplied``), so later deliveries know it too; the count of attempts itself is
+written before each call, so a call whose worker died unanswered always counts as maybe applied.
 A stop refused because nothing is recording is reconciled likewise: what it asked for holds.
 
 A delivery that ends by handing the job back to the schedule (early, waiting, re-queued) resets
@@ -123,7 +126,10 @@ class _Attempts:
     window the claim's lease is sized for. (The call's first attempt is always made: the check
     leaves it one call's length of the window.)"""
     made: int = 0
-    maybe_applied: bool = False
+    unapplied: int = 0
+    """Of all the attempts, earlier deliveries' too, those answered in a way that proves they
+    changed nothing (a 429, a refusal, a connection never made). Any other attempt, even one a
+    killed worker never saw answered, may have applied."""
     last_error: UpstreamUnavailable | None = None
     cleared: bool = False
     """The claim found calls unpaused, with no rate limit to ask: the delivery's first call
@@ -137,6 +143,15 @@ class _Attempts:
     @property
     def total(self) -> int:
         return self.before + self.made
+
+    @property
+    def maybe_applied(self) -> bool:
+        """Whether an attempt so far may have reached VideoSDK and taken effect unanswered."""
+        return self.total > self.unapplied
+
+    def report(self, state: State, **fields: Any) -> Report:
+        """The job in ``state`` after the attempts so far (recording how many did not apply)."""
+        return Report(state, attempt=self.total, unapplied=self.unapplied, **fields)
 
 
 class JobRunner:
@@ -264,11 +279,12 @@ class JobRunner:
         return Start(self._reporter.running_write(job), self._limits.max_deliveries)
 
     def _deliver(self, job: Job, claim: Claim, timing: Timing) -> Outcome:
-        # An earlier delivery that made a call may have started the recording.
+        # An earlier delivery's call may have started the recording, unless its answer proved
+        # it did not (attempts.maybe_applied).
         attempts = _Attempts(
             before=claim.attempts,
+            unapplied=claim.unapplied,
             deadline=self._policy.deadline(),
-            maybe_applied=claim.attempts > 0,
             cleared=claim.paused == 0.0,
             recorded=claim.started,
         )
@@ -357,7 +373,7 @@ class JobRunner:
             )
             return self._finish(job, attempts, error=error, claim=claim)
         due = min(now + self._limits.live_poll, deadline)
-        report = Report(State.WAITING, attempt=attempts.total, due_at=due, deadline=deadline)
+        report = attempts.report(State.WAITING, due_at=due, deadline=deadline)
         # The check got through: an outage the job was re-queued for is over.
         over: Extra = {"outageSince": "", "requeues": 0} if before_stop else {}
         self._reporter.record(job, report, extra={"deliveries": 0, **over}, release=claim.lease)
@@ -422,7 +438,7 @@ class JobRunner:
         """Back on the schedule until the rate limit's turn comes, in the state it was in."""
         state = State(claim.state) if claim.state else State.QUEUED
         due = self._clock() + wait
-        report = Report(state, attempt=attempts.total)
+        report = attempts.report(state)
         self._reporter.record(job, report, extra={"deliveries": 0}, release=claim.lease)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         return Outcome(job.id, state, attempts.total, deferred=True, released=True)
@@ -461,10 +477,12 @@ class JobRunner:
         attempts.made += 1
         try:
             self._client.post(job.kind.endpoint, job.kind.request_body(job.body))
-        except UpstreamUnavailable as exc:
-            attempts.maybe_applied = attempts.maybe_applied or exc.maybe_applied
-            attempts.last_error = exc
-            self._slow_down(exc)
+        except UpstreamError as exc:
+            if not exc.maybe_applied:
+                attempts.unapplied += 1
+            if isinstance(exc, UpstreamUnavailable):
+                attempts.last_error = exc
+                self._slow_down(exc)
             raise
 
     def _before_attempt(self, job: Job, attempts: _Attempts) -> None:
@@ -473,7 +491,7 @@ class JobRunner:
         if attempts.recorded:  # by the claim, a moment ago
             attempts.recorded = False
         else:
-            self._reporter.record(job, Report(state, attempt=number))
+            self._reporter.record(job, Report(state, attempt=number, unapplied=attempts.unapplied))
         if attempts.last_error is not None:
             self._metrics.retries.labels(reason=retry_reason(attempts.last_error)).inc()
             report = Report(state, attempt=number, error=attempts.last_error.info())
@@ -496,7 +514,7 @@ class JobRunner:
             window = f"VideoSDK stayed unavailable beyond the {self._limits.outage_window:.0f} s"
             final = dataclasses.replace(info, message=f"{info.message} ({window} outage window)")
             return self._finish(job, attempts, error=final, claim=claim)
-        report = Report(State.RETRYING, attempt=attempts.total, error=info)
+        report = attempts.report(State.RETRYING, error=info)
         extra = {
             "outageSince": since,
             "requeues": requeues + 1,
@@ -548,7 +566,7 @@ class JobRunner:
         once, and the replay's delivery finds the claim free instead of waiting out its lease.
         """
         state = State.FAILED if error else State.SUCCEEDED
-        report = Report(state, attempt=attempts.total, error=error, reconciled=reconciled)
+        report = attempts.report(state, error=error, reconciled=reconciled)
         if error is not None:
             kept = received if received is not None else dict(job.body)
             self._reporter.dead_letter(

@@ -147,6 +147,29 @@ class TestJobRunner:
         assert (outcome.state, outcome.attempts, outcome.reconciled) == (State.FAILED, 2, False)
         assert outcome.error.reason == "upstream_rejected"
 
+    def test_an_earlier_delivery_answered_only_429s_is_not_reconciled(
+        self, runner, make_client, sandbox, policy, store
+    ):
+        """Its calls were all refused unprocessed, and the record says so: the redelivery's
+        "already running" is someone else's recording, not that delivery's success."""
+        sandbox.inject(Fault(status=429, times=policy.attempts))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.RETRYING
+        make_client().post(START, {"roomId": "r1"})  # someone else starts it meanwhile
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.reconciled) == (State.FAILED, False)
+        assert outcome.attempts == policy.attempts + 1
+        assert "4011" in outcome.error.body
+
+    def test_one_unanswered_attempt_among_429s_still_reconciles_a_redelivery(
+        self, runner, sandbox, policy
+    ):
+        """A 503 after the start took effect, then 429s: the redelivery's refusal is the 503's
+        success (a 429 proves only itself unapplied)."""
+        sandbox.inject(Fault(status=503, applies=True), Fault(status=429, times=policy.attempts))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.RETRYING
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.reconciled) == (State.SUCCEEDED, True)
+
     def test_the_target_names_the_room(self, runner, sandbox, store):
         """The state records what the job is about."""
         runner.run(START_RECORDING, JOB, job_id="j1")

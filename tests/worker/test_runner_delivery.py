@@ -224,6 +224,20 @@ class TestLongOutages:
         assert (outcome.state, outcome.reconciled) == (State.SUCCEEDED, True)
         assert sandbox.recording_running("r1")
 
+    def test_a_replayed_dead_letter_whose_start_was_refused_does_not_reconcile(
+        self, runner, make_client, sandbox, store
+    ):
+        """A refused start changed nothing, and its record says so: replayed into a room where
+        someone else has started recording since, the job fails on the refusal instead of
+        taking that recording for its own."""
+        sandbox.inject(Fault(status=400))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.FAILED
+        store.enqueue("j1", kind="start-recording", target=Target("r1"), metadata={}, fresh=True)
+        make_client().post(START_RECORDING.endpoint, {"roomId": "r1"})
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.reconciled) == (State.FAILED, False)
+        assert outcome.error.reason == "upstream_rejected"
+
     def test_a_job_that_recovers_after_a_requeue_succeeds(self, runner, sandbox, store):
         """A requeued job delivered again after the outage succeeds, its attempts counted."""
         sandbox.inject(Fault(status=503, times=5))
