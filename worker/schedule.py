@@ -79,6 +79,10 @@ class Delivery:
     job: dict[str, Any]
     due: float
 
+    def encoded(self) -> str:
+        """The delivery as the schedule keeps it, in its deliveries hash under its job id."""
+        return json.dumps({"task": self.task, "job": self.job, "due": self.due})
+
 
 class Schedule:
     """Adds, takes and cancels future deliveries."""
@@ -125,7 +129,7 @@ class Schedule:
         """Schedule ``delivery`` (replacing any earlier one of the same job); ``within`` a
         transaction of the caller's, as part of it."""
         pipe = within if within is not None else self._redis.pipeline(transaction=True)
-        pipe.hset(self._keys[2], delivery.job_id, _encode(delivery))
+        pipe.hset(self._keys[2], delivery.job_id, delivery.encoded())
         pipe.zadd(self._keys[0], {delivery.job_id: delivery.due})
         if within is None:
             pipe.execute()
@@ -140,7 +144,7 @@ class Schedule:
 
     def replace(self, old: Delivery, new: Delivery) -> bool:
         """Swap ``old`` for ``new`` (same job) if it still waits unchanged; True if done."""
-        args = [old.job_id, _encode(old), _encode(new), new.due]
+        args = [old.job_id, old.encoded(), new.encoded(), new.due]
         return bool(self._replace(keys=self._keys, args=args))
 
     def cancel(self, job_id: str) -> bool:
@@ -179,10 +183,6 @@ class Schedule:
             for job_id, payload in zip(entries, payloads, strict=True)
             if payload is not None
         ]
-
-
-def _encode(delivery: Delivery) -> str:
-    return json.dumps({"task": delivery.task, "job": delivery.job, "due": delivery.due})
 
 
 def _delivery(job_id: bytes | str, payload: bytes | str) -> Delivery:

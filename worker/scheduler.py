@@ -8,7 +8,9 @@ producer in another language), and a start with ``stopAt`` holds its stop job on
 
 Cancelling is one Lua script over the job's state, its claim and the schedule, so it can never
 race a delivery: either the job is cancelled before any delivery claims it (a later delivery then
-finds it ended and makes no call), or a delivery holds it and the cancel is refused.
+finds it ended and makes no call), or a delivery holds it and the cancel is refused. A start one
+of whose attempts may have started its recording unanswered has its stop held by the same
+script: no cancel, however it is cut short, leaves such a recording without its stop.
 """
 
 from __future__ import annotations
@@ -21,24 +23,38 @@ from worker.errors import JobConflict, UnknownJob
 from worker.jobs import BY_NAME, BY_TASK, Job, stop_job_for
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
-from worker.state import TERMINAL_LUA, Extra, JobRecord, State, epoch_iso
+from worker.state import WRITE_FUNCTION, Extra, JobRecord, State, epoch_iso
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 
+# KEYS: the job's hash, its claim, the schedule's keys (pending, in flight, deliveries), then for
+# a start its stop job's hash and history. ARGV: the job's id, then for a start its stop job's
+# id, schedule entry and due time, and the stop's state write (write_state's ARGV).
+# Answers 'unknown', 'running' or 'ended:<state>'; or 'cancelled', the job's attempts, and
+# 'held' when it held the stop.
 _CANCEL = (
-    TERMINAL_LUA
+    WRITE_FUNCTION
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'unknown' end
-if terminal[state] then
-  return 'ended:' .. state
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
+local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'unapplied')
+local state = job[1]
+if not state then return {'unknown'} end
+if terminal[state] then return {'ended:' .. state} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'running'} end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'cancelled')
-return 'cancelled'
+local attempts = tonumber(job[2] or '0')
+if not ARGV[2] or attempts <= tonumber(job[3] or '0') then
+  return {'cancelled', attempts, ''}
+end
+redis.call('HSET', KEYS[1], 'stopJobId', ARGV[2])
+if write_state({KEYS[6], KEYS[7]}, {unpack(ARGV, 5)}) then
+  return {'cancelled', attempts, ''}
+end
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+return {'cancelled', attempts, 'held'}
 """
 )
 
@@ -76,13 +92,7 @@ class Scheduler:
         A job that already ended is left alone (unless ``fresh``, a replay): its terminal state
         is returned instead.
         """
-        if timing.due is None:
-            raise ValueError(f"job {job.id} names no time to hold it until")
-        report = Report(State.SCHEDULED, due_at=timing.due, deadline=timing.deadline)
-        extra: dict[str, float | int | str] = {"dueAt": timing.due, "deliveries": 0}
-        if timing.deadline is not None:
-            extra["deadline"] = timing.deadline
-        delivery = Delivery(job.id, job.kind.task_name, dict(job.body), timing.due)
+        report, extra, delivery = _holding(job, timing)
         ended = self._store.enqueue(
             job.id,
             kind=job.kind.name,
@@ -103,9 +113,9 @@ class Scheduler:
     def hold_stop(self, start: Job, *, at: str | None = None) -> Extra:
         """Hold the stop job of ``start`` until its ``stopAt``, or ``at``; the extra fields that
         name it in the start's record ({} for a job with neither, or that is not a start)."""
-        if (at is None and "stopAt" not in start.body) or start.kind.stops or start.kind.fans_out:
+        stop = _stop_of(start, at=at)
+        if stop is None:
             return {}
-        stop = stop_job_for(start, at=at)
         self.hold(stop, stop.kind.timing(stop.body))
         return {"stopJobId": stop.id}
 
@@ -125,9 +135,28 @@ class Scheduler:
                 f"batch {job_id} has published its children; cancel those still pending one by "
                 f"one (recq status {job_id} --json lists them)"
             )
+        job = _job_of(record)
         keys = [self._store.key(job_id), self._claim_key(job_id), *self._schedule.keys]
+        args: list[str | bytes | int | float] = [job_id]
+        # An attempt VideoSDK never answered may have started the recording: the script holds
+        # this stop, due now, unless every attempt was answered as having changed nothing (a
+        # stop that finds nothing recording succeeds, reconciled).
+        stop = _stop_of(job, at=epoch_iso(self._clock()))
+        if stop is not None:
+            held, fields, delivery = _holding(stop, stop.kind.timing(stop.body))
+            write = self._store.write_call(
+                stop.id,
+                State.SCHEDULED,
+                kind=stop.kind.name,
+                target=stop.target,
+                metadata=stop.metadata,
+                extra=fields,
+                unless_ended=True,
+            )
+            keys += write.keys
+            args += [stop.id, delivery.encoded(), delivery.due, *write.args]
         for pause in (*_BUSY_RETRY, None):
-            answer = _text(self._cancel(keys=keys, args=[job_id]))
+            answer, *found = (_text(item) for item in self._cancel(keys=keys, args=args))
             if answer != "running" or pause is None:
                 break
             self._sleep(pause)
@@ -141,11 +170,12 @@ class Scheduler:
         if answer != "cancelled":
             ended = answer.removeprefix("ended:")
             raise JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
-        job = _job_of(record)
-        # An attempt VideoSDK never answered may have started the recording: it is ended now
-        # (a stop that finds nothing recording succeeds, reconciled).
-        extra = self.hold_stop(job, at=epoch_iso(self._clock())) if record.attempts else {}
-        report = Report(State.CANCELLED, attempt=record.attempts)
+        attempts, stopped = found
+        extra: Extra = {}
+        if stop is not None and stopped:
+            extra = {"stopJobId": stop.id}
+            self._reporter.announce(stop, "scheduled", held)
+        report = Report(State.CANCELLED, attempt=int(attempts))
         self._reporter.record_and_announce(job, "cancelled", report, extra=extra)
         return job
 
@@ -228,6 +258,26 @@ def _with_times(
         raise JobConflict("a stop job has only a stop time: reschedule it with --stop-at")
     changes = {"startAt": start_at, "stopAt": stop_at, "startDeadline": start_deadline}
     return {**job, **{field: value for field, value in changes.items() if value is not None}}
+
+
+def _holding(job: Job, timing: Timing) -> tuple[Report, dict[str, float | int | str], Delivery]:
+    """What holding ``job`` until ``timing.due`` takes: its report, its record's further
+    fields, and its delivery on the schedule."""
+    if timing.due is None:
+        raise ValueError(f"job {job.id} names no time to hold it until")
+    report = Report(State.SCHEDULED, due_at=timing.due, deadline=timing.deadline)
+    extra: dict[str, float | int | str] = {"dueAt": timing.due, "deliveries": 0}
+    if timing.deadline is not None:
+        extra["deadline"] = timing.deadline
+    return report, extra, Delivery(job.id, job.kind.task_name, dict(job.body), timing.due)
+
+
+def _stop_of(start: Job, *, at: str | None) -> Job | None:
+    """The stop job ending what ``start`` started, at its ``stopAt`` or ``at``; None for a job
+    with neither, or that is not a start."""
+    if (at is None and "stopAt" not in start.body) or start.kind.stops or start.kind.fans_out:
+        return None
+    return stop_job_for(start, at=at)
 
 
 def _job_of(record: JobRecord) -> Job:

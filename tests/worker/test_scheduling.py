@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import pytest
+import redis
 from redis.client import Pipeline
 
 from worker.dispatcher import Dispatcher
@@ -47,15 +49,22 @@ def posts(sandbox, path):
     return [call.body for call in sandbox.calls_to(path)]
 
 
-def retried_past_its_deadline(make_runner, sandbox, schedule, clock, job):
-    """Run ``job`` as j1: its first attempt starts the recording but is answered 503, the
-    budget is spent on more 503s, and its retry is delivered when due, past startDeadline."""
+def unanswered_start(make_runner, sandbox, job):
+    """Run ``job`` as j1: its first attempt starts the recording but is answered 503, and the
+    budget is spent on more 503s. It waits on the schedule to retry; returns the runner."""
     runner = make_runner(limits=Limits(outage_window=10_000))
     sandbox.inject(
         Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
         Fault(status=503, times=4, path=Endpoints.START_RECORDING),
     )
     assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+    assert sandbox.recording_running(ROOM)
+    return runner
+
+
+def retried_past_its_deadline(make_runner, sandbox, schedule, clock, job):
+    """:func:`unanswered_start`, then its retry delivered when due, past startDeadline."""
+    runner = unanswered_start(make_runner, sandbox, job)
     [retry] = schedule.pending()
     clock.now = retry.due
     schedule.cancel("j1")  # as the dispatcher takes it
@@ -124,6 +133,18 @@ class DiesAfterOneRoundTrip(Schedule):
         if within is None:
             raise KeyboardInterrupt("the producer is killed")
         super().add(delivery, within=within)
+
+
+class KilledOnceCancelled(redis.Redis):
+    """A producer's Redis client; the producer is killed the moment a cancel script answers
+    that it cancelled the job (whatever else its answer holds)."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        answer = super().execute_command(*args, **options)
+        first = answer[0] if isinstance(answer, list) and answer else answer
+        if args[0] == "EVALSHA" and first in (b"cancelled", "cancelled"):
+            raise KeyboardInterrupt("the producer is killed")
+        return answer
 
 
 class TestHolding:
@@ -435,13 +456,7 @@ class TestCancel:
     ):
         """Its first attempt started the recording, but VideoSDK's answer was a 503; the job
         waits to retry. Cancelled, it cannot know: a stop is scheduled now, and ends it."""
-        runner = make_runner(limits=Limits(outage_window=10_000))
-        sandbox.inject(
-            Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
-            Fault(status=503, times=4, path=Endpoints.START_RECORDING),
-        )
-        assert runner.run(START_RECORDING, room_job(), job_id="j1").state is State.RETRYING
-        assert sandbox.recording_running(ROOM)
+        runner = unanswered_start(make_runner, sandbox, room_job())
         scheduler.cancel("j1")
         record = store.get("j1")
         assert (record.state, record.stop_job_id) == (State.CANCELLED, "j1:stop")
@@ -449,6 +464,38 @@ class TestCancel:
         assert (stop.job_id, stop.due) == ("j1:stop", pytest.approx(clock.now))
         runner.run(STOP_RECORDING, stop.job, job_id=stop.job_id)
         assert not sandbox.recording_running(ROOM)
+
+    def test_a_producer_killed_as_it_cancels_leaves_the_stop_held(
+        self, make_runner, sandbox, redis_url, namespace, reporter, claims, clock, schedule, store
+    ):
+        """The cancel and the stop it holds are one script: a producer killed the moment that
+        script answers, before any other round trip, leaves the job cancelled with its stop
+        due now, never a recording that may run on without one."""
+        unanswered_start(make_runner, sandbox, room_job())
+        with KilledOnceCancelled.from_url(redis_url) as client:
+            cancelling = Schedule(client, namespace=namespace, clock=clock)
+            killed = Scheduler(
+                schedule=cancelling, reporter=reporter, claim_key=claims.key, clock=clock
+            )
+            with pytest.raises(KeyboardInterrupt):
+                killed.cancel("j1")
+        record = store.get("j1")
+        assert (record.state, record.stop_job_id) == (State.CANCELLED, "j1:stop")
+        assert store.get("j1:stop").state is State.SCHEDULED
+        [stop] = schedule.pending()
+        assert (stop.job_id, stop.due) == ("j1:stop", pytest.approx(clock.now))
+
+    def test_cancelling_a_start_whose_attempts_were_all_refused_schedules_no_stop(
+        self, runner, scheduler, sandbox, policy, schedule, store
+    ):
+        """Answered 429 every time, it waits to retry: a 429 is refused before any work, so no
+        recording can have started, and none is stopped."""
+        sandbox.inject(Fault(status=429, times=policy.attempts, path=Endpoints.START_RECORDING))
+        assert runner.run(START_RECORDING, room_job(), job_id="j1").state is State.RETRYING
+        scheduler.cancel("j1")
+        record = store.get("j1")
+        assert (record.state, record.stop_job_id) == (State.CANCELLED, None)
+        assert schedule.pending() == []
 
     def test_cancelling_a_start_that_made_no_attempt_schedules_no_stop(
         self, runner, scheduler, schedule, store, clock
