@@ -49,22 +49,29 @@ def posts(sandbox, path):
     return [call.body for call in sandbox.calls_to(path)]
 
 
-def unanswered_start(make_runner, sandbox, job):
-    """Run ``job`` as j1: its first attempt starts the recording but is answered 503, and the
-    budget is spent on more 503s. It waits on the schedule to retry; returns the runner."""
+UNANSWERED = (
+    Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
+    Fault(status=503, times=4, path=Endpoints.START_RECORDING),
+)
+"""A start's first attempt starts the recording but is answered 503; the budget is spent on
+more 503s."""
+REFUSED = (Fault(status=429, times=5, path=Endpoints.START_RECORDING),)
+"""Every attempt of a start's budget is answered 429: refused unprocessed."""
+
+
+def unanswered_start(make_runner, sandbox, job, faults=UNANSWERED):
+    """Run ``job`` as j1, its start calls answered by ``faults``: it waits on the schedule to
+    retry. Returns the runner."""
     runner = make_runner(limits=Limits(outage_window=10_000))
-    sandbox.inject(
-        Fault(status=503, applies=True, path=Endpoints.START_RECORDING),
-        Fault(status=503, times=4, path=Endpoints.START_RECORDING),
-    )
+    sandbox.inject(*faults)
     assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
-    assert sandbox.recording_running(ROOM)
+    assert sandbox.recording_running(ROOM) is (faults is UNANSWERED)
     return runner
 
 
-def retried_past_its_deadline(make_runner, sandbox, schedule, clock, job):
+def retried_past_its_deadline(make_runner, sandbox, schedule, clock, job, faults=UNANSWERED):
     """:func:`unanswered_start`, then its retry delivered when due, past startDeadline."""
-    runner = unanswered_start(make_runner, sandbox, job)
+    runner = unanswered_start(make_runner, sandbox, job, faults)
     [retry] = schedule.pending()
     clock.now = retry.due
     schedule.cancel("j1")  # as the dispatcher takes it
@@ -210,6 +217,18 @@ class TestLateJobs:
         assert (stop.job_id, stop.due) == ("j1:stop", pytest.approx(clock.now))
         make_runner().run(STOP_RECORDING, stop.job, job_id=stop.job_id)
         assert not sandbox.recording_running(ROOM)
+
+    def test_a_start_past_its_deadline_after_only_429s_holds_no_stop(
+        self, make_runner, sandbox, schedule, store, clock
+    ):
+        """Its attempts were all refused unprocessed: nothing can have started, so the job
+        fails saying it was not started, and no stop is scheduled."""
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10))
+        outcome = retried_past_its_deadline(make_runner, sandbox, schedule, clock, job, REFUSED)
+        assert outcome.error.reason == "start_deadline_passed"
+        assert outcome.error.message.endswith("; it was not started")
+        assert store.get("j1").stop_job_id is None
+        assert schedule.pending() == []
 
     def test_an_explicit_start_deadline_replaces_the_grace_window(self, runner, sandbox, clock):
         """startDeadline is the job's own limit, shorter or longer than the default."""
@@ -486,12 +505,11 @@ class TestCancel:
         assert (stop.job_id, stop.due) == ("j1:stop", pytest.approx(clock.now))
 
     def test_cancelling_a_start_whose_attempts_were_all_refused_schedules_no_stop(
-        self, runner, scheduler, sandbox, policy, schedule, store
+        self, make_runner, scheduler, sandbox, schedule, store
     ):
         """Answered 429 every time, it waits to retry: a 429 is refused before any work, so no
         recording can have started, and none is stopped."""
-        sandbox.inject(Fault(status=429, times=policy.attempts, path=Endpoints.START_RECORDING))
-        assert runner.run(START_RECORDING, room_job(), job_id="j1").state is State.RETRYING
+        unanswered_start(make_runner, sandbox, room_job(), REFUSED)
         scheduler.cancel("j1")
         record = store.get("j1")
         assert (record.state, record.stop_job_id) == (State.CANCELLED, None)
