@@ -202,8 +202,9 @@ class UpstreamError(RecqError):
     """VideoSDK answered with an error, or could not be reached."""
 
     reason = "upstream_error"
-    maybe_applied = False
-    """Whether the call may have taken effect all the same: a refusal proves it did not."""
+    maybe_applied = True
+    """Whether the call may have taken effect all the same (only an answer can prove it did
+    not)."""
 
     def __init__(self, message: str, *, endpoint: str, answer: Answer | None = None) -> None:
         self.endpoint = endpoint
@@ -229,6 +230,7 @@ class UpstreamRejected(UpstreamError):
     """VideoSDK refused the call (a 4xx other than 429). Permanent: retrying cannot help."""
 
     reason = "upstream_rejected"
+    maybe_applied = False  # refused: it changed nothing
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -63,6 +63,9 @@ TERMINAL_STATES = frozenset(
 # the new state never finds the claim still taken.
 # KEYS: the job's hash and history (and the claim). ARGV: now, the history entry, ttl, history
 # length, unless-ended flag, clear-error flag, claim token or '', then the fields as name, value...
+# The counts of attempts made and of those proven unapplied only ever rise: a writer holding an
+# older count (a reschedule racing a delivery, a message failed before its claim) keeps the
+# record's, so no write can make an attempt that may have started a recording look unmade.
 # It is a Lua function so that the claim's script can make the same write (worker.claims).
 TERMINAL_LUA = (
     "local terminal = {"
@@ -80,7 +83,16 @@ WRITE_FUNCTION = (
     end
   end
   redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1])
-  redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+  local fields = {unpack(ARGV, 8)}
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'attempts' or fields[i] == 'unapplied' then
+      local held = tonumber(redis.call('HGET', KEYS[1], fields[i]) or '0')
+      if tonumber(fields[i + 1]) < held then
+        fields[i + 1] = held
+      end
+    end
+  end
+  redis.call('HSET', KEYS[1], unpack(fields))
   if ARGV[6] == '1' then
     redis.call('HDEL', KEYS[1], 'error')
   end

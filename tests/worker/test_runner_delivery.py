@@ -238,6 +238,20 @@ class TestLongOutages:
         assert (outcome.state, outcome.reconciled) == (State.FAILED, False)
         assert outcome.error.reason == "upstream_rejected"
 
+    def test_a_bad_message_under_a_retrying_start_s_id_keeps_its_attempts(
+        self, make_runner, sandbox, store
+    ):
+        """A message with the id of a start waiting to retry, but not a valid job, fails that
+        job; the attempt that may have started its recording stays counted, so the replay
+        still takes "already running" for its own."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        sandbox.inject(Fault(status=503, applies=True), Fault(status=503, times=4))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.RETRYING
+        assert runner.run(START_RECORDING, {"roomId": 7}, job_id="j1").state is State.FAILED
+        store.enqueue("j1", kind="start-recording", target=Target("r1"), metadata={}, fresh=True)
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.reconciled) == (State.SUCCEEDED, True)
+
     def test_a_job_that_recovers_after_a_requeue_succeeds(self, runner, sandbox, store):
         """A requeued job delivered again after the outage succeeds, its attempts counted."""
         sandbox.inject(Fault(status=503, times=5))

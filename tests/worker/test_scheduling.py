@@ -560,24 +560,12 @@ class TestCancel:
         assert schedule.pending() == []
 
 
-class TestReschedule:
-    def test_a_job_run_while_it_was_being_moved_keeps_its_outcome(
-        self,
-        runner,
-        redis_client,
-        namespace,
-        reporter,
-        claims,
-        sandbox,
-        store,
-        schedule,
-        sink,
-        clock,
-    ):
-        """The new times make the job due; between the schedule's change and the record's, a
-        dispatcher publishes it and a worker starts it. The record says succeeded, not
-        scheduled, and no scheduled event follows the start."""
+@pytest.fixture
+def racing(redis_client, namespace, reporter, claims, schedule, clock):
+    """A scheduler whose reschedule races a delivery: between the schedule's change and the
+    record's, a dispatcher publishes the job, and the given runner runs it."""
 
+    def make(runner) -> Scheduler:
         class RunAtOnce(Schedule):
             def replace(self, old: Delivery, new: Delivery) -> bool:
                 replaced = super().replace(old, new)
@@ -585,12 +573,20 @@ class TestReschedule:
                 Dispatcher(schedule, deliver).tick()
                 return replaced
 
-        moving = Scheduler(
-            schedule=RunAtOnce(redis_client, namespace=namespace, clock=clock),
-            reporter=reporter,
-            claim_key=claims.key,
-            clock=clock,
-        )
+        moving = RunAtOnce(redis_client, namespace=namespace, clock=clock)
+        return Scheduler(schedule=moving, reporter=reporter, claim_key=claims.key, clock=clock)
+
+    return make
+
+
+class TestReschedule:
+    def test_a_job_run_while_it_was_being_moved_keeps_its_outcome(
+        self, runner, racing, sandbox, store, sink, clock
+    ):
+        """The new times make the job due; between the schedule's change and the record's, a
+        dispatcher publishes it and a worker starts it. The record says succeeded, not
+        scheduled, and no scheduled event follows the start."""
+        moving = racing(runner)
         sandbox.end_session(ROOM)
         job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 60))
         assert runner.run(START_RECORDING, job, job_id="j1").state is State.WAITING
