@@ -28,10 +28,10 @@ from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 
 # KEYS: the job's hash, its claim, the schedule's keys (pending, in flight, deliveries), then for
-# a start its stop job's hash and history. ARGV: the job's id, then for a start its stop job's
-# id, schedule entry and due time, and the stop's state write (write_state's ARGV).
-# Answers 'unknown', 'running' or 'ended:<state>'; or 'cancelled', the job's attempts, and
-# 'held' when it held the stop.
+# a start its stop job's hash and history. ARGV: the job's id, '1' for a batch, then for a start
+# its stop job's id, schedule entry and due time, and the stop's state write (write_state's ARGV).
+# Answers 'unknown', 'published' (a batch running: its fan-out began), 'running' (claimed) or
+# 'ended:<state>'; or 'cancelled', the job's attempts, and 'held' when it held the stop.
 _CANCEL = (
     WRITE_FUNCTION
     + """
@@ -39,21 +39,22 @@ local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'unapplied')
 local state = job[1]
 if not state then return {'unknown'} end
 if terminal[state] then return {'ended:' .. state} end
+if ARGV[2] == '1' and state == 'running' then return {'published'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'running'} end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'cancelled')
 local attempts = tonumber(job[2] or '0')
-if not ARGV[2] or attempts <= tonumber(job[3] or '0') then
+if not ARGV[3] or attempts <= tonumber(job[3] or '0') then
   return {'cancelled', attempts, ''}
 end
-redis.call('HSET', KEYS[1], 'stopJobId', ARGV[2])
-if write_state({KEYS[6], KEYS[7]}, {unpack(ARGV, 5)}) then
+if write_state({KEYS[6], KEYS[7]}, {unpack(ARGV, 6)}) then
   return {'cancelled', attempts, ''}
 end
-redis.call('HSET', KEYS[5], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+redis.call('HSET', KEYS[5], ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+redis.call('HSET', KEYS[1], 'stopJobId', ARGV[3])
 return {'cancelled', attempts, 'held'}
 """
 )
@@ -130,14 +131,9 @@ class Scheduler:
         pending_stop = self._pending_stop(record)
         if pending_stop is not None:
             return self.cancel(pending_stop)
-        if record.state is State.RUNNING and BY_NAME[record.kind or ""].fans_out:
-            raise JobConflict(
-                f"batch {job_id} has published its children; cancel those still pending one by "
-                f"one (recq status {job_id} --json lists them)"
-            )
         job = _job_of(record)
         keys = [self._store.key(job_id), self._claim_key(job_id), *self._schedule.keys]
-        args: list[str | bytes | int | float] = [job_id]
+        args: list[str | bytes | int | float] = [job_id, "1" if job.kind.fans_out else "0"]
         # An attempt VideoSDK never answered may have started the recording: the script holds
         # this stop, due now, unless every attempt was answered as having changed nothing (a
         # stop that finds nothing recording succeeds, reconciled).
@@ -162,6 +158,11 @@ class Scheduler:
             self._sleep(pause)
         if answer == "unknown":
             raise UnknownJob(job_id)
+        if answer == "published":
+            raise JobConflict(
+                f"batch {job_id} has published its children; cancel those still pending one by "
+                f"one (recq status {job_id} --json lists them)"
+            )
         if answer == "running":
             raise JobConflict(
                 f"job {job_id} is being run right now and can no longer be cancelled; once its "

@@ -345,3 +345,36 @@ class TestCompletion:
         runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
         with pytest.raises(JobConflict, match="cancel those still pending one by one"):
             scheduler.cancel("b1")
+
+    def test_a_cancel_that_waits_out_a_batch_s_fan_out_does_not_cancel_it(
+        self, runner, schedule, reporter, claims, store, published, clock
+    ):
+        """The cancel meets the claim of a delivery fanning the batch out and waits; meanwhile
+        that delivery publishes every child. The batch is refused, never recorded cancelled
+        over its running children."""
+        from worker.errors import JobConflict  # noqa: PLC0415
+        from worker.scheduler import Scheduler  # noqa: PLC0415
+
+        store.enqueue(
+            "b1",
+            kind=BULK_TRACK_RECORDING.name,
+            target=BULK_TRACK_RECORDING.target(BULK),
+            metadata={},
+        )
+        fanning_out = claims.acquire("b1")
+
+        def fan_out_ends(_pause: float) -> None:
+            claims.release("b1", fanning_out)
+            runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+
+        waiting = Scheduler(
+            schedule=schedule,
+            reporter=reporter,
+            claim_key=claims.key,
+            clock=clock,
+            sleep=fan_out_ends,
+        )
+        with pytest.raises(JobConflict, match="cancel those still pending one by one"):
+            waiting.cancel("b1")
+        assert len(published) == 6
+        assert store.get("b1").state is State.RUNNING

@@ -515,6 +515,17 @@ class TestCancel:
         assert (record.state, record.stop_job_id) == (State.CANCELLED, None)
         assert schedule.pending() == []
 
+    def test_cancelling_a_start_whose_stop_already_ran_holds_no_other(
+        self, make_runner, scheduler, sandbox, schedule, store
+    ):
+        """Its stop job ended already (the delivery that held it died before recording the
+        start's success): the cancel neither holds it again nor names it as stopping anything."""
+        unanswered_start(make_runner, sandbox, room_job())
+        store.transition("j1:stop", State.SUCCEEDED, kind=STOP_RECORDING.name)
+        scheduler.cancel("j1")
+        assert store.get("j1").stop_job_id is None
+        assert schedule.pending() == []
+
     def test_cancelling_a_start_that_made_no_attempt_schedules_no_stop(
         self, runner, scheduler, schedule, store, clock
     ):
@@ -596,6 +607,20 @@ class TestReschedule:
         assert store.get("j1").state is State.SUCCEEDED
         assert len(sandbox.accepted(Endpoints.START_RECORDING)) == 1
         assert sink.types == ["recording.waiting", "recording.started"]
+
+    def test_a_start_run_while_it_was_being_moved_keeps_its_attempts_counted(
+        self, make_runner, racing, scheduler, sandbox, store, clock
+    ):
+        """Answered 429 every time, the start waits to retry. Moved, it is delivered between the
+        schedule's change and the record's, and that delivery's first attempt starts the
+        recording unanswered. The reschedule's write holds the older count of attempts: the
+        record keeps the newer, so a cancel still schedules the stop."""
+        runner = unanswered_start(make_runner, sandbox, room_job(), REFUSED)
+        sandbox.inject(*UNANSWERED)
+        racing(runner).reschedule("j1", stop_at=at(clock, 3600))
+        assert sandbox.recording_running(ROOM)
+        scheduler.cancel("j1")
+        assert store.get("j1").stop_job_id == "j1:stop"
 
     def test_a_scheduled_job_moves_to_its_new_time(
         self, runner, scheduler, schedule, store, sink, clock
