@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 from worker.errors import (
     UNREACHABLE,
@@ -26,6 +27,9 @@ from worker.jobs import BY_COMMAND, BY_NAME, BY_TASK
 from worker.redact import redact_values
 from worker.settings import Settings
 from worker.state import epoch_iso
+
+if TYPE_CHECKING:
+    from worker.producer import RejectedJob
 
 WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "32", "--loglevel", "INFO")
 ENQUEUE_KINDS = {**BY_NAME, **BY_COMMAND}
@@ -188,7 +192,12 @@ def _add_events(commands: Any) -> None:
         "repeat for several",
     )
     events.add_argument(
-        "--job", metavar="ID", help="only events about this job (and a batch's children)"
+        "--job",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only events about this job, its stop job, and a batch's children and their stops; "
+        "repeat for several",
     )
     events.set_defaults(handler=_events)
 
@@ -248,6 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # The reader went away (`recq events | head -1`): stop quietly, as a killed pipe would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return code
 
 
@@ -295,21 +308,19 @@ def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) ->
 
     kind = ENQUEUE_KINDS[args.kind]
     try:
-        lines = read_jobs(sys.stdin if args.file == "-" else _open(args.file))
+        lines, unreadable = read_jobs(_read_input(args.file))
     except ValueError as exc:
         print(f"recq enqueue: {exc}", file=sys.stderr)
         return 1
     app = _app(settings)
     producer = Producer(app)
+    jobs = [job for _line, job in lines]
+    if unreadable:  # nothing is published: every other line's problems are told as well
+        return _refused(unreadable, lines, producer.check(kind, jobs)[1])
     try:
-        ids = producer.enqueue_many(kind, [job for _line, job in lines])
+        ids = producer.enqueue_many(kind, jobs)
     except BatchRejected as exc:
-        for rejected in exc.rejected:
-            line = lines[rejected.index][0]
-            for violation in rejected.error.violations:
-                print(f"recq enqueue: line {line}: {violation}", file=sys.stderr)
-        print(f"recq enqueue: {exc}", file=sys.stderr)
-        return 1
+        return _refused([], lines, exc.rejected)
     except BrokerUnavailable as exc:
         print(f"recq enqueue: {exc}", file=sys.stderr)
         return 1
@@ -323,41 +334,88 @@ def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) ->
     return wait_for(_app(settings, patient=True), ids, sys.stderr)
 
 
-def _open(path: str) -> IO[str]:
+def _refused(
+    unreadable: list[tuple[int, str]],
+    lines: list[tuple[int, Any]],
+    rejected: Sequence[RejectedJob],
+) -> int:
+    """Print every problem of an input, line by line, and say nothing was published: exit 1."""
+    problems = list(unreadable)
+    for job in rejected:
+        line = lines[job.index][0]
+        problems += [(line, str(violation)) for violation in job.error.violations]
+    problems.sort(key=lambda numbered: numbered[0])
+    for line, problem in problems:
+        print(f"recq enqueue: line {line}: {problem}", file=sys.stderr)
+    count = len({line for line, _problem in problems})
+    print(f"recq enqueue: {count} invalid job(s); nothing was published", file=sys.stderr)
+    return 1
+
+
+def _read_input(path: str) -> str:
+    """The text of the file at ``path`` (``-``: standard input), which must be UTF-8."""
     try:
-        return open(path, encoding="utf-8")
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as stream:
+                data = stream.read()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); nothing was published"
+        ) from None
 
 
-def read_jobs(stream: IO[str]) -> list[tuple[int, Any]]:
-    """The jobs in ``stream`` with their line numbers: one JSON object, or JSON lines."""
-    with stream:
-        text = stream.read()
+class _RepeatedKey(ValueError):
+    """A JSON object names one key twice: which value was meant cannot be known."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedKey(f"{key}: given twice in one object")
+        found[key] = value
+    return found
+
+
+def _json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
+def read_jobs(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """The jobs in ``text`` (one JSON object, or JSON lines) with their line numbers, and the
+    lines that could not be read, each with why."""
     if not text.strip():
         raise ValueError("the input holds no job")
     try:
         whole = json.loads(text)
     except (ValueError, RecursionError):
         whole = None
-    else:
-        if isinstance(whole, dict):
-            return [(1, whole)]
+    if isinstance(whole, dict):  # one job, perhaps over several lines
+        try:
+            return [(1, _json(text))], []
+        except _RepeatedKey as exc:
+            return [], [(1, str(exc))]
     jobs: list[tuple[int, Any]] = []
+    unreadable: list[tuple[int, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            jobs.append((number, json.loads(line)))
+            jobs.append((number, _json(line)))
+        except _RepeatedKey as exc:
+            unreadable.append((number, str(exc)))
         except ValueError as exc:
-            raise ValueError(
-                f"line {number}: not valid JSON ({exc}); nothing was published"
-            ) from None
+            unreadable.append((number, f"not valid JSON ({exc})"))
         except RecursionError:
-            raise ValueError(
-                f"line {number}: JSON nested too deeply to read; nothing was published"
-            ) from None
-    return jobs
+            unreadable.append((number, "JSON nested too deeply to read"))
+    return jobs, unreadable
 
 
 def _cancel(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
@@ -457,7 +515,7 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
 def _events(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
     from worker.event_log import EventFilter  # noqa: PLC0415
 
-    wanted = EventFilter(types=tuple(args.type), job=args.job)
+    wanted = EventFilter(types=tuple(args.type), jobs=tuple(args.job))
     for event in _app(settings, patient=args.follow).event_log.read(follow=args.follow):
         if wanted(event):
             print(json.dumps(event), flush=True)

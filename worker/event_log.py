@@ -14,6 +14,8 @@ from typing import Any
 
 import redis
 
+from worker.jobs import STOP_SUFFIX
+
 MAX_EVENTS = 10_000
 EVENT_FIELD = "event"
 """The stream entry's one field, holding the event as JSON."""
@@ -24,20 +26,30 @@ class EventFilter:
     """Which events to show: by type pattern and by job.
 
     ``types`` are shell-style patterns (``recording.*``, ``*.failed``); an event matches when
-    any does (none given: every type). ``job`` keeps the events about that job, and, for a
-    batch, about its children too.
+    any does (none given: every type). ``jobs`` keeps the events about those jobs (none given:
+    every job): each job's own, its stop job's (``<id>:stop``), and for a batch its children's
+    and their stop jobs'.
     """
 
     types: Sequence[str] = ()
-    job: str | None = None
+    jobs: Sequence[str] = ()
 
     def __call__(self, event: dict[str, Any]) -> bool:
         if self.types and not any(fnmatchcase(event.get("type", ""), t) for t in self.types):
             return False
-        if self.job is None:
+        if not self.jobs:
             return True
-        data = event.get("data") or {}
-        return self.job in (event.get("subject"), data.get("batchId"))
+        subject = event.get("subject") or ""
+        batch = (event.get("data") or {}).get("batchId")
+        return any(_about(job, subject, batch) for job in self.jobs)
+
+
+def _about(job: str, subject: str, batch: str | None) -> bool:
+    """Whether an event about ``subject`` (a child of ``batch``) is about ``job``: the job, its
+    stop, a child of the batch it is, or such a child's stop (``<batch>:<kind>:<id>:stop``)."""
+    if job in (subject, batch) or subject == job + STOP_SUFFIX:
+        return True
+    return subject.startswith(job + ":") and subject.endswith(STOP_SUFFIX)
 
 
 class EventLog:

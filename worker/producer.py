@@ -1,8 +1,10 @@
 """The producer API: validate jobs, record them as queued, and publish them for the workers.
 
 Bad jobs fail here first, before anything is published: :meth:`Producer.enqueue_many` checks
-every job of a batch and publishes none of them if one is invalid. A job's id is its ``jobId``
-when it names one (the idempotency key), else a fresh UUID; it becomes the Celery task id.
+every job of a batch and publishes none of them if one is invalid, names a ``jobId`` an earlier
+job of the batch already took (one of the two would be lost), or is a start already past its
+deadline (it could only fail). A job's id is its ``jobId`` when it names one (the idempotency
+key), else a fresh UUID; it becomes the Celery task id.
 
 A job due later (``startAt``, or a stop job's ``stopAt``) is not published yet: it is recorded
 ``scheduled`` and put on the durable schedule in Redis, from which the workers publish it when it
@@ -27,8 +29,8 @@ from worker.errors import (
 )
 from worker.jobs import BY_TASK, Job, JobKind
 from worker.publisher import CHUNK, TaskMessage
-from worker.state import Queued
-from worker.timing import Timing
+from worker.state import Queued, epoch_iso
+from worker.timing import Timing, optional_time
 from worker.validation import validate
 
 if TYPE_CHECKING:
@@ -68,13 +70,7 @@ class Producer:
 
     def enqueue_many(self, kind: JobKind, jobs: Sequence[Mapping[str, Any]]) -> list[str]:
         """Validate every job, then publish them all; return their ids in order."""
-        valid: list[dict[str, Any]] = []
-        rejected: list[RejectedJob] = []
-        for index, job in enumerate(jobs):
-            try:
-                valid.append(validate(kind.name, job))
-            except InvalidJob as exc:
-                rejected.append(RejectedJob(index, exc))
+        valid, rejected = self.check(kind, jobs)
         if rejected:
             raise BatchRejected(rejected)
         ids = [job.get("jobId") or str(uuid.uuid4()) for job in valid]
@@ -139,7 +135,57 @@ class Producer:
         app.dead_letters.remove(job_id)
         return job_id
 
+    def check(
+        self, kind: JobKind, jobs: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[RejectedJob]]:
+        """What :meth:`enqueue_many` checks, publishing nothing: the valid jobs, and the others
+        with their positions and violations."""
+        valid: list[dict[str, Any]] = []
+        rejected: list[RejectedJob] = []
+        named: set[str] = set()
+        now = time.time()
+        for index, job in enumerate(jobs):
+            try:
+                body = validate(kind.name, job)
+                self._refuse_unrunnable(kind, body, named, now)
+            except InvalidJob as exc:
+                rejected.append(RejectedJob(index, exc))
+            else:
+                valid.append(body)
+        return valid, rejected
+
+    def _refuse_unrunnable(
+        self, kind: JobKind, job: Mapping[str, Any], named: set[str], now: float
+    ) -> None:
+        """Raise InvalidJob for a valid job that still cannot run as given: its ``jobId`` taken
+        by an earlier job of the batch (``named``, which it joins), or its start deadline past."""
+        job_id = job.get("jobId")
+        if job_id is not None:
+            if job_id in named:
+                message = (
+                    f"{job_id!r} is already the jobId of an earlier job here: each job needs "
+                    "its own, or one of the two is lost"
+                )
+                raise InvalidJob([Violation("jobId", "duplicate", message)], job_id=job_id)
+            named.add(job_id)
+        timing = kind.timing(job, grace=self._app.settings.start_grace)
+        if timing.deadline is not None and timing.past_deadline(now):
+            field = _deadline_field(job, timing.deadline)
+            message = (
+                f"puts the start deadline at {epoch_iso(timing.deadline)}, already past: the "
+                "job could only fail (start_deadline_passed); give a later time"
+            )
+            raise InvalidJob([Violation(field, "too-late", message)], job_id=job_id)
+
     def _due_later(self, kind: JobKind, job: Mapping[str, Any]) -> Timing | None:
         """The job's timing when it is due later than now and is to be held until then."""
         timing = kind.timing(job, grace=self._app.settings.start_grace)
         return timing if timing.early(time.time()) else None
+
+
+def _deadline_field(job: Mapping[str, Any], deadline: float) -> str:
+    """The field that set a start's deadline: ``stopAt`` when it is the earlier, else
+    ``startDeadline`` when given, else ``startAt`` (plus the start grace)."""
+    if "stopAt" in job and optional_time(job, "stopAt") == deadline:
+        return "stopAt"
+    return "startDeadline" if "startDeadline" in job else "startAt"

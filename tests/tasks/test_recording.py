@@ -159,6 +159,38 @@ class TestInvalidJobs:
         assert [v.path for v in rejected.error.violations] == ["config.layout.gridSize"]
         assert app.redis.llen(app.settings.queue) == 0
 
+    def test_the_producer_refuses_two_jobs_of_a_batch_under_one_job_id(self, app):
+        """One of the two would be lost: the later is named, and nothing is published."""
+        jobs = [{"roomId": "a", "jobId": "dup"}, {"roomId": "b", "jobId": "dup"}]
+        with pytest.raises(BatchRejected) as caught:
+            Producer(app).enqueue_many(START_RECORDING, jobs)
+        [rejected] = caught.value.rejected
+        assert rejected.index == 1
+        assert [(v.path, v.code) for v in rejected.error.violations] == [("jobId", "duplicate")]
+        assert app.redis.llen(app.settings.queue) == 0
+        assert app.store.get("dup") is None
+
+    @pytest.mark.parametrize(
+        ("times", "field"),
+        [
+            ({"startAt": "2020-01-01T00:00:00Z"}, "startAt"),
+            (
+                {"startAt": "2020-01-01T00:00:00Z", "startDeadline": "2020-01-01T00:10:00Z"},
+                "startDeadline",
+            ),
+            ({"stopAt": "2020-01-01T00:00:00Z"}, "stopAt"),
+        ],
+        ids=["start-at-beyond-grace", "start-deadline", "stop-at"],
+    )
+    def test_the_producer_refuses_a_start_already_past_its_deadline(self, app, times, field):
+        """It could only fail start_deadline_passed: the field that set the deadline is named."""
+        with pytest.raises(BatchRejected) as caught:
+            Producer(app).enqueue(START_RECORDING, {"roomId": "r1", **times})
+        [violation] = caught.value.rejected[0].error.violations
+        assert (violation.path, violation.code) == (field, "too-late")
+        assert "already past" in violation.message
+        assert app.redis.llen(app.settings.queue) == 0
+
     def test_a_grid_of_five_past_the_producer_is_refused_by_the_worker(
         self, app, sandbox, running_worker, event_queue
     ):

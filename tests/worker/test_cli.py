@@ -183,7 +183,55 @@ class TestEnqueue:
         result = recq("enqueue", "start-recording", "-", env=env, stdin=text)
         assert result.returncode == 1
         assert result.stderr == (
-            f"recq enqueue: line {lines}: JSON nested too deeply to read; nothing was published\n"
+            f"recq enqueue: line {lines}: JSON nested too deeply to read\n"
+            "recq enqueue: 1 invalid job(s); nothing was published\n"
+        )
+
+    def test_every_problem_is_told_even_beside_a_line_that_is_not_json(self, env, redis_client):
+        """A line that cannot be read does not hide the others' problems: each is named, in
+        line order, and nothing is published."""
+        lines = [
+            json.dumps(ROOM_JOB),
+            json.dumps({"roomid": "r"}),
+            json.dumps(GRID_OF_FIVE),
+            "{bad",
+        ]
+        result = recq("enqueue", "start-recording", "-", env=env, stdin="\n".join(lines))
+        assert result.returncode == 1
+        told = [line.split(":")[1] for line in result.stderr.splitlines()]
+        assert told == [
+            " line 2",
+            " line 2",
+            " line 3",
+            " line 4",
+            " 3 invalid job(s); nothing was published",
+        ]
+        assert "line 4: not valid JSON" in result.stderr
+        assert redis_client.llen(env["RECQ_QUEUE"]) == 0
+
+    def test_two_jobs_under_one_job_id_are_refused(self, env, redis_client):
+        """The later line is named: one of the two jobs would otherwise be lost."""
+        lines = [json.dumps({"roomId": room, "jobId": "dup"}) for room in ("a", "b")]
+        result = recq("enqueue", "start-recording", "-", env=env, stdin="\n".join(lines))
+        assert result.returncode == 1
+        assert "line 2: jobId: 'dup' is already the jobId of an earlier job here" in result.stderr
+        assert redis_client.llen(env["RECQ_QUEUE"]) == 0
+
+    def test_a_key_given_twice_in_one_job_is_refused(self, env):
+        """Which of the two values was meant cannot be known."""
+        result = recq(
+            "enqueue", "start-recording", "-", env=env, stdin='{"roomId": "a", "roomId": "b"}'
+        )
+        assert result.returncode == 1
+        assert "line 1: roomId: given twice in one object" in result.stderr
+
+    def test_input_that_is_not_utf8_is_named_by_its_line(self, env, tmp_path):
+        path = tmp_path / "jobs.jsonl"
+        path.write_bytes(b'{"roomId": "a"}\n{"roomId": "\xff"}\n')
+        result = recq("enqueue", "start-recording", str(path), env=env)
+        assert result.returncode == 1
+        assert result.stderr == (
+            "recq enqueue: line 2: not UTF-8 text (byte 0xff); nothing was published\n"
         )
 
     def test_a_missing_file_is_a_clear_error(self, env, tmp_path):
@@ -245,10 +293,32 @@ class TestStatusAndEvents:
 
         assert shown("--type", "*.failed") == [("recording.failed", ids[0])]
         assert shown("--job", ids[1]) == [("recording.started", ids[1])]
+        assert len(shown("--job", ids[0], "--job", ids[1])) == 2
         assert shown("--type", "recording.*", "--type", "batch.*") == [
             ("recording.failed", ids[0]),
             ("recording.started", ids[1]),
         ]
+
+
+class TestPipes:
+    def test_output_into_a_closed_pipe_stops_quietly(self, env):
+        """`recq status ID | head -1`: the reader has gone; no traceback, the exit of a
+        process a broken pipe stops (141)."""
+        job = json.dumps({**ROOM_JOB, "jobId": "piped"})
+        assert recq("enqueue", "start-recording", "-", env=env, stdin=job).returncode == 0
+        read, write = os.pipe()
+        os.close(read)
+        with os.fdopen(write, "w") as closed:
+            result = subprocess.run(
+                [sys.executable, "-m", "worker", "status", "piped"],
+                stdout=closed,
+                stderr=subprocess.PIPE,
+                env=env,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        assert (result.returncode, result.stderr) == (141, "")
 
 
 class TestSchedulingCommands:

@@ -24,7 +24,23 @@ class TestEventFilter:
 
     def test_a_job_keeps_its_own_events_and_its_batch_children(self):
         """--job BATCH shows the batch's events and its children's."""
-        wanted = EventFilter(job="b1")
+        wanted = EventFilter(jobs=("b1",))
         assert wanted(_event("batch.started", "b1"))
         assert wanted(_event("track_recording.started", "b1:audio:p1", batch_id="b1"))
         assert not wanted(_event("recording.started", "other"))
+
+    def test_a_job_keeps_its_stop_job_s_events_and_its_children_s_stops(self):
+        """Following a start with stopAt shows the stop recq made for it; following a batch,
+        each child's stop too. Another job whose id begins alike is not shown."""
+        assert EventFilter(jobs=("j1",))(_event("recording.stopped", "j1:stop"))
+        wanted = EventFilter(jobs=("b1",))
+        assert wanted(_event("track_recording.stopped", "b1:audio:p1:stop"))
+        assert not wanted(_event("recording.started", "b1:other"))
+        assert not wanted(_event("recording.stopped", "b10:stop"))
+
+    def test_jobs_given_several_times_are_all_kept(self):
+        """--job a --job b shows both jobs' events."""
+        wanted = EventFilter(jobs=("a", "b"))
+        assert wanted(_event("recording.started", "a"))
+        assert wanted(_event("recording.started", "b"))
+        assert not wanted(_event("recording.started", "c"))
