@@ -122,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schedule.set_defaults(handler=_schedule)
 
-    status = commands.add_parser("status", help="show a job's state")
+    status = commands.add_parser(
+        "status",
+        help="show a job's state",
+        description="Show a job's state: its kind, target, attempts, times, error, history, "
+        "its stop job, or a batch's counts and children. Exit 1 for an id recq does not know.",
+    )
     status.add_argument("id", help="the job id that `recq enqueue` printed")
     status.add_argument("--json", action="store_true", help="print the state as a JSON object")
     status.set_defaults(handler=_status)
@@ -140,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead_list = dead_commands.add_parser("list", help="one line a dead letter, newest first")
     dead_list.add_argument("--json", action="store_true", help="JSON lines instead")
     dead_show = dead_commands.add_parser("show", help="a dead letter in full, as JSON")
-    dead_show.add_argument("id")
+    dead_show.add_argument("id", help="the failed job's id (from `recq dead list`)")
     replay = dead_commands.add_parser("replay", help="publish dead jobs again, same ids")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="the job to replay")
@@ -150,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_health(commands)
 
     fake = commands.add_parser(
-        "fake-api", help="run the VideoSDK sandbox", description="Serve the VideoSDK sandbox."
+        "fake-api",
+        help="run the VideoSDK sandbox",
+        description="Serve the VideoSDK sandbox: VideoSDK's recording and sessions endpoints, "
+        "checked as VideoSDK checks them, for a worker pointed at it (it prints the variables "
+        "to set). Drive it over HTTP under /_sandbox/: GET calls (what it received), POST "
+        'faults (a JSON list such as [{"status": 503, "times": 2}] or [{"status": 400, '
+        '"path": "/v2/recordings/start"}]), POST reset, POST or DELETE rooms/<roomId>/live '
+        "(begin or end a meeting). The README's 'The sandbox' lists every fault field.",
     )
     fake.add_argument(
         "--host",

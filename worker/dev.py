@@ -72,9 +72,9 @@ def run_dev(environ: Mapping[str, str], *, once: bool, out: IO[str] = sys.stdout
         producer = Producer(app)
         pending = {producer.enqueue(kind, job) for kind, job in EXAMPLES}
         print(f"enqueued {len(pending)} example jobs: {', '.join(sorted(pending))}", file=out)
+        stops = "it stops once they have ended" if once else "Ctrl-C stops everything"
         print(
-            f"try: CELERY_BROKER_URL={redis_server.url} recq enqueue start-recording FILE; "
-            "Ctrl-C stops everything",
+            f"try: CELERY_BROKER_URL={redis_server.url} recq enqueue start-recording FILE; {stops}",
             file=out,
         )
         failed = 0
