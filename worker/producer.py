@@ -111,6 +111,8 @@ class Producer:
         if kind is None:
             raise InvalidJob([Violation("", "unknown-task", f"no task is named {letter.task!r}")])
         job = validate(kind.name, letter.job, job_id=job_id)
+        if not kind.stops and (too_late := _too_late(job, time.time())) is not None:
+            raise InvalidJob([too_late], job_id=job_id)
         app = self._app
         try:
             timing = self._due_later(kind, job)
@@ -139,43 +141,55 @@ class Producer:
         self, kind: JobKind, jobs: Sequence[Mapping[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[RejectedJob]]:
         """What :meth:`enqueue_many` checks, publishing nothing: the valid jobs, and the others
-        with their positions and violations."""
-        valid: list[dict[str, Any]] = []
-        rejected: list[RejectedJob] = []
+        with their positions and every violation.
+
+        Besides its schema, a job must not take a ``jobId`` an earlier job of the batch took
+        (one of the two would be lost), and a start must not be past a ``startDeadline`` or
+        ``stopAt`` it names: it could only fail. (Not ``startAt`` plus the start grace, which
+        is the workers' setting.) A job that already ended is left as it was by the enqueue
+        whatever its times, so it is not refused for them.
+        """
         named: set[str] = set()
         now = time.time()
+        checked: list[dict[str, Any] | InvalidJob] = []
+        late: dict[int, tuple[str, dict[str, Any]]] = {}  # starts past a deadline they name
         for index, job in enumerate(jobs):
+            job_id = job.get("jobId") if isinstance(job, Mapping) else None
+            named_id = job_id if isinstance(job_id, str) else None
+            found: list[Violation] = []
+            if named_id is not None:
+                if named_id in named:
+                    found.append(_duplicate(named_id))
+                named.add(named_id)
             try:
                 body = validate(kind.name, job)
-                self._refuse_unrunnable(kind, body, named, now)
             except InvalidJob as exc:
-                rejected.append(RejectedJob(index, exc))
+                found[:0] = exc.violations
             else:
-                valid.append(body)
+                too_late = None if found or kind.stops else _too_late(body, now)
+                if too_late is not None:
+                    found.append(too_late)
+                    if named_id is not None:
+                        late[index] = (named_id, body)
+            checked.append(InvalidJob(found, job_id=named_id) if found else body)
+        ended = self._ended([job_id for job_id, _body in late.values()])
+        for (index, (_job_id, body)), gone in zip(late.items(), ended, strict=True):
+            if gone:  # the enqueue leaves it as it was
+                checked[index] = body
+        valid = [job for job in checked if not isinstance(job, InvalidJob)]
+        rejected = [
+            RejectedJob(index, error)
+            for index, error in enumerate(checked)
+            if isinstance(error, InvalidJob)
+        ]
         return valid, rejected
 
-    def _refuse_unrunnable(
-        self, kind: JobKind, job: Mapping[str, Any], named: set[str], now: float
-    ) -> None:
-        """Raise InvalidJob for a valid job that still cannot run as given: its ``jobId`` taken
-        by an earlier job of the batch (``named``, which it joins), or its start deadline past."""
-        job_id = job.get("jobId")
-        if job_id is not None:
-            if job_id in named:
-                message = (
-                    f"{job_id!r} is already the jobId of an earlier job here: each job needs "
-                    "its own, or one of the two is lost"
-                )
-                raise InvalidJob([Violation("jobId", "duplicate", message)], job_id=job_id)
-            named.add(job_id)
-        timing = kind.timing(job, grace=self._app.settings.start_grace)
-        if timing.deadline is not None and timing.past_deadline(now):
-            field = _deadline_field(job, timing.deadline)
-            message = (
-                f"puts the start deadline at {epoch_iso(timing.deadline)}, already past: the "
-                "job could only fail (start_deadline_passed); give a later time"
-            )
-            raise InvalidJob([Violation(field, "too-late", message)], job_id=job_id)
+    def _ended(self, job_ids: Sequence[str]) -> list[bool]:
+        """Whether each job has ended (one round trip; none for no ids)."""
+        if not job_ids:
+            return []
+        states = self._app.producer_store.states(job_ids)
+        return [state is not None and state.terminal for state, _error in states]
 
     def _due_later(self, kind: JobKind, job: Mapping[str, Any]) -> Timing | None:
         """The job's timing when it is due later than now and is to be held until then."""
@@ -183,9 +197,26 @@ class Producer:
         return timing if timing.early(time.time()) else None
 
 
-def _deadline_field(job: Mapping[str, Any], deadline: float) -> str:
-    """The field that set a start's deadline: ``stopAt`` when it is the earlier, else
-    ``startDeadline`` when given, else ``startAt`` (plus the start grace)."""
-    if "stopAt" in job and optional_time(job, "stopAt") == deadline:
-        return "stopAt"
-    return "startDeadline" if "startDeadline" in job else "startAt"
+def _duplicate(job_id: str) -> Violation:
+    message = (
+        f"{job_id!r} is already the jobId of an earlier job here: each job needs its own, or "
+        "one of the two is lost"
+    )
+    return Violation("jobId", "duplicate", message)
+
+
+def _too_late(job: Mapping[str, Any], now: float) -> Violation | None:
+    """The violation of a start already past a deadline it names (``startDeadline`` or
+    ``stopAt``, the earlier of the two), or None."""
+    named = [(optional_time(job, field), field) for field in ("startDeadline", "stopAt")]
+    given = [(moment, field) for moment, field in named if moment is not None]
+    if not given:
+        return None
+    deadline, field = min(given)
+    if now <= deadline:
+        return None
+    message = (
+        f"puts the start deadline at {epoch_iso(deadline)}, already past: the job could only "
+        "fail (start_deadline_passed); give a later time"
+    )
+    return Violation(field, "too-late", message)

@@ -8,6 +8,7 @@ call log, the job's state, and the events on the ``recq.events`` exchange.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,11 +17,12 @@ import kombu
 import pytest
 
 from worker import testing
+from worker.errors import InvalidJob
 from worker.events import EXCHANGE
 from worker.jobs import START_RECORDING, START_TRACK_RECORDING
 from worker.producer import BatchRejected, Producer
 from worker.sandbox import DEFAULT_SECRET, Fault
-from worker.state import State
+from worker.state import State, epoch_iso
 
 pytestmark = pytest.mark.integration
 
@@ -173,16 +175,16 @@ class TestInvalidJobs:
     @pytest.mark.parametrize(
         ("times", "field"),
         [
-            ({"startAt": "2020-01-01T00:00:00Z"}, "startAt"),
             (
                 {"startAt": "2020-01-01T00:00:00Z", "startDeadline": "2020-01-01T00:10:00Z"},
                 "startDeadline",
             ),
             ({"stopAt": "2020-01-01T00:00:00Z"}, "stopAt"),
+            ({"startDeadline": "2020-01-01T00:10:00Z", "stopAt": "2020-01-01T00:05:00Z"}, "stopAt"),
         ],
-        ids=["start-at-beyond-grace", "start-deadline", "stop-at"],
+        ids=["start-deadline", "stop-at", "the-earlier"],
     )
-    def test_the_producer_refuses_a_start_already_past_its_deadline(self, app, times, field):
+    def test_the_producer_refuses_a_start_already_past_a_deadline_it_names(self, app, times, field):
         """It could only fail start_deadline_passed: the field that set the deadline is named."""
         with pytest.raises(BatchRejected) as caught:
             Producer(app).enqueue(START_RECORDING, {"roomId": "r1", **times})
@@ -190,6 +192,49 @@ class TestInvalidJobs:
         assert (violation.path, violation.code) == (field, "too-late")
         assert "already past" in violation.message
         assert app.redis.llen(app.settings.queue) == 0
+
+    def test_a_late_start_at_alone_is_left_to_the_workers_grace(self, app):
+        """startAt plus RECQ_START_GRACE is the workers' deadline, set where they run: the
+        producer cannot know it, and publishes the job."""
+        job_id = Producer(app).enqueue(
+            START_RECORDING, {"roomId": "r1", "startAt": "2020-01-01T00:00:00Z"}
+        )
+        assert app.store.get(job_id).state is State.QUEUED
+
+    def test_a_late_job_enqueued_again_after_it_ended_is_left_as_it_was(self, app):
+        """Enqueueing an ended job again changes nothing, whatever its times: it is not
+        refused for a deadline that has passed since."""
+        job = {"jobId": "late-1", "roomId": "r1", "stopAt": epoch_iso(time.time() + 3600)}
+        producer = Producer(app)
+        producer.enqueue(START_RECORDING, job)
+        app.producer_scheduler.cancel("late-1")
+        again = {**job, "stopAt": "2020-01-01T00:00:00Z"}
+        assert producer.enqueue_many(START_RECORDING, [again]) == ["late-1"]
+        assert app.store.get("late-1").state is State.CANCELLED
+
+    def test_a_dead_letter_past_a_deadline_it_names_is_not_replayed(self, app):
+        """Its replay could only fail again: it is refused as an enqueue would be, and kept."""
+        job = {"roomId": "r1", "startDeadline": "2020-01-01T00:10:00Z"}
+        error = {"reason": "meeting_not_live", "message": "no live session"}
+        app.dead_letters.add(
+            "late-dead", task=START_RECORDING.task_name, job=job, error=error, attempts=0
+        )
+        with pytest.raises(InvalidJob, match="startDeadline: puts the start deadline"):
+            Producer(app).replay("late-dead")
+        assert app.dead_letters.get("late-dead") is not None
+        assert app.redis.llen(app.settings.queue) == 0
+
+    def test_every_job_under_a_repeated_job_id_is_named_even_after_an_invalid_one(self, app):
+        """The first holder of the id is invalid: the two after it are named all the same."""
+        jobs = [
+            {"jobId": "d1", "roomId": "a", "bogus": 1},
+            {"jobId": "d1", "roomId": "b"},
+            {"jobId": "d1", "roomId": "c"},
+        ]
+        with pytest.raises(BatchRejected) as caught:
+            Producer(app).enqueue_many(START_RECORDING, jobs)
+        named = [(r.index, [v.code for v in r.error.violations]) for r in caught.value.rejected]
+        assert named == [(0, ["unknown-field"]), (1, ["duplicate"]), (2, ["duplicate"])]
 
     def test_a_grid_of_five_past_the_producer_is_refused_by_the_worker(
         self, app, sandbox, running_worker, event_queue
