@@ -1,7 +1,7 @@
 """The ``recq`` command line: run a worker, enqueue jobs, read their states and events.
 
 Exit codes: 0 done; 1 the command ran but the answer is bad (an invalid job, an unknown id);
-2 recq is misconfigured or misused.
+2 recq is misconfigured or misused; 141 the reader of its output went away (a broken pipe).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -261,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ)
         code: int = args.handler(settings, args, extra)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
+        sys.stderr.flush()
     except SettingsError as exc:
         print(f"recq: {exc}", file=sys.stderr)
         return 2
@@ -270,8 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:
-        # The reader went away (`recq events | head -1`): stop quietly, as a killed pipe would.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader went away (`recq events | head -1`): stop quietly, as a killed pipe would,
+        # with nothing left to write at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
         return 128 + signal.SIGPIPE
     return code
 
@@ -391,7 +397,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for key, value in pairs:
         if key in found:
-            raise _RepeatedKey(f"{key}: given twice in one object")
+            raise _RepeatedKey(f"the key {key!r} is given twice in one object")
         found[key] = value
     return found
 
@@ -416,18 +422,50 @@ def read_jobs(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
             return [], [(1, str(exc))]
     jobs: list[tuple[int, Any]] = []
     unreadable: list[tuple[int, str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            jobs.append((number, _json(line)))
-        except _RepeatedKey as exc:
-            unreadable.append((number, str(exc)))
-        except ValueError as exc:
-            unreadable.append((number, f"not valid JSON ({exc})"))
-        except RecursionError:
-            unreadable.append((number, "JSON nested too deeply to read"))
+    # Only "\n" ends a line: U+2028 and its kind may stand unescaped inside a JSON string.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            job, problem = _read_line(line)
+            if problem is None:
+                jobs.append((number, job))
+            else:
+                unreadable.append((number, problem))
+    if unreadable and _spread_over_lines(text):
+        raise ValueError(
+            "the jobs are spread over several lines each: give one job a line (`jq -c` writes "
+            "them so); nothing was published"
+        )
     return jobs, unreadable
+
+
+def _read_line(line: str) -> tuple[Any, str | None]:
+    """A line's job, or why it cannot be read."""
+    try:
+        return _json(line), None
+    except _RepeatedKey as exc:
+        return None, str(exc)
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc})"
+    except RecursionError:
+        return None, "JSON nested too deeply to read"
+
+
+_JSON_TEXT = re.compile(r"[^ \t\n\r]")
+
+
+def _spread_over_lines(text: str) -> bool:
+    """Whether ``text`` is several JSON values, some over more than one line (jq's output)."""
+    decoder = json.JSONDecoder()
+    index, values, spread = 0, 0, False
+    while (start := _JSON_TEXT.search(text, index)) is not None:
+        index = start.start()
+        try:
+            _value, end = decoder.raw_decode(text, index)
+        except (ValueError, RecursionError):
+            return False
+        spread = spread or "\n" in text[index:end]
+        values, index = values + 1, end
+    return values > 1 and spread
 
 
 def _cancel(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from worker.jobs import STOP_SUFFIX
+from worker.jobs import STOP_SUFFIX, is_child_stop
 
 MAX_EVENTS = 10_000
 EVENT_FIELD = "event"
@@ -46,10 +46,8 @@ class EventFilter:
 
 def _about(job: str, subject: str, batch: str | None) -> bool:
     """Whether an event about ``subject`` (a child of ``batch``) is about ``job``: the job, its
-    stop, a child of the batch it is, or such a child's stop (``<batch>:<kind>:<id>:stop``)."""
-    if job in (subject, batch) or subject == job + STOP_SUFFIX:
-        return True
-    return subject.startswith(job + ":") and subject.endswith(STOP_SUFFIX)
+    stop, a child of the batch it is, or such a child's stop."""
+    return job in (subject, batch) or subject == job + STOP_SUFFIX or is_child_stop(subject, job)
 
 
 class EventLog:

@@ -11,6 +11,7 @@ A bulk job fans out into track jobs (:func:`child_jobs`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from worker.validation import ENVELOPE_FIELDS
 from worker.videosdk import Endpoints, refused_as_already_running, refused_as_not_running
 
 STOP_SUFFIX = ":stop"
+TRACK_KINDS = ("audio", "video", "screen_audio", "screen_video")
+"""The tracks a track recording names in ``kind``: the job schemas' enum."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,14 @@ def child_jobs(batch: Job) -> list[Job]:
                 Job(child_id(batch.id, kind, participant), START_TRACK_RECORDING, child, batch.id)
             )
     return children
+
+
+def is_child_stop(subject: str, batch_id: str) -> bool:
+    """Whether job id ``subject`` is the stop job of a child of batch ``batch_id``:
+    ``<batch id>:<kind>:<participantId>:stop``, the participant id escaped (:func:`child_id`)."""
+    kinds = "|".join(TRACK_KINDS)
+    pattern = rf"{re.escape(batch_id)}:(?:{kinds}):[^:]+{re.escape(STOP_SUFFIX)}"
+    return re.fullmatch(pattern, subject) is not None
 
 
 def child_id(batch_id: str, kind: str, participant_id: str) -> str:

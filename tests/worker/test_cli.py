@@ -223,7 +223,25 @@ class TestEnqueue:
             "enqueue", "start-recording", "-", env=env, stdin='{"roomId": "a", "roomId": "b"}'
         )
         assert result.returncode == 1
-        assert "line 1: roomId: given twice in one object" in result.stderr
+        assert "line 1: the key 'roomId' is given twice in one object" in result.stderr
+
+    def test_jobs_pretty_printed_over_several_lines_are_told_once(self, env):
+        """jq's default output: one message saying how to give them, not one a line."""
+        text = "\n".join(json.dumps({"roomId": room}, indent=2) for room in ("a", "b"))
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=text)
+        assert result.returncode == 1
+        assert result.stderr == (
+            "recq enqueue: the jobs are spread over several lines each: give one job a line "
+            "(`jq -c` writes them so); nothing was published\n"
+        )
+
+    def test_a_line_separator_inside_a_string_does_not_end_the_line(self, env):
+        """U+2028 may stand unescaped in a JSON string (as json.dumps(ensure_ascii=False)
+        writes it): only a newline ends a job's line."""
+        jobs = [{"roomId": "a", "metadata": {"note": "one\u2028two"}}, {"roomId": "b"}]
+        text = "\n".join(json.dumps(job, ensure_ascii=False) for job in jobs)
+        result = recq("enqueue", "start-recording", "-", env=env, stdin=text)
+        assert (result.returncode, len(result.stdout.split())) == (0, 2), result.stderr
 
     def test_input_that_is_not_utf8_is_named_by_its_line(self, env, tmp_path):
         path = tmp_path / "jobs.jsonl"
@@ -303,7 +321,8 @@ class TestStatusAndEvents:
 class TestPipes:
     def test_output_into_a_closed_pipe_stops_quietly(self, env):
         """`recq status ID | head -1`: the reader has gone; no traceback, the exit of a
-        process a broken pipe stops (141)."""
+        process a broken pipe stops (141). Output buffered as usual, not written at once."""
+        env = {k: v for k, v in env.items() if k != "PYTHONUNBUFFERED"}
         job = json.dumps({**ROOM_JOB, "jobId": "piped"})
         assert recq("enqueue", "start-recording", "-", env=env, stdin=job).returncode == 0
         read, write = os.pipe()

@@ -35,8 +35,16 @@ class TestEventFilter:
         assert EventFilter(jobs=("j1",))(_event("recording.stopped", "j1:stop"))
         wanted = EventFilter(jobs=("b1",))
         assert wanted(_event("track_recording.stopped", "b1:audio:p1:stop"))
+        assert wanted(_event("track_recording.stopped", "b1:screen_audio:p%3A2:stop"))
         assert not wanted(_event("recording.started", "b1:other"))
         assert not wanted(_event("recording.stopped", "b10:stop"))
+
+    def test_a_job_id_with_colons_does_not_bring_in_another_job_s_stop(self):
+        """jobIds may hold ':' (crm-7f3a9c:meeting-42): --job crm-7f3a9c shows neither that job
+        nor its stop, which only look like a batch child's."""
+        wanted = EventFilter(jobs=("crm-7f3a9c",))
+        assert not wanted(_event("recording.started", "crm-7f3a9c:meeting-42"))
+        assert not wanted(_event("recording.stopped", "crm-7f3a9c:meeting-42:stop"))
 
     def test_jobs_given_several_times_are_all_kept(self):
         """--job a --job b shows both jobs' events."""

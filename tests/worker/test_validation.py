@@ -357,3 +357,18 @@ class TestKinds:
         """No job looks a `$ref` up: each is replaced by the schema it names (three times as
         fast), and the tests above show the errors read as they did."""
         assert "$ref" not in json.dumps(_validator(kind).schema)
+
+
+def test_the_track_kinds_recq_knows_are_the_schemas():
+    """worker.jobs.TRACK_KINDS (which names a batch child's stop) is each track schema's enum."""
+    from worker.jobs import TRACK_KINDS  # noqa: PLC0415
+
+    for name, path in (
+        ("start-track-recording", ("properties", "kind")),
+        ("stop-track-recording", ("properties", "kind")),
+        ("bulk-track-recording", ("properties", "kinds", "items")),
+    ):
+        node = schemas.load(f"jobs/{name}.v1.json")
+        for key in path:
+            node = node[key]
+        assert tuple(node["enum"]) == TRACK_KINDS
