@@ -8,6 +8,7 @@ each naming its variable and how to fix it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ DEFAULT_HEARTBEAT_FILE = Path(tempfile.gettempdir()) / "recq-worker.heartbeat"
 LOG_FORMATS = ("text", "json")
 BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+MAX_STATE_TTL = 10 * 365 * 24 * 3600
+"""The longest a job's state is kept (ten years): beyond what Redis' EXPIRE takes, no job
+could be recorded at all."""
 
 _T = TypeVar("_T")
 
@@ -125,10 +129,15 @@ class Settings:
                 "VIDEOSDK_API_ENDPOINT", DEFAULT_ENDPOINT, ("https", "http")
             ).rstrip("/"),
             broker_url=broker_url,
-            redis_url=reader.url("RECQ_REDIS_URL", redis_default or DEFAULT_BROKER, REDIS_SCHEMES),
+            # Checked only when set: the broker's URL, its default, was checked as the broker's.
+            redis_url=reader.url("RECQ_REDIS_URL", DEFAULT_BROKER, REDIS_SCHEMES)
+            if "RECQ_REDIS_URL" in environ
+            else redis_default or DEFAULT_BROKER,
             namespace=reader.text("RECQ_NAMESPACE", "recq"),
             queue=reader.text("RECQ_QUEUE", "recq"),
-            state_ttl=reader.number("RECQ_STATE_TTL", 7 * 24 * 3600, int, minimum=60),
+            state_ttl=reader.number(
+                "RECQ_STATE_TTL", 7 * 24 * 3600, int, minimum=60, maximum=MAX_STATE_TTL
+            ),
             token_ttl=reader.number("RECQ_TOKEN_TTL", 600, int, minimum=120),
             connect_timeout=reader.number("RECQ_CONNECT_TIMEOUT", 5.0, float, minimum=0.1),
             read_timeout=reader.number("RECQ_READ_TIMEOUT", 20.0, float, minimum=0.1),
@@ -223,20 +232,38 @@ class _Reader:
             self.problems.append(
                 f"{name}={redact(value)!r} has a port that is not a number from 0 to 65535"
             )
+        database = parts.path.lstrip("/")
+        if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+            self.problems.append(
+                f"{name}={redact(value)!r} names the Redis database {database!r}: it must be a "
+                "number (redis://host:6379/0), or nothing for 0"
+            )
         return value
 
-    def number(self, name: str, default: _T, kind: Callable[[str], _T], *, minimum: float) -> _T:
+    def number(
+        self,
+        name: str,
+        default: _T,
+        kind: Callable[[str], _T],
+        *,
+        minimum: float,
+        maximum: float = math.inf,
+    ) -> _T:
         raw = self.environ.get(name, "").strip()
         if not raw:
             return default
         try:
             value = kind(raw)
         except ValueError:
-            what = "a whole number" if kind is int else "a number"
+            value = None
+        what = "a whole number" if kind is int else "a number"
+        if value is None or not math.isfinite(value):  # type: ignore[arg-type]
             self.problems.append(f"{name}={raw!r} is not {what}")
             return default
         if value < minimum:  # type: ignore[operator]
             self.problems.append(f"{name}={raw!r} must be at least {minimum}")
+        elif value > maximum:  # type: ignore[operator]
+            self.problems.append(f"{name}={raw!r} must be at most {maximum:g}")
         return value
 
     def credentials(self) -> Credentials | None:

@@ -100,6 +100,30 @@ class TestFromEnv:
         longer = Settings.from_env({**env, "RECQ_VISIBILITY_TIMEOUT": "70"})
         assert longer.visibility_timeout >= longer.claim_lease + 10
 
+    @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+    def test_numbers_that_are_not_finite_are_refused(self, value):
+        """float() takes them, and a worker then failed every job (a NaN timeout)."""
+        with pytest.raises(SettingsError, match=f"RECQ_CONNECT_TIMEOUT='{value}' is not a number"):
+            Settings.from_env({"RECQ_CONNECT_TIMEOUT": value})
+
+    def test_a_state_ttl_beyond_what_redis_keeps_is_refused(self):
+        """Redis refused every state write with it, and no job could run."""
+        with pytest.raises(SettingsError, match=r"RECQ_STATE_TTL=.* must be at most 3\.1536e\+08"):
+            Settings.from_env({"RECQ_STATE_TTL": "99999999999999999999999"})
+
+    @pytest.mark.parametrize("variable", ["CELERY_BROKER_URL", "RECQ_REDIS_URL"])
+    def test_a_redis_database_that_is_not_a_number_is_refused(self, variable):
+        """redis-py read redis://host/abc as database 0: jobs went where no worker looked."""
+        with pytest.raises(SettingsError, match=f"{variable}=.* names the Redis database 'abc'"):
+            Settings.from_env({variable: "redis://127.0.0.1:6379/abc"})
+        assert Settings.from_env({variable: "redis://127.0.0.1:6379"}).broker_url
+
+    def test_a_bad_broker_is_named_once_when_redis_defaults_to_it(self):
+        """RECQ_REDIS_URL unset takes the broker's URL: its problem is the broker's alone."""
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({"CELERY_BROKER_URL": "redis://:pw@host:99999/0"})
+        assert [p.split("=")[0] for p in caught.value.problems] == ["CELERY_BROKER_URL"]
+
     def test_the_endpoint_loses_its_trailing_slash(self):
         """Paths are joined to the endpoint without doubling the slash."""
         settings = Settings.from_env({"VIDEOSDK_API_ENDPOINT": "http://127.0.0.1:9/"})
