@@ -70,6 +70,9 @@ class Patience:
 WORKER_PATIENCE = Patience(retries=10, read_timeout=30, connect_timeout=5, retry_timeouts=True)
 """A worker rides over a short outage: about 15 s of retries before a state write gives up and
 the message is delivered again."""
+SCRAPE_PATIENCE = Patience(retries=0, read_timeout=2, connect_timeout=1, retry_timeouts=False)
+"""A metrics scrape reads the backlog gauges once, each within 2 s: with Redis down or silent,
+the scrape still answers well within a scraper's timeout (10 s by default), without them."""
 QUICK_PATIENCE = Patience(retries=1, read_timeout=2, connect_timeout=2, retry_timeouts=False)
 """Producers and the command line report a Redis that refuses within about a second, and one
 that accepts but does not answer within about 10 s: redis-py retries a connection's handshake
@@ -229,9 +232,13 @@ class RecqCelery(Celery):
 
     @cached_property
     def metrics(self) -> Metrics:
-        """This process's metrics, with the schedule's and the job queue's sizes."""
+        """This process's metrics, with the schedule's and the job queue's sizes. Those are
+        read at scrape time with :data:`SCRAPE_PATIENCE`: a scrape while Redis is down answers
+        in seconds, without them, instead of after a worker's retries (past the scraper's
+        timeout, which would lose every other metric too)."""
         metrics = Metrics()
-        metrics.watch(scheduled=self.schedule.size, pending=self.pending_jobs)
+        scraped = Schedule(self.redis_client(SCRAPE_PATIENCE), namespace=self.settings.namespace)
+        metrics.watch(scheduled=scraped.size, pending=self.pending_jobs)
         return metrics
 
     def pending_jobs(self) -> int:
@@ -240,7 +247,12 @@ class RecqCelery(Celery):
             with self.connection_for_read() as connection:
                 channel: Any = connection.default_channel
                 return int(channel.queue_declare(self.settings.queue, passive=True).message_count)
-        return int(self.broker_redis.llen(self.settings.queue))
+        return int(self.scraped_broker_redis.llen(self.settings.queue))
+
+    @cached_property
+    def scraped_broker_redis(self) -> RedisClient:
+        """The Redis broker as a metrics scrape reads it (:data:`SCRAPE_PATIENCE`)."""
+        return self.redis_client(SCRAPE_PATIENCE, url=self.settings.broker_url)
 
     @cached_property
     def broker_redis(self) -> RedisClient:
@@ -444,15 +456,26 @@ def create_app(
             settings.require_credentials()
             refuse_green_pool(sender.pool_cls)
             require_writable(settings.heartbeat_file)
+            if settings.metrics_port:
+                serve_metrics(app.metrics, settings.metrics_port)
         except SettingsError as exc:
             # SystemExit, not an exception: Celery's signal dispatch swallows exceptions.
             print(f"recq worker: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
 
-    def serve_metrics(sender: Any, **_: Any) -> None:
-        if getattr(sender, "app", None) is app and settings.metrics_port:
-            app.metrics.serve(settings.metrics_port)
-
     signals.worker_init.connect(check_worker, weak=False)
-    signals.worker_ready.connect(serve_metrics, weak=False)
     return app
+
+
+def serve_metrics(metrics: Metrics, port: int) -> None:
+    """Serve ``/metrics`` on ``port`` from the worker's start: a port another process holds
+    stops the worker, naming the variable, instead of leaving it to run unobserved."""
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise SettingsError(
+            [
+                f"RECQ_METRICS_PORT={port} cannot be served ({exc.strerror}): another process "
+                "holds it; each worker on a host needs a port of its own"
+            ]
+        ) from None

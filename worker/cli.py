@@ -228,9 +228,9 @@ def _add_health(commands: Any) -> None:
     health.add_argument(
         "--max-age",
         type=float,
-        default=60.0,
         metavar="SECONDS",
-        help="liveness: the oldest heartbeat that still counts (default 60)",
+        help="liveness: the oldest heartbeat that still counts (default 60, or six beats when "
+        "RECQ_HEARTBEAT_INTERVAL is above 10)",
     )
     health.add_argument(
         "--timeout",
@@ -317,8 +317,14 @@ def _worker(settings: Settings, _args: argparse.Namespace, extra: list[str]) -> 
     app = _app(settings, patient=True)
     # JSON logs are for machines: no banner between the lines (Celery's --quiet).
     quiet = ["--quiet"] if settings.log_format == "json" else []
-    app.worker_main([*quiet, "worker", *WORKER_DEFAULTS, *extra])
-    return 0
+    # Celery's command itself, not app.worker_main, which drops the worker's exit code (click
+    # returns it without standalone mode): a worker that met an unrecoverable error must exit
+    # non-zero, for a supervisor to restart it or say so.
+    from celery.bin.celery import celery  # noqa: PLC0415
+
+    celery.params[0].default = app  # the --app option, as app.start sets it
+    code = celery.main(args=[*quiet, "worker", *WORKER_DEFAULTS, *extra], standalone_mode=False)
+    return code if isinstance(code, int) else 0
 
 
 def _enqueue(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
@@ -608,10 +614,12 @@ def _dead(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> in
 
 
 def _health(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
-    from worker.health import liveness, readiness  # noqa: PLC0415
+    from worker.health import default_max_age, liveness, readiness  # noqa: PLC0415
 
     if args.probe == "liveness":
-        verdict = liveness(settings.heartbeat_file, max_age=args.max_age)
+        interval = settings.heartbeat_interval
+        max_age = default_max_age(interval) if args.max_age is None else args.max_age
+        verdict = liveness(settings.heartbeat_file, max_age=max_age)
     else:
         verdict = readiness(settings, timeout=args.timeout)
     print(verdict.message, file=sys.stdout if verdict.healthy else sys.stderr)

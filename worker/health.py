@@ -33,7 +33,15 @@ from worker.errors import SettingsError
 from worker.settings import Settings
 
 DEFAULT_MAX_AGE = 60.0
+BEATS_MISSED = 6
+"""How many beats in a row a live worker may miss before liveness fails."""
 logger = logging.getLogger(__name__)
+
+
+def default_max_age(interval: float) -> float:
+    """The oldest heartbeat liveness accepts by default: 60 s, or six beats of a longer
+    ``RECQ_HEARTBEAT_INTERVAL`` (a healthy worker's file is never older than its interval)."""
+    return max(DEFAULT_MAX_AGE, BEATS_MISSED * interval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,8 +110,8 @@ class _Backlog(Collector):
         for name, (documentation, read) in self._sources.items():
             try:
                 value = read()
-            except Exception:
-                logger.warning("could not read %s", name, exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - any source failing leaves its gauge out
+                logger.warning("could not read %s: %s", name, exc)
                 continue
             yield GaugeMetricFamily(name, documentation, value=value)
 

@@ -7,6 +7,8 @@ and dead-letter queue (named after its namespace), deleted when it ends.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +22,7 @@ from worker.jobs import START_RECORDING
 from worker.producer import Producer
 from worker.settings import Settings
 from worker.state import State
-from worker.testing import celery_amqp_message, wait_for_state
+from worker.testing import celery_amqp_message, wait_for_state, worker_env
 from worker.topology import DELIVERY_LIMIT
 
 pytestmark = pytest.mark.integration
@@ -183,3 +185,21 @@ class TestRabbitMQBroker:
         record = wait_for_state(app.store, job_id, State.SUCCEEDED, State.FAILED, timeout=30)
         assert record.state is State.SUCCEEDED
         assert sandbox.calls[0].at >= start_at.timestamp() - 0.01
+
+
+def test_a_worker_that_cannot_consume_its_queue_exits_non_zero(settings, channel, tmp_path):
+    """Its queue was declared otherwise before (a classic queue left by another tool): Celery
+    meets an unrecoverable error, and `recq worker` exits 1, not 0, so a supervisor that
+    restarts on failure (systemd's Restart=on-failure) sees one."""
+    channel.queue_declare(settings.queue, durable=True, auto_delete=False)
+    env = worker_env(settings, RECQ_HEARTBEAT_FILE=str(tmp_path / "heartbeat"))
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "PRECONDITION_FAILED" in result.stdout + result.stderr

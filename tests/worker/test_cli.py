@@ -622,6 +622,38 @@ class TestWorkerCommand:
         assert f"RECQ_HEARTBEAT_FILE='{not_a_directory / 'hb'}' cannot be written" in result.stderr
         assert "Traceback" not in result.stderr
 
+    def test_a_metrics_port_another_process_holds_stops_the_worker_with_a_message(
+        self, env, tmp_path
+    ):
+        """Exit 2 naming RECQ_METRICS_PORT: the worker used to log a traceback and run on
+        with no metrics (a second worker on a host given the first one's port)."""
+        with socket.socket() as taken:
+            taken.bind(("0.0.0.0", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            where = {
+                **env,
+                "RECQ_METRICS_PORT": str(port),
+                "RECQ_HEARTBEAT_FILE": str(tmp_path / "hb"),
+            }
+            result = recq("worker", "--concurrency", "1", env=where, timeout=30)
+        assert result.returncode == 2
+        assert f"RECQ_METRICS_PORT={port} cannot be served" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_liveness_allows_six_beats_of_a_longer_heartbeat_interval(self, env, tmp_path):
+        """A beat 65 s old fails at the default 10 s interval, and passes at 75 s: a healthy
+        worker beating every 75 s was restarted over and over by its probe."""
+        from worker.health import beat  # noqa: PLC0415
+
+        path = tmp_path / "hb"
+        beat(path, clock=lambda: time.time() - 65)
+        where = {**env, "RECQ_HEARTBEAT_FILE": str(path)}
+        assert recq("health", "liveness", env=where).returncode == 1
+        slow = {**where, "RECQ_HEARTBEAT_INTERVAL": "75"}
+        result = recq("health", "liveness", env=slow)
+        assert result.returncode == 0, result.stderr
+
     def test_celery_run_worker_without_credentials_stops_too(self, env):
         """`celery -A worker.app worker` with no VideoSDK key exits 2 with the same message."""
         bare = {k: v for k, v in env.items() if not k.startswith("VIDEOSDK_")}

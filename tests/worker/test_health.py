@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from worker.errors import SettingsError
-from worker.health import _beat, beat, liveness, readiness, require_writable
+from worker.health import _beat, beat, default_max_age, liveness, readiness, require_writable
 
 
 def _dead_port() -> int:
@@ -32,6 +32,12 @@ class TestLiveness:
         verdict = liveness(path, max_age=60, clock=lambda: 1061.0)
         assert not verdict.healthy
         assert "61 s old (more than 60 s)" in verdict.message
+
+    def test_a_longer_heartbeat_interval_raises_the_default_limit(self):
+        """At the default 10 s interval the limit is 60 s; at 75 s it is six beats, or a
+        healthy worker would fail between two of them."""
+        assert default_max_age(10) == 60
+        assert default_max_age(75) == 450
 
     def test_no_heartbeat_means_no_consumer(self, tmp_path):
         """A missing file fails, naming the path."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import generate_latest
 
 from worker.celery_app import create_app
 from worker.jobs import START_RECORDING
@@ -91,3 +93,22 @@ class TestBacklogGauges:
         finally:
             app.broker_redis.delete(settings.queue)
             app.close()
+
+    def test_a_scrape_while_redis_is_silent_answers_without_the_backlog(
+        self, settings, silent_port
+    ):
+        """Redis accepts connections and never answers: the scrape still answers, within a
+        scraper's 10 s (it took 30 s and more, past Prometheus's timeout, losing every
+        metric), with the counters and without the two gauges it could not read."""
+        silent = f"redis://127.0.0.1:{silent_port}/0"
+        app = create_app(settings.replace(broker_url=silent, redis_url=silent))
+        try:
+            began = time.monotonic()
+            scraped = generate_latest(app.metrics.registry).decode()
+            took = time.monotonic() - began
+        finally:
+            app.close()
+        assert took < 10, f"the scrape took {took:.1f} s"
+        assert "recq_jobs_total" in scraped
+        assert "recq_pending_jobs" not in scraped
+        assert "recq_scheduled_jobs" not in scraped
