@@ -257,7 +257,7 @@ class _Reader:
         except ValueError:
             value = None
         what = "a whole number" if kind is int else "a number"
-        if value is None or not math.isfinite(value):  # type: ignore[arg-type]
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
             self.problems.append(f"{name}={raw!r} is not {what}")
             return default
         if value < minimum:  # type: ignore[operator]

@@ -106,10 +106,11 @@ class TestFromEnv:
         with pytest.raises(SettingsError, match=f"RECQ_CONNECT_TIMEOUT='{value}' is not a number"):
             Settings.from_env({"RECQ_CONNECT_TIMEOUT": value})
 
-    def test_a_state_ttl_beyond_what_redis_keeps_is_refused(self):
+    @pytest.mark.parametrize("digits", [23, 400], ids=["beyond-redis", "beyond-a-float"])
+    def test_a_state_ttl_beyond_what_redis_keeps_is_refused(self, digits):
         """Redis refused every state write with it, and no job could run."""
         with pytest.raises(SettingsError, match=r"RECQ_STATE_TTL=.* must be at most 3\.1536e\+08"):
-            Settings.from_env({"RECQ_STATE_TTL": "99999999999999999999999"})
+            Settings.from_env({"RECQ_STATE_TTL": "9" * digits})
 
     @pytest.mark.parametrize("variable", ["CELERY_BROKER_URL", "RECQ_REDIS_URL"])
     def test_a_redis_database_that_is_not_a_number_is_refused(self, variable):
