@@ -13,6 +13,7 @@ comes due (see :mod:`worker.scheduler`).
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from worker.errors import (
 from worker.jobs import BY_TASK, Job, JobKind
 from worker.publisher import CHUNK, TaskMessage
 from worker.state import Queued, epoch_iso
-from worker.timing import Timing, optional_time
+from worker.timing import Timing
 from worker.validation import validate
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class Producer:
         if kind is None:
             raise InvalidJob([Violation("", "unknown-task", f"no task is named {letter.task!r}")])
         job = validate(kind.name, letter.job, job_id=job_id)
-        if not kind.stops and (too_late := _too_late(job, time.time())) is not None:
+        if (too_late := _too_late(kind, job, time.time())) is not None:
             raise InvalidJob([too_late], job_id=job_id)
         app = self._app
         try:
@@ -166,7 +167,7 @@ class Producer:
             except InvalidJob as exc:
                 found[:0] = exc.violations
             else:
-                too_late = None if found or kind.stops else _too_late(body, now)
+                too_late = None if found else _too_late(kind, body, now)
                 if too_late is not None:
                     found.append(too_late)
                     if named_id is not None:
@@ -205,16 +206,15 @@ def _duplicate(job_id: str) -> Violation:
     return Violation("jobId", "duplicate", message)
 
 
-def _too_late(job: Mapping[str, Any], now: float) -> Violation | None:
+def _too_late(kind: JobKind, job: Mapping[str, Any], now: float) -> Violation | None:
     """The violation of a start already past a deadline it names (``startDeadline`` or
-    ``stopAt``, the earlier of the two), or None."""
-    named = [(optional_time(job, field), field) for field in ("startDeadline", "stopAt")]
-    given = [(moment, field) for moment, field in named if moment is not None]
-    if not given:
+    ``stopAt``, the earlier of the two), or None. The job's timing as a worker judges it, but
+    with an endless start grace: the grace is the workers' setting, not the job's."""
+    timing = kind.timing(job, grace=math.inf)
+    if timing.deadline is None or not timing.past_deadline(now):
         return None
-    deadline, field = min(given)
-    if now <= deadline:
-        return None
+    deadline = timing.deadline
+    field = "stopAt" if deadline == timing.stop_at else "startDeadline"
     message = (
         f"puts the start deadline at {epoch_iso(deadline)}, already past: the job could only "
         "fail (start_deadline_passed); give a later time"
