@@ -32,6 +32,7 @@ from worker.event_log import EventLog
 from worker.events import Events, ExchangeSink, RedisExchangeSink
 from worker.fanout import FanOut
 from worker.health import HeartbeatStep, require_writable
+from worker.logs import WorkerProgram
 from worker.metrics import Metrics
 from worker.producer import PUBLISH_RETRY
 from worker.publisher import KombuPublisher, Publisher, RedisPublisher, TaskMessage
@@ -156,6 +157,11 @@ class RecqCelery(Celery):
     """A Celery app that knows its settings and builds recq's parts on first use."""
 
     log_cls = "worker.logs:RecqLogging"
+
+    @cached_property
+    def Worker(self) -> Any:  # noqa: N802 (Celery names it so)
+        """Celery's worker program, logging its shutdown notices with JSON logs."""
+        return self.subclass_with_self(WorkerProgram)
 
     def __init__(
         self,

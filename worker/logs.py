@@ -13,6 +13,10 @@ library chose to print.
 :class:`RecqLogging` is the app's ``log_cls``: Celery sets up logging as usual (levels, log
 file, task loggers, stdout redirection) and each handler it adds gets recq's formatter and
 filter. ``celery -A worker.app worker`` logs the same way as ``recq worker``.
+
+With JSON logs, :class:`WorkerProgram` (the app's ``Worker``) turns the shutdown notices Celery
+writes to stdout itself ("worker: Warm shutdown (MainProcess)") into log lines, so that every
+line a worker stopped by SIGTERM or Ctrl-C writes is JSON.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+from celery import signals
 from celery.app.log import Logging
+from celery.apps import worker as celery_worker
 from celery.utils.log import mlevel
 
 from worker.redact import REDACTED, redact
 from worker.settings import Settings
 
+logger = logging.getLogger(__name__)
 _current_job: ContextVar[str | None] = ContextVar("recq_job_id", default=None)
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(job)s%(message)s"
 
@@ -159,3 +166,38 @@ class RecqLogging(Logging):
         handler = celery_logging._detect_handler(logfile)
         logger.addHandler(prepared(handler, celery_logging.app.settings))
         return logger
+
+
+class WorkerProgram(celery_worker.Worker):
+    """Celery's worker program; with JSON logs, its shutdown notices are log lines.
+
+    Celery's signal handlers write "worker: Warm shutdown (MainProcess)" and "Hitting Ctrl+C
+    again ..." straight to stdout, outside logging: one plain line in a stream of JSON, which a
+    log shipper that parses each line rejects. Celery's handlers take ``verbose=False`` to stay
+    silent; the notice is then logged when Celery announces the shutdown
+    (``worker_shutting_down``). A cold shutdown (SIGQUIT, or Ctrl-C twice) still prints
+    Celery's own plain lines while it cancels the jobs that run.
+    """
+
+    def install_platform_tweaks(self, worker: Any) -> None:
+        super().install_platform_tweaks(worker)
+        if self.app.settings.log_format != "json":
+            return
+        handlers: Any = celery_worker  # celery-types does not declare the handler installers
+        handlers.install_worker_term_handler(worker, verbose=False)
+        handlers.install_worker_term_hard_handler(worker, verbose=False)
+        handlers.install_worker_int_handler(worker, callback=_first_interrupt, verbose=False)
+        signals.worker_shutting_down.connect(_log_shutdown, weak=False, dispatch_uid=__name__)
+
+
+def _log_shutdown(sender: Any, how: str = "Warm", **_: Any) -> None:
+    logger.info("worker: %s shutdown (MainProcess)", how)
+
+
+def _first_interrupt(worker: Any) -> None:
+    """Celery's first Ctrl-C: warn that a second one cancels the running jobs, then make it so."""
+    logger.warning(
+        "worker: Hitting Ctrl+C again will initiate cold shutdown, terminating all running tasks!"
+    )
+    handlers: Any = celery_worker
+    handlers.install_worker_term_hard_handler(worker, sig="SIGINT", verbose=False)

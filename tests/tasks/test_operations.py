@@ -83,10 +83,8 @@ class TestJsonLogs:
         workers.stop_all()
         assert process.returncode == 0
         text = log.read_text()
-        # Celery prints its shutdown notice itself, outside logging ("\nworker: Warm shutdown"):
-        # the one line (and the blank one before it) that is not JSON.
-        printed = [line for line in text.splitlines() if line and not line.startswith("worker: ")]
-        lines = [json.loads(line) for line in printed]
+        lines = [json.loads(line) for line in text.splitlines()]  # every line, to the last
+        assert "worker: Warm shutdown (MainProcess)" in [line["message"] for line in lines]
         about_job = [line for line in lines if job_id in line["message"]]
         assert about_job
         assert all(line["job_id"] == job_id for line in about_job), [
@@ -125,6 +123,20 @@ class TestJsonLogs:
         assert [line for line in lines if line["job_id"] == done] == []
         about_failure = [line for line in lines if line["job_id"] == failed]
         assert [line["level"] for line in about_failure] == ["WARNING"]
+
+    def test_a_worker_stopped_with_ctrl_c_writes_only_json_lines(
+        self, app, workers, heartbeat, tmp_path
+    ):
+        """Celery's notices on Ctrl-C (SIGINT), which it prints outside logging, are logged."""
+        log = tmp_path / "worker.log"
+        process = workers.start(concurrency=2, log=log)
+        _wait_for(heartbeat)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        messages = [line["message"] for line in lines]
+        assert "worker: Warm shutdown (MainProcess)" in messages
+        assert any(message.startswith("worker: Hitting Ctrl+C again") for message in messages)
 
 
 class TestMetricsEndpoint:
