@@ -8,6 +8,7 @@ lazily, the Redis client, the job store, the event sinks and (in a worker) the j
 
 from __future__ import annotations
 
+import errno
 import sys
 import threading
 import time
@@ -463,7 +464,7 @@ def create_app(
             refuse_green_pool(sender.pool_cls)
             require_writable(settings.heartbeat_file)
             if settings.metrics_port:
-                serve_metrics(app.metrics, settings.metrics_port)
+                serve_metrics(app.metrics, settings.metrics_port, settings.metrics_address)
         except SettingsError as exc:
             # SystemExit, not an exception: Celery's signal dispatch swallows exceptions.
             print(f"recq worker: {exc}", file=sys.stderr)
@@ -473,15 +474,21 @@ def create_app(
     return app
 
 
-def serve_metrics(metrics: Metrics, port: int) -> None:
-    """Serve ``/metrics`` on ``port`` from the worker's start: a port another process holds
-    stops the worker, naming the variable, instead of leaving it to run unobserved."""
+def serve_metrics(metrics: Metrics, port: int, address: str) -> None:
+    """Serve ``/metrics`` on ``address``:``port`` from the worker's start: a port another
+    process holds, or an address this host does not have, stops the worker, naming the
+    variable, instead of leaving it to run unobserved."""
     try:
-        metrics.serve(port)
+        metrics.serve(port, address)
     except OSError as exc:
-        raise SettingsError(
-            [
+        if exc.errno == errno.EADDRINUSE:
+            problem = (
                 f"RECQ_METRICS_PORT={port} cannot be served ({exc.strerror}): another process "
                 "holds it; each worker on a host needs a port of its own"
-            ]
-        ) from None
+            )
+        else:
+            problem = (
+                f"RECQ_METRICS_ADDRESS={address} cannot be served ({exc.strerror}): "
+                "it must be an address of this host, or 0.0.0.0 for every interface"
+            )
+        raise SettingsError([problem]) from None

@@ -91,10 +91,10 @@ class Metrics:
         """Report the schedule's and the queue's sizes, read when Prometheus scrapes."""
         self.registry.register(_Backlog(scheduled, pending))
 
-    def serve(self, port: int) -> None:
-        """Serve ``/metrics`` on ``port`` from a daemon thread."""
-        start_http_server(port, registry=self.registry)
-        logger.info("serving Prometheus metrics on port %d", port)
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104
+        """Serve ``/metrics`` on ``address``:``port`` from a daemon thread."""
+        start_http_server(port, addr=address, registry=self.registry)
+        logger.info("serving Prometheus metrics on %s port %d", address, port)
 
 
 class _Backlog(Collector):

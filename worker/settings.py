@@ -8,6 +8,7 @@ each naming its variable and how to fix it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tempfile
 from collections.abc import Callable, Mapping
@@ -96,6 +97,8 @@ class Settings:
     """``text`` (human-readable lines) or ``json`` (one JSON object a line)."""
     metrics_port: int | None = None
     """Where a worker serves Prometheus metrics (``/metrics``); None: not served."""
+    metrics_address: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes from another host
+    """The address the metrics port listens on: every interface, or one (``127.0.0.1``)."""
     heartbeat_file: Path = DEFAULT_HEARTBEAT_FILE
     """The file a worker's consumer touches while it runs; ``recq health liveness`` reads it."""
     heartbeat_interval: float = 10.0
@@ -153,6 +156,7 @@ class Settings:
             max_pause=reader.number("RECQ_MAX_PAUSE", 30.0, float, minimum=0),
             log_format=reader.choice("RECQ_LOG_FORMAT", LOG_FORMATS),
             metrics_port=reader.port("RECQ_METRICS_PORT"),
+            metrics_address=reader.address("RECQ_METRICS_ADDRESS", "0.0.0.0"),  # noqa: S104
             heartbeat_file=Path(reader.text("RECQ_HEARTBEAT_FILE", str(DEFAULT_HEARTBEAT_FILE))),
             heartbeat_interval=reader.number("RECQ_HEARTBEAT_INTERVAL", 10.0, float, minimum=0.1),
         )
@@ -207,6 +211,17 @@ class _Reader:
         if port > 65535:  # noqa: PLR2004 - the largest TCP port
             self.problems.append(f"{name}={port} is not a TCP port (1-65535; 0 or unset: off)")
         return port or None
+
+    def address(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            self.problems.append(
+                f"{name}={value!r} is not an IP address (0.0.0.0: every interface; 127.0.0.1: "
+                "this host only; :: for every IPv6 and IPv4 interface)"
+            )
+            return default
 
     def rate(self, name: str) -> Rate | None:
         value = self.environ.get(name, "").strip()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,18 @@ class TestMetricsEndpoint:
             for name in names
             if not name.startswith(("python_", "process_"))
         )
+
+    def test_a_metrics_address_keeps_the_port_off_every_other_address(self, workers, heartbeat):
+        """RECQ_METRICS_ADDRESS=127.0.0.1: served there, refused on 127.0.0.2 (another address
+        of this host's loopback), which the default (every interface) answers."""
+        port = _free_port()
+        workers.env.update(RECQ_METRICS_PORT=str(port), RECQ_METRICS_ADDRESS="127.0.0.1")
+        workers.start(concurrency=2)
+        _wait_for(heartbeat)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            assert answer.status == 200
+        with pytest.raises(urllib.error.URLError, match="Connection refused"):
+            urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=5)
 
 
 class TestProbes:

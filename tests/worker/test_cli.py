@@ -641,6 +641,19 @@ class TestWorkerCommand:
         assert f"RECQ_METRICS_PORT={port} cannot be served" in result.stderr
         assert "Traceback" not in result.stderr
 
+    def test_a_metrics_address_this_host_lacks_stops_the_worker_with_a_message(self, env, tmp_path):
+        """Exit 2 naming RECQ_METRICS_ADDRESS (192.0.2.1 is a documentation address)."""
+        where = {
+            **env,
+            "RECQ_METRICS_PORT": "9808",
+            "RECQ_METRICS_ADDRESS": "192.0.2.1",
+            "RECQ_HEARTBEAT_FILE": str(tmp_path / "hb"),
+        }
+        result = recq("worker", "--concurrency", "1", env=where, timeout=30)
+        assert result.returncode == 2
+        assert "RECQ_METRICS_ADDRESS=192.0.2.1 cannot be served" in result.stderr
+        assert "Traceback" not in result.stderr
+
     def test_liveness_allows_six_beats_of_a_longer_heartbeat_interval(self, env, tmp_path):
         """A beat 65 s old fails at the default 10 s interval, and passes at 75 s: a healthy
         worker beating every 75 s was restarted over and over by its probe."""

@@ -125,6 +125,19 @@ class TestFromEnv:
             Settings.from_env({"CELERY_BROKER_URL": "redis://:pw@host:99999/0"})
         assert [p.split("=")[0] for p in caught.value.problems] == ["CELERY_BROKER_URL"]
 
+    def test_metrics_listen_on_every_interface_unless_an_address_is_given(self):
+        """RECQ_METRICS_ADDRESS narrows the metrics port to one address (IPv4 or IPv6)."""
+        assert Settings.from_env({}).metrics_address == "0.0.0.0"
+        assert Settings.from_env({"RECQ_METRICS_ADDRESS": "127.0.0.1"}).metrics_address == (
+            "127.0.0.1"
+        )
+        assert Settings.from_env({"RECQ_METRICS_ADDRESS": "::1"}).metrics_address == "::1"
+
+    def test_a_metrics_address_that_is_not_an_ip_address_is_refused(self):
+        """A host name or a typo is named, with the two usual choices."""
+        with pytest.raises(SettingsError, match="RECQ_METRICS_ADDRESS='local' is not an IP"):
+            Settings.from_env({"RECQ_METRICS_ADDRESS": "local"})
+
     def test_the_endpoint_loses_its_trailing_slash(self):
         """Paths are joined to the endpoint without doubling the slash."""
         settings = Settings.from_env({"VIDEOSDK_API_ENDPOINT": "http://127.0.0.1:9/"})
