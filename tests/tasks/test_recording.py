@@ -172,6 +172,22 @@ class TestInvalidJobs:
         assert app.redis.llen(app.settings.queue) == 0
         assert app.store.get("dup") is None
 
+    def test_the_producer_refuses_a_start_named_as_another_start_s_stop_job(self, app):
+        """'m1:stop' is the stop job recq derives from start 'm1': a start under that name took
+        its place, and m1's recording was never stopped at its stopAt."""
+        jobs = [
+            {"roomId": "a", "jobId": "m1", "stopAt": "2099-01-01T00:00:00Z"},
+            {"roomId": "b", "jobId": "m1:stop"},
+        ]
+        with pytest.raises(BatchRejected) as caught:
+            Producer(app).enqueue_many(START_RECORDING, jobs)
+        [rejected] = caught.value.rejected
+        assert rejected.index == 1
+        [violation] = rejected.error.violations
+        assert (violation.path, violation.code) == ("jobId", "not")
+        assert "must not end in ':stop'" in violation.message
+        assert app.redis.llen(app.settings.queue) == 0
+
     @pytest.mark.parametrize(
         ("times", "field"),
         [
