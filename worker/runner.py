@@ -247,8 +247,10 @@ class JobRunner:
         error = ErrorInfo(reason=reason, message=message)
         kind = BY_TASK.get(task or "")
         if kind is None:
-            if not _ended(self._store.get(job_id), error):
-                self._reporter.dead_letter(job_id, task=task, job=None, error=error, attempts=0)
+            record = self._store.get(job_id)
+            if not _ended(record, error):
+                made = _made(record)
+                self._reporter.dead_letter(job_id, task=task, job=None, error=error, attempts=made)
                 self._store.transition(job_id, State.FAILED, error=error)
             return
         self._fail_unclaimed(Job(job_id, kind, {}), error, None)
@@ -263,7 +265,7 @@ class JobRunner:
             return Outcome(job.id, record.state, record.attempts, failure, duplicate=True)
         if record is not None and record.batch_id is not None:
             job = dataclasses.replace(job, batch_id=record.batch_id)
-        return self._finish(job, _Attempts(before=0), error=error, received=received)
+        return self._finish(job, _Attempts(before=_made(record)), error=error, received=received)
 
     def _start(self, job: Job, timing: Timing) -> Start | None:
         """The claim's running write, for a delivery that will call VideoSDK at once: due, a
@@ -583,6 +585,12 @@ class JobRunner:
             reconciled=reconciled,
             released=claim is not None,
         )
+
+
+def _made(record: JobRecord | None) -> int:
+    """The attempts a job made before a message that failed it unclaimed, which made none:
+    its event and dead letter say them, as its record does."""
+    return record.attempts if record is not None else 0
 
 
 def _ended(record: JobRecord | None, error: ErrorInfo) -> TypeGuard[JobRecord]:

@@ -269,6 +269,30 @@ class TestDeadLettersAndMessages:
         assert (letter.job, letter.attempts, letter.task) == (JOB, 1, "recq.start_recording")
         assert letter.error["reason"] == "upstream_rejected"
 
+    def test_a_bad_message_under_a_retrying_job_s_id_reports_the_job_s_attempts(
+        self, make_runner, sandbox, dead_letters, sink
+    ):
+        """The job it fails had made five attempts: its outcome, event and dead letter say 5,
+        as its record does (they said attempt 0, the bad message's own count)."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        sandbox.inject(Fault(status=503, times=5))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.RETRYING
+        outcome = runner.run(START_RECORDING, {"roomId": 7}, job_id="j1")
+        assert (outcome.state, outcome.attempts) == (State.FAILED, 5)
+        assert sink.events[-1]["type"] == "recording.failed"
+        assert sink.events[-1]["data"]["attempt"] == 5
+        assert dead_letters.get("j1").attempts == 5
+
+    def test_a_message_of_an_unknown_task_under_a_retrying_job_s_id_keeps_its_attempts(
+        self, make_runner, sandbox, dead_letters
+    ):
+        """The same for a message the consumer refused: its dead letter says 5, not 0."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        sandbox.inject(Fault(status=503, times=5))
+        assert runner.run(START_RECORDING, JOB, job_id="j1").state is State.RETRYING
+        runner.refuse("j1", "recq.nope", reason="unknown_task", message="no task is named")
+        assert dead_letters.get("j1").attempts == 5
+
     def test_a_succeeded_job_leaves_no_dead_letter(self, runner, dead_letters):
         """Only failures are kept."""
         runner.run(START_RECORDING, JOB, job_id="j1")
