@@ -77,7 +77,7 @@ class Reporter:
         """Write the job's new state, with its kind, target, metadata and times; with
         ``release`` (a claim's key and token), give the delivery's claim back in the same write.
         With ``unless_ended``, a job that has ended is left as it is: False."""
-        if self._write(job, report, extra, release, unless_ended=unless_ended).run():
+        if self.write_call(job, report, extra, release, unless_ended=unless_ended).run():
             return False
         self._recorded(job, report)
         return True
@@ -97,7 +97,7 @@ class Reporter:
     ) -> None:
         """:meth:`record` and then :meth:`announce`, in one round trip to Redis where the event
         is published on the state store's Redis (the default)."""
-        write = self._write(job, report, extra, release)
+        write = self.write_call(job, report, extra, release)
         self._events.publish(self._event(job, outcome, report), after=write)
         self._recorded(job, report)
 
@@ -108,15 +108,16 @@ class Reporter:
             job.id, State.RUNNING, kind=job.kind.name, target=job.target, metadata=job.metadata
         )
 
-    def _write(
+    def write_call(
         self,
         job: Job,
         report: Report,
-        extra: Extra | None,
-        release: tuple[str, str] | None,
+        extra: Extra | None = None,
+        release: tuple[str, str] | None = None,
         *,
         unless_ended: bool = False,
     ) -> ScriptCall:
+        """:meth:`record`'s write, to make in a step of a caller's own (a reschedule's)."""
         fields = dict(extra or {})
         if report.due_at is not None:
             fields["dueAt"] = report.due_at

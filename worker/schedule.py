@@ -28,6 +28,9 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from worker.scripts import ScriptCall
+from worker.state import WRITE_FUNCTION
+
 _TAKE = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, id in ipairs(ids) do
@@ -60,14 +63,20 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return removed
 """
 
-# Replace a delivery still waiting on the schedule, if it is unchanged since it was read.
-_REPLACE = """
+# Replace a delivery still waiting on the schedule, if it is unchanged since it was read; with
+# the job's hash and history as KEYS[4..5] and a state write's ARGV after the first four, record
+# the job first, in the same step, unless it has ended (then nothing changes).
+_REPLACE = (
+    WRITE_FUNCTION
+    + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 if redis.call('HGET', KEYS[3], ARGV[1]) ~= ARGV[2] then return 0 end
+if #KEYS > 3 and write_state({KEYS[4], KEYS[5]}, {unpack(ARGV, 5)}) then return 0 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 return 1
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +151,22 @@ class Schedule:
         score, payload = pipe.execute()
         return None if score is None or payload is None else _delivery(job_id, payload)
 
-    def replace(self, old: Delivery, new: Delivery) -> bool:
-        """Swap ``old`` for ``new`` (same job) if it still waits unchanged; True if done."""
-        args = [old.job_id, old.encoded(), new.encoded(), new.due]
-        return bool(self._replace(keys=self._keys, args=args))
+    def replace(self, old: Delivery, new: Delivery, *, record: ScriptCall | None = None) -> bool:
+        """Swap ``old`` for ``new`` (same job) if it still waits unchanged; True if done.
+
+        ``record``, the job's state write (:meth:`worker.state.JobStore.write_call`, with
+        ``unless_ended``), is made in the same step, before the new delivery can be taken: no
+        delivery of it then runs before the record says what the move did. A job that ended
+        is neither recorded nor moved (False).
+        """
+        keys: list[str] = list(self._keys)
+        args: list[str | bytes | int | float] = [old.job_id, old.encoded(), new.encoded(), new.due]
+        if record is not None:
+            if len(record.keys) != 2:  # noqa: PLR2004 - the job's hash and history
+                raise ValueError("a schedule's replace records a plain state write only")
+            keys += record.keys
+            args += record.args
+        return bool(self._replace(keys=keys, args=args))
 
     def cancel(self, job_id: str) -> bool:
         """Remove a pending delivery; True if there was one."""

@@ -197,9 +197,11 @@ class Scheduler:
         pending_stop = self._pending_stop(record)
         if pending_stop is not None and start_at is None and start_deadline is None:
             return self.reschedule(pending_stop, stop_at=stop_at)
-        if record.state.terminal:
-            raise JobConflict(f"job {job_id} already ended ({record.state}): too late to move it")
         for _ in range(_REPLACE_TRIES):
+            if record.state.terminal:
+                raise JobConflict(
+                    f"job {job_id} already ended ({record.state}): too late to move it"
+                )
             delivery = self._schedule.get(job_id)
             if delivery is None:
                 raise JobConflict(
@@ -217,16 +219,25 @@ class Scheduler:
                     "give a later --start-at or --start-deadline"
                 )
             due = self._clock() if timing.due is None else timing.due
-            if self._schedule.replace(delivery, Delivery(job_id, delivery.task, body, due)):
+            job = Job(job_id, kind, body)
+            report = Report(
+                State.SCHEDULED, attempt=record.attempts, due_at=due, deadline=timing.deadline
+            )
+            # Recorded in the same step as the move: moved due, the job may be delivered at
+            # once, and its delivery's own record ('running', 'retrying') must come after.
+            write = self._reporter.write_call(
+                job, report, extra={"deliveries": 0}, unless_ended=True
+            )
+            moved = Delivery(job_id, delivery.task, body, due)
+            if self._schedule.replace(delivery, moved, record=write):
                 break
+            record = self._get(job_id)  # it changed, or ended, since it was read
         else:
             raise JobConflict(f"job {job_id} kept changing while being rescheduled; try again")
-        job = Job(job_id, kind, body)
-        report = Report(
-            State.SCHEDULED, attempt=record.attempts, due_at=due, deadline=timing.deadline
-        )
-        # Unless it ended meanwhile: moved due, it may have been delivered and run at once.
-        if self._reporter.record(job, report, extra={"deliveries": 0}, unless_ended=True):
+        # Unless a delivery has taken it on already (moved due, it may run at once): its own
+        # events follow, and a 'scheduled' one after them would misstate the job.
+        [(state, _error)] = self._store.states([job_id])
+        if state is State.SCHEDULED:
             self._reporter.announce(job, "scheduled", report)
         return job, timing
 

@@ -9,6 +9,7 @@ import redis
 
 from worker.dispatcher import Dispatcher
 from worker.schedule import Delivery, Schedule
+from worker.state import State
 
 
 def delivery(job_id: str, due: float) -> Delivery:
@@ -92,6 +93,20 @@ class TestSchedule:
         schedule.take_due()
         assert schedule.get("j1") is None
         assert schedule.replace(new, old) is False
+
+    def test_replace_records_the_job_in_the_same_step_unless_it_ended(self, schedule, store, clock):
+        """With the job's state write, the move and the record are one step; a job that has
+        ended is neither recorded nor moved."""
+        old = delivery("j1", clock.now + 60)
+        schedule.add(old)
+        new = delivery("j1", clock.now + 120)
+        write = store.write_call("j1", State.SCHEDULED, unless_ended=True)
+        assert schedule.replace(old, new, record=write) is True
+        assert store.get("j1").state is State.SCHEDULED
+        store.transition("j1", State.CANCELLED)
+        write = store.write_call("j1", State.SCHEDULED, unless_ended=True)
+        assert schedule.replace(new, old, record=write) is False
+        assert (schedule.get("j1"), store.get("j1").state) == (new, State.CANCELLED)
 
 
 class TestDispatcher:

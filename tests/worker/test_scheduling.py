@@ -578,8 +578,8 @@ def racing(redis_client, namespace, reporter, claims, schedule, clock):
 
     def make(runner) -> Scheduler:
         class RunAtOnce(Schedule):
-            def replace(self, old: Delivery, new: Delivery) -> bool:
-                replaced = super().replace(old, new)
+            def replace(self, old: Delivery, new: Delivery, **given: Any) -> bool:
+                replaced = super().replace(old, new, **given)
                 deliver = lambda d: runner.run(BY_TASK[d.task], d.job, job_id=d.job_id)  # noqa: E731
                 Dispatcher(schedule, deliver).tick()
                 return replaced
@@ -621,6 +621,20 @@ class TestReschedule:
         assert sandbox.recording_running(ROOM)
         scheduler.cancel("j1")
         assert store.get("j1").stop_job_id == "j1:stop"
+
+    def test_a_start_delivered_as_it_is_moved_keeps_its_delivery_s_state(
+        self, make_runner, racing, sandbox, store, clock
+    ):
+        """Answered 429 every time, the start waits to retry. Moved, it is delivered at once and
+        answered 429 again: it waits to retry once more, and its record says so ('retrying',
+        ten attempts), not the move's 'scheduled' written after that delivery."""
+        runner = unanswered_start(make_runner, sandbox, room_job(), REFUSED)
+        sandbox.inject(*REFUSED)
+        racing(runner).reschedule("j1", stop_at=at(clock, 3600))
+        record = store.get("j1")
+        assert (record.state, record.attempts) == (State.RETRYING, 10)
+        states = [entry["state"] for entry in record.history]
+        assert "running" in states[states.index("scheduled") :]  # the move, then the delivery
 
     def test_a_scheduled_job_moves_to_its_new_time(
         self, runner, scheduler, schedule, store, sink, clock
