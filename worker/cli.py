@@ -377,7 +377,9 @@ def _refused(
 
 
 def _read_input(path: str) -> str:
-    """The text of the file at ``path`` (``-``: standard input), which must be UTF-8."""
+    """The text of the file at ``path`` (``-``: standard input), which must be UTF-8: a byte
+    that is not is kept as a lone surrogate (``surrogateescape``), and its line is named by
+    :func:`read_jobs`."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read()
@@ -386,13 +388,11 @@ def _read_input(path: str) -> str:
                 data = stream.read()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(
-            f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); nothing was published"
-        ) from None
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+"""A byte that was not UTF-8, as ``surrogateescape`` decoding keeps it."""
 
 
 class _RepeatedKey(ValueError):
@@ -422,6 +422,13 @@ def read_jobs(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
     except (ValueError, RecursionError):
         whole = None
     if isinstance(whole, dict):  # one job, perhaps over several lines
+        not_utf8 = [
+            (number, problem)
+            for number, line in enumerate(text.split("\n"), start=1)
+            if (problem := _not_utf8(line)) is not None
+        ]
+        if not_utf8:
+            return [], not_utf8
         try:
             return [(1, _json(text))], []
         except _RepeatedKey as exc:
@@ -446,6 +453,8 @@ def read_jobs(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
 
 def _read_line(line: str) -> tuple[Any, str | None]:
     """A line's job, or why it cannot be read."""
+    if (problem := _not_utf8(line)) is not None:
+        return None, problem
     try:
         return _json(line), None
     except _RepeatedKey as exc:
@@ -454,6 +463,12 @@ def _read_line(line: str) -> tuple[Any, str | None]:
         return None, f"not valid JSON ({exc})"
     except RecursionError:
         return None, "JSON nested too deeply to read"
+
+
+def _not_utf8(line: str) -> str | None:
+    """Why ``line`` cannot be read, if it held a byte that is not UTF-8 (its first)."""
+    bad = _NOT_UTF8.search(line)
+    return None if bad is None else f"not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02x})"
 
 
 _JSON_TEXT = re.compile(r"[^ \t\n\r]")

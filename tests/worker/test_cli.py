@@ -243,13 +243,33 @@ class TestEnqueue:
         result = recq("enqueue", "start-recording", "-", env=env, stdin=text)
         assert (result.returncode, len(result.stdout.split())) == (0, 2), result.stderr
 
-    def test_input_that_is_not_utf8_is_named_by_its_line(self, env, tmp_path):
+    def test_input_that_is_not_utf8_is_named_by_its_lines_with_every_other_problem(
+        self, env, tmp_path
+    ):
+        """Every line that is not UTF-8 is named, each by its first bad byte, beside the other
+        lines' problems (only the first bad byte of the input was named)."""
         path = tmp_path / "jobs.jsonl"
-        path.write_bytes(b'{"roomId": "a"}\n{"roomId": "\xff"}\n')
+        path.write_bytes(
+            b'{"roomId": "a"}\n{"roomId": "\xff"}\n{"roomId": 7}\n{"r": "\xe9t\xe9"}\n'
+        )
         result = recq("enqueue", "start-recording", str(path), env=env)
         assert result.returncode == 1
         assert result.stderr == (
-            "recq enqueue: line 2: not UTF-8 text (byte 0xff); nothing was published\n"
+            "recq enqueue: line 2: not UTF-8 text (byte 0xff)\n"
+            "recq enqueue: line 3: roomId: must be a string (got integer)\n"
+            "recq enqueue: line 4: not UTF-8 text (byte 0xe9)\n"
+            "recq enqueue: 3 invalid job(s); nothing was published\n"
+        )
+
+    def test_a_single_object_that_is_not_utf8_is_refused(self, env, tmp_path):
+        """Spread over lines, one job with a byte that is not UTF-8 is named, not published."""
+        path = tmp_path / "job.json"
+        path.write_bytes(b'{\n  "roomId": "a",\n  "metadata": {"who": "\xff"}\n}\n')
+        result = recq("enqueue", "start-recording", str(path), env=env)
+        assert result.returncode == 1
+        assert result.stderr == (
+            "recq enqueue: line 3: not UTF-8 text (byte 0xff)\n"
+            "recq enqueue: 1 invalid job(s); nothing was published\n"
         )
 
     def test_a_missing_file_is_a_clear_error(self, env, tmp_path):
