@@ -182,6 +182,11 @@ class Rate:
         return f"{self.count}/{self.period:g}s"
 
 
+MAX_STEP_WAIT = 2.0
+"""The longest extra wait, in seconds, of a start for the slot after its check's, at one call a
+period: a delivery must stay well within its claim's lease."""
+
+
 def parse_rate(text: str) -> Rate:
     """Read ``RECQ_RATE_LIMIT``: calls per second, minute or hour, e.g. ``5/s``, ``300/m``.
 
@@ -192,6 +197,17 @@ def parse_rate(text: str) -> Rate:
     if match:
         count = int(match["count"])
         period = float(match["multiple"] or 1) * _UNITS[match["unit"][0].lower()]
+        if count == 1 and period > MAX_STEP_WAIT:
+            # Its check's slot, then its start's a period later: too long a wait for one
+            # delivery, so the start went back on the schedule, checked again, and never ran.
+            raise SettingsError(
+                [
+                    f"RECQ_RATE_LIMIT={text!r} allows one call a period longer than "
+                    f"{MAX_STEP_WAIT:g} s: a scheduled start makes two calls in a row (its "
+                    "meeting check, then the start) and could never make both; give the same "
+                    f"rate as two calls, RECQ_RATE_LIMIT={Rate(2, 2 * period)}"
+                ]
+            )
         if count >= 1 and period > 0:
             return Rate(count, period)
     raise SettingsError(

@@ -59,7 +59,7 @@ from worker.fanout import FanOut
 from worker.jobs import BY_TASK, Job, JobKind
 from worker.messages import job_from_arguments, job_id_of
 from worker.metrics import Metrics, retry_reason
-from worker.rate_limit import RateLimiter
+from worker.rate_limit import MAX_STEP_WAIT, RateLimiter
 from worker.reporter import Report, Reporter
 from worker.retry import RetryPolicy
 from worker.schedule import Delivery, Schedule
@@ -87,11 +87,6 @@ class Outcome:
     """The job went back on the schedule, to be delivered again later."""
     released: bool = False
     """The delivery's last state write gave its claim back already."""
-
-
-MAX_STEP_WAIT = 2.0
-"""The longest extra wait, in seconds, of a start for the slot after its check's, at one call a
-period: a delivery must stay well within its claim's lease."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,23 @@ class TestParseRate:
         assert repr(text) in message
         assert "5/s" in message
 
+    @pytest.mark.parametrize(
+        ("text", "instead"), [("1/m", "2/2m"), ("1/h", "2/2h"), ("1/3s", "2/6s")]
+    )
+    def test_one_call_a_period_longer_than_a_start_can_wait_is_refused(self, text, instead):
+        """A scheduled start checks its meeting, then starts: with one call a minute the start
+        waited for the next minute's slot on the schedule, checked again, and never ran. The
+        same rate as two calls is named instead."""
+        with pytest.raises(
+            SettingsError, match=f"give the same rate as two calls, RECQ_RATE_LIMIT={instead}"
+        ):
+            parse_rate(text)
+
+    @pytest.mark.parametrize("text", ["1/s", "1/2s", "1/0.5s"])
+    def test_one_call_a_period_a_start_can_wait_for_is_read(self, text):
+        """At 1/s (or up to 1/2s) the start waits for the next slot in its delivery."""
+        assert parse_rate(text).count == 1
+
     @pytest.mark.parametrize("text", ["5/s", "300/m", "10/h", "10/30s", "5/0.5s", "100/2m"])
     def test_a_rate_prints_as_it_is_written(self, text):
         """str() gives back the setting, so logs show the rate in force."""
