@@ -25,6 +25,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import redis
@@ -41,16 +42,18 @@ return 1
 """
 
 # KEYS: the batch's hash, its counted children, those of them counted failed. ARGV: the child,
-# '1' if it succeeded, now, ttl. Returns 0 (already counted as that), 1 (counted), 2 (the batch
-# is complete, and should be recorded so: its last child, or a change to a completed batch).
+# '1' if it succeeded, now, ttl. Returns a :class:`Counted`: 0 (already counted as that), 1
+# (counted), 2 (the last child: the batch completes), 3 (a completed batch's counts changed).
+# Each count keeps the batch's keys for a TTL more: a batch may outlast RECQ_STATE_TTL.
 _ENDED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
   -- Counted before. Only a failed child replayed to success changes the counts.
   if ARGV[2] == '0' or redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
   redis.call('HINCRBY', KEYS[1], 'failed', -1)
   redis.call('HINCRBY', KEYS[1], 'succeeded', 1)
-  if redis.call('HEXISTS', KEYS[1], 'completedAt') == 1 then return 2 end
+  if redis.call('HEXISTS', KEYS[1], 'completedAt') == 1 then return 3 end
   return 1
 end
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -68,6 +71,19 @@ if redis.call('SCARD', KEYS[2]) >= total
 end
 return 1
 """
+
+
+class Counted(IntEnum):
+    """What counting a child's end did to its batch (:meth:`Batches.child_ended`)."""
+
+    ALREADY = 0
+    """Counted before, as that: nothing changed."""
+    COUNTED = 1
+    COMPLETED = 2
+    """The last child: the batch is complete, and to be recorded so, once."""
+    CHANGED = 3
+    """A completed batch's counts changed (a failed child replayed to success): to be
+    recorded complete again, with the new counts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,32 +127,32 @@ class Batches:
         self._create: Any = client.register_script(_CREATE)
         self._ended: Any = client.register_script(_ENDED)
 
-    def _key(self, batch_id: str) -> str:
+    def key(self, batch_id: str) -> str:
+        """The batch's hash, which exists from the moment its fan-out begins."""
         return f"{self._namespace}:batch:{batch_id}"
 
     def create(self, batch_id: str, job: Mapping[str, Any], total: int) -> bool:
         """Record a batch of ``total`` children, once; False if it already exists."""
         args = [total, json.dumps(job), self._ttl]
-        return bool(self._create(keys=[self._key(batch_id)], args=args))
+        return bool(self._create(keys=[self.key(batch_id)], args=args))
 
     def advance(self, batch_id: str, published: int) -> None:
         """Note that the first ``published`` children have been published."""
-        self._redis.hset(self._key(batch_id), "published", published)
+        self._redis.hset(self.key(batch_id), "published", published)
 
-    def child_ended(self, batch_id: str, child_id: str, *, succeeded: bool) -> bool:
-        """Count a child's end (once, or again when a failed child replayed succeeds); True
-        when the batch is to be recorded complete: it was the last child, or the batch had
-        completed and its counts changed."""
-        key = self._key(batch_id)
+    def child_ended(self, batch_id: str, child_id: str, *, succeeded: bool) -> Counted:
+        """Count a child's end (once, or again when a failed child replayed succeeds), and say
+        whether the batch is to be recorded complete (:class:`Counted`)."""
+        key = self.key(batch_id)
         args = [child_id, "1" if succeeded else "0", self._clock(), self._ttl]
         keys = [key, f"{key}:ended", f"{key}:failed"]
-        return int(self._ended(keys=keys, args=args)) == 2  # noqa: PLR2004
+        return Counted(int(self._ended(keys=keys, args=args)))
 
     def progress(self, batch_id: str) -> Progress | None:
         """The batch's progress, or None when there is no such batch (yet)."""
         names = ["total", "succeeded", "failed", "published", "completedAt"]
         total, succeeded, failed, published, completed = self._redis.hmget(
-            self._key(batch_id), names
+            self.key(batch_id), names
         )
         if total is None:
             return None
@@ -150,7 +166,7 @@ class Batches:
 
     def job(self, batch_id: str) -> dict[str, Any] | None:
         """The bulk job the batch was made from."""
-        raw = self._redis.hget(self._key(batch_id), "job")
+        raw = self._redis.hget(self.key(batch_id), "job")
         return None if raw is None else dict(json.loads(raw))
 
 

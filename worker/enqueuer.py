@@ -19,16 +19,17 @@ from typing import Protocol
 
 from worker.errors import UNREACHABLE
 from worker.publisher import TaskMessage, queue_envelope
-from worker.state import JobStore, Queued
+from worker.state import JobStore, Queued, State
 
 NewJob = tuple[Queued, TaskMessage]
 """A job's record and its message."""
 
 
 class Enqueuer(Protocol):
-    """Records jobs queued and publishes their messages, in order."""
+    """Records jobs queued and publishes their messages, in order; for each job, None, or the
+    state it had ended in (it was left as it was, and not published)."""
 
-    def enqueue(self, jobs: Sequence[NewJob]) -> None: ...
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[State | None]: ...
 
 
 class RecordAndPush:
@@ -38,9 +39,9 @@ class RecordAndPush:
         self._store = store
         self._queue = queue
 
-    def enqueue(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[State | None]:
         queue = self._queue
-        self._store.enqueue_many(
+        return self._store.enqueue_many(
             [replace(job, push=(queue, queue_envelope(message, queue))) for job, message in jobs]
         )
 
@@ -59,7 +60,7 @@ class RecordThenPublish:
         self._publish = publish
         self._withdraw = withdraw
 
-    def enqueue(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[State | None]:
         ended = self._store.enqueue_many([record for record, _ in jobs])
         messages = [message for (_, message), done in zip(jobs, ended, strict=True) if done is None]
         try:
@@ -72,3 +73,4 @@ class RecordThenPublish:
                 with contextlib.suppress(*UNREACHABLE):
                     self._store.withdraw([message.job_id for message in messages])
             raise
+        return ended

@@ -5,7 +5,12 @@ the same on every delivery of the batch. They are recorded ``queued`` (with thei
 and published in chunks; after each chunk the batch notes how many are out, so a redelivered
 batch resumes where the last delivery stopped, republishing at most the chunk it was in (whose
 children's claims make a second message harmless) and never a second set of children. A child
-that already ended is not published again.
+that already ended is not published again: it is told to the batch as it ended (a child of an
+earlier delivery that ran, or a job of that id that ended before the batch).
+
+Once the fan-out has begun (the batch's hash exists, :meth:`FanOut.began`), the batch's time and
+meeting were met: any later delivery of it (redelivered after a crash, or enqueued again) only
+resumes the fan-out, and the batch's outcome is its children's.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from worker.batches import Batches
 from worker.enqueuer import Enqueuer
 from worker.jobs import Job, child_jobs
 from worker.publisher import TaskMessage
-from worker.state import Queued
+from worker.state import Queued, State
 
 CHUNK = 100
 
@@ -35,11 +40,24 @@ class FanOut:
         self._enqueuer = enqueuer
         self._chunk = chunk
 
-    def run(self, batch: Job, *, starting: Callable[[int], None]) -> int:
+    def began(self, batch_id: str) -> bool:
+        """Whether the batch's fan-out has begun (on this delivery or an earlier one)."""
+        return self._batches.progress(batch_id) is not None
+
+    def run(
+        self,
+        batch: Job,
+        *,
+        starting: Callable[[int], None],
+        resuming: Callable[[], None],
+        ended: Callable[[Job, State], None],
+    ) -> int:
         """Publish the batch's children not yet published; return how many were.
 
         ``starting(total)`` is called before the first child is published (so that the batch is
-        recorded running before any child can end), on every delivery that starts from the top.
+        recorded running before any child can end), on every delivery that starts from the top;
+        ``resuming()`` instead on a delivery that finds children published already. Each child
+        found already ended, and so not published, is given to ``ended``.
         """
         children = child_jobs(batch)
         self._batches.create(batch.id, batch.body, len(children))
@@ -47,9 +65,11 @@ class FanOut:
         first = progress.published if progress else 0
         if first == 0:
             starting(len(children))
+        else:
+            resuming()
         for offset in range(first, len(children), self._chunk):
             chunk = children[offset : offset + self._chunk]
-            self._enqueuer.enqueue(
+            states = self._enqueuer.enqueue(
                 [
                     (
                         Queued(c.id, c.kind.name, c.target, c.metadata, {"batchId": batch.id}),
@@ -59,4 +79,7 @@ class FanOut:
                 ]
             )
             self._batches.advance(batch.id, offset + len(chunk))
+            for child, state in zip(chunk, states, strict=True):
+                if state is not None:
+                    ended(child, state)
         return len(children) - first

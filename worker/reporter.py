@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worker.batches import Batches, Progress, child_outcomes
+from worker.batches import Batches, Counted, Progress, child_outcomes
 from worker.dead_letters import DeadLetters
 from worker.errors import ErrorInfo
 from worker.events import Event, Events, build_event
@@ -151,8 +151,15 @@ class Reporter:
         # A child knows its batch from its claim (or its record): no extra read per transition.
         if job.batch_id is not None and self._batches is not None:
             succeeded = report.state is State.SUCCEEDED
-            if self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded):
-                self._complete(job.batch_id)
+            counted = self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded)
+            if counted in (Counted.COMPLETED, Counted.CHANGED):
+                self._complete(job.batch_id, first=counted is Counted.COMPLETED)
+
+    def batch_key(self, batch_id: str) -> str:
+        """The key of a batch's progress, which exists once its fan-out began."""
+        if self._batches is None:
+            raise RuntimeError("this reporter was built without batches")
+        return self._batches.key(batch_id)
 
     def ended_again(self, job: Job, state: State) -> None:
         """Tell a child's end to its batch again, from a delivery that found the child ended.
@@ -164,10 +171,13 @@ class Reporter:
         if job.batch_id is None or self._batches is None:
             return
         succeeded = state is State.SUCCEEDED
-        last = self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded)
+        counted = self._batches.child_ended(job.batch_id, job.id, succeeded=succeeded)
+        if counted is Counted.CHANGED:
+            self._complete(job.batch_id, first=False)
+            return
         # Not the last: complete it still if every child was counted but the batch was never
         # recorded ended (the delivery that counted the last one died before recording it).
-        self._complete(job.batch_id, only_if_left=not last)
+        self._complete(job.batch_id, first=True, only_if_left=counted is not Counted.COMPLETED)
 
     def _event(self, job: Job, outcome: str, report: Report) -> Event:
         return build_event(
@@ -193,9 +203,15 @@ class Reporter:
         """Keep a failed job, as it was received, for an operator to inspect and replay."""
         self._dead.add(job_id, task=task, job=job, error=error.to_json(), attempts=attempts)
 
-    def _complete(self, batch_id: str, *, only_if_left: bool = False) -> None:
+    def _complete(self, batch_id: str, *, first: bool, only_if_left: bool = False) -> None:
         """Record and announce a batch whose last child just ended; ``only_if_left``, only if
-        every child was counted and the batch is not recorded ended."""
+        every child was counted and the batch is not recorded ended.
+
+        ``first``: the batch's first completion, recorded and announced once. The delivery that
+        counted the last child and one that repairs its work (a child's duplicate, which finds
+        every child counted and the batch not yet recorded) may both get here: the record is
+        written unless the batch ended, and only the write that made it announces. Later
+        completions (``first`` False: a failed child replayed to success) always write."""
         assert self._batches is not None  # noqa: S101 - only called when batches are counted
         progress = self._batches.progress(batch_id)
         if progress is None or (only_if_left and not progress.completed):
@@ -211,7 +227,14 @@ class Reporter:
         # last may have read older counts, so each writer reads them again after its write and
         # writes anew until they hold still. The last write then has the latest counts.
         for _ in range(_RECOMPLETIONS):
-            self.record_and_announce(batch, "completed", self._outcome(batch, progress))
+            report = self._outcome(batch, progress)
+            if first:
+                if not self.record(batch, report, unless_ended=True):
+                    return  # another writer completed it, and goes on from here
+                self.announce(batch, "completed", report)
+                first = False
+            else:
+                self.record_and_announce(batch, "completed", report)
             latest = self._batches.progress(batch_id)
             if latest is None or latest.counts() == progress.counts():
                 return

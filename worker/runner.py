@@ -285,23 +285,25 @@ class JobRunner:
             cleared=claim.paused == 0.0,
             recorded=claim.started,
         )
-        if claim.deliveries > self._limits.max_deliveries:
+        # A batch whose fan-out began met its time and meeting already: a later delivery
+        # (redelivered, or enqueued again) resumes it, however late or often it comes.
+        resuming = job.kind.fans_out and self._fanning_out.began(job.id)
+        if claim.deliveries > self._limits.max_deliveries and not resuming:
             error = ErrorInfo(
                 reason="too_many_deliveries",
                 message=f"delivered {claim.deliveries} times without finishing "
                 f"(at most {self._limits.max_deliveries}): a worker may be dying on it",
             )
             return self._finish(job, attempts, error=error, claim=claim)
-        if timing.early(self._clock()):
+        if timing.early(self._clock()) and not resuming:
             self._scheduler.hold(job, timing)
             return Outcome(job.id, State.SCHEDULED, attempts.total, deferred=True)
-        return self._attempt(job, timing, claim, attempts)
+        return self._attempt(job, timing, claim, attempts, resuming=resuming)
 
-    def _attempt(self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts) -> Outcome:
+    def _attempt(
+        self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, *, resuming: bool
+    ) -> Outcome:
         """Make the job's call, with retries, once it is due (and its meeting is live)."""
-        # A batch recorded running has begun its fan-out, its time and meeting already met:
-        # redelivered (its delivery died midway), it resumes without being judged again.
-        resuming = job.kind.fans_out and claim.state == State.RUNNING
         try:
             ended = None
             if not job.kind.stops and not resuming:
@@ -440,17 +442,28 @@ class JobRunner:
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         return Outcome(job.id, state, attempts.total, deferred=True, released=True)
 
-    def _publish_children(self, job: Job) -> Outcome:
-        """A bulk job's work: publish its children, recorded running until they all end."""
+    @property
+    def _fanning_out(self) -> FanOut:
         if self._fan_out is None:
             raise RuntimeError("this runner was built without a fan-out for bulk jobs")
+        return self._fan_out
+
+    def _publish_children(self, job: Job) -> Outcome:
+        """A bulk job's work: publish its children, recorded running until they all end."""
 
         def starting(total: int) -> None:
             counts = {"total": total, "succeeded": 0, "failed": 0, "pending": total}
             report = Report(State.RUNNING, counts=counts)
             self._reporter.record_and_announce(job, "started", report)
 
-        self._fan_out.run(job, starting=starting)
+        def resuming() -> None:
+            # Enqueued again, it was recorded queued: running, as it is (unless it completed).
+            self._reporter.record(job, Report(State.RUNNING), unless_ended=True)
+
+        def ended(child: Job, state: State) -> None:
+            self._reporter.ended_again(child, state)
+
+        self._fanning_out.run(job, starting=starting, resuming=resuming, ended=ended)
         return Outcome(job.id, State.RUNNING, 0)
 
     def _succeed(

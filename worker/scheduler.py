@@ -28,9 +28,10 @@ from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
 
 # KEYS: the job's hash, its claim, the schedule's keys (pending, in flight, deliveries), then for
-# a start its stop job's hash and history. ARGV: the job's id, '1' for a batch, then for a start
-# its stop job's id, schedule entry and due time, and the stop's state write (write_state's ARGV).
-# Answers 'unknown', 'published' (a batch running: its fan-out began), 'running' (claimed) or
+# a start its stop job's hash and history, for a batch its batch hash. ARGV: the job's id, '1'
+# for a batch, then for a start its stop job's id, schedule entry and due time, and the stop's
+# state write (write_state's ARGV). Answers 'unknown', 'published' (a batch whose fan-out began,
+# even if enqueued again since: its record may say queued), 'running' (claimed) or
 # 'ended:<state>'; or 'cancelled', the job's attempts, and 'held' when it held the stop.
 _CANCEL = (
     WRITE_FUNCTION
@@ -39,7 +40,7 @@ local job = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'unapplied')
 local state = job[1]
 if not state then return {'unknown'} end
 if terminal[state] then return {'ended:' .. state} end
-if ARGV[2] == '1' and state == 'running' then return {'published'} end
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then return {'published'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'running'} end
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -134,6 +135,8 @@ class Scheduler:
         job = _job_of(record)
         keys = [self._store.key(job_id), self._claim_key(job_id), *self._schedule.keys]
         args: list[str | bytes | int | float] = [job_id, "1" if job.kind.fans_out else "0"]
+        if job.kind.fans_out:
+            keys.append(self._reporter.batch_key(job_id))
         # An attempt VideoSDK never answered may have started the recording: the script holds
         # this stop, due now, unless every attempt was answered as having changed nothing (a
         # stop that finds nothing recording succeeds, reconciled).
@@ -156,21 +159,13 @@ class Scheduler:
             if answer != "running" or pause is None:
                 break
             self._sleep(pause)
-        if answer == "unknown":
-            raise UnknownJob(job_id)
-        if answer == "published":
-            raise JobConflict(
-                f"batch {job_id} has published its children; cancel those still pending one by "
-                f"one (recq status {job_id} --json lists them)"
-            )
-        if answer == "running":
-            raise JobConflict(
-                f"job {job_id} is being run right now and can no longer be cancelled; once its "
-                "recording started, end it with a stop job (recq enqueue stop-recording)"
-            )
+        if answer.startswith("ended:"):
+            ended = State(answer.removeprefix("ended:"))
+            # A batch's child cancelled by a cancel cut short after its script (Redis lost) was
+            # never counted: counted now, once (a child counted already changes nothing).
+            self._reporter.ended_again(job, ended)
         if answer != "cancelled":
-            ended = answer.removeprefix("ended:")
-            raise JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
+            raise _refusal(job_id, answer)
         attempts, stopped = found
         extra: Extra = {}
         if stop is not None and stopped:
@@ -219,7 +214,7 @@ class Scheduler:
                     "give a later --start-at or --start-deadline"
                 )
             due = self._clock() if timing.due is None else timing.due
-            job = Job(job_id, kind, body)
+            job = Job(job_id, kind, body, record.batch_id)
             report = Report(
                 State.SCHEDULED, attempt=record.attempts, due_at=due, deadline=timing.deadline
             )
@@ -290,6 +285,24 @@ def _stop_of(start: Job, *, at: str | None) -> Job | None:
     if (at is None and "stopAt" not in start.body) or start.kind.stops or start.kind.fans_out:
         return None
     return stop_job_for(start, at=at)
+
+
+def _refusal(job_id: str, answer: str) -> UnknownJob | JobConflict:
+    """Why the cancel script did not cancel ``job_id``, as it answered."""
+    if answer == "unknown":
+        return UnknownJob(job_id)
+    if answer == "published":
+        return JobConflict(
+            f"batch {job_id} has published its children; cancel those still pending one by "
+            f"one (recq status {job_id} --json lists them)"
+        )
+    if answer == "running":
+        return JobConflict(
+            f"job {job_id} is being run right now and can no longer be cancelled; once its "
+            "recording started, end it with a stop job (recq enqueue stop-recording)"
+        )
+    ended = answer.removeprefix("ended:")
+    return JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
 
 
 def _job_of(record: JobRecord) -> Job:

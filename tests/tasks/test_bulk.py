@@ -146,9 +146,9 @@ class CountingEnqueuer:
         self.inner = inner
         self.messages: list[TaskMessage] = []
 
-    def enqueue(self, jobs: Sequence[NewJob]) -> None:
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[State | None]:
         self.messages.extend(message for _, message in jobs)
-        self.inner.enqueue(jobs)
+        return self.inner.enqueue(jobs)
 
 
 def test_a_redelivered_batch_message_creates_no_second_set_of_children(

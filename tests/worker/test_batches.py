@@ -9,11 +9,14 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
+from worker.batches import Counted
 from worker.enqueuer import RecordThenPublish
+from worker.errors import JobConflict
 from worker.fanout import FanOut
 from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
+from worker.publisher import TaskMessage
 from worker.sandbox import Fault
-from worker.state import State, epoch_iso
+from worker.state import Queued, State, epoch_iso
 
 ROOM = "r1"
 BULK = {
@@ -23,6 +26,19 @@ BULK = {
     "bucketDirPath": "compliance/2030",
     "metadata": {"case": "C-7"},
 }
+
+
+def enqueue_again(store, job_id, job) -> TaskMessage:
+    """What a producer's enqueue does for a bulk job due now: the record written queued
+    (unless the job ended), and its message, returned instead of published."""
+    kind = BULK_TRACK_RECORDING
+    messages: list[TaskMessage] = []
+    record = Queued(job_id, kind.name, kind.target(job), job.get("metadata") or {})
+    RecordThenPublish(store, messages.extend).enqueue(
+        [(record, TaskMessage(kind.task_name, job_id, job))]
+    )
+    [message] = messages
+    return message
 
 
 def run_children(runner, published) -> None:
@@ -93,6 +109,66 @@ class TestFanOut:
         assert len(set(ids)) == 6
         # Only the chunk cut short is published again: its first child twice, harmlessly.
         assert [i for i in set(ids) if ids.count(i) > 1] == ["b1:audio:bob"]
+
+    def test_a_running_batch_enqueued_again_stays_running_and_cannot_be_cancelled(
+        self, runner, published, store, scheduler, sink
+    ):
+        """A producer retrying its enqueue records the running batch queued again; the new
+        delivery resumes it (nothing left to publish) and records it running. A cancel, even
+        while it read queued, is refused: its children are out. (It used to stay queued, and a
+        cancel was taken, then overwritten by batch.completed.)"""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        again = enqueue_again(store, "b1", BULK)
+        with pytest.raises(JobConflict, match="has published its children"):
+            scheduler.cancel("b1")
+        runner.run(BULK_TRACK_RECORDING, again.job, job_id="b1")
+        assert len(published) == 6
+        assert store.get("b1").state is State.RUNNING
+        run_children(runner, published)
+        batch_events = [t for t in sink.types if t.startswith("batch.")]
+        assert batch_events == ["batch.started", "batch.completed"]
+
+    def test_a_scheduled_batch_enqueued_again_after_its_deadline_resumes(
+        self, runner, published, store, clock
+    ):
+        """Its fan-out began in time: enqueued again past startAt plus the grace, it is not
+        failed start_deadline_passed while its children run."""
+        job = {**BULK, "startAt": epoch_iso(clock.now), "stopAt": epoch_iso(clock.now + 7200)}
+        runner.run(BULK_TRACK_RECORDING, job, job_id="b1")
+        clock.now += 20 * 60
+        again = enqueue_again(store, "b1", job)
+        runner.run(BULK_TRACK_RECORDING, again.job, job_id="b1")
+        assert store.get("b1").state is State.RUNNING
+        run_children(runner, published)
+        assert store.get("b1").state is State.SUCCEEDED
+
+    def test_a_batch_delivered_many_times_is_never_failed_for_it(
+        self, runner, published, store, sink, dead_letters
+    ):
+        """Six deliveries of a batch that fanned out are not 'too many deliveries': each only
+        resumes it. (The sixth failed it while its children ran, with a dead letter.)"""
+        for _ in range(6):
+            runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        assert store.get("b1").state is State.RUNNING
+        run_children(runner, published)
+        assert [t for t in sink.types if t.startswith("batch.")] == [
+            "batch.started",
+            "batch.completed",
+        ]
+        assert dead_letters.get("b1") is None
+
+    def test_a_child_whose_id_had_already_ended_is_counted_as_it_ended(
+        self, runner, published, store, batches
+    ):
+        """A job under a child's id ended before the fan-out (one enqueued by hand, say): it is
+        not run again, and the batch counts it as it ended, so the batch still completes.
+        (Nothing counted it, and the batch waited for it forever.)"""
+        store.transition("b1:audio:alice", State.SUCCEEDED, kind="start-track-recording", attempt=1)
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        assert "b1:audio:alice" not in [d.job_id for d in published]
+        run_children(runner, published)
+        assert batches.progress("b1").pending == 0
+        assert store.get("b1").state is State.SUCCEEDED
 
     def test_a_colon_in_a_participant_id_never_gives_two_jobs_one_id(
         self, runner, published, schedule, store, sandbox, clock
@@ -259,13 +335,13 @@ class TestCompletion:
         """Failed, then succeeded: moved from failed to succeeded once; the completed batch is
         to be completed again. A child failing again, or any repeat, changes nothing."""
         batches.create("b9", BULK, total=2)
-        assert not batches.child_ended("b9", "c1", succeeded=False)
-        assert batches.child_ended("b9", "c2", succeeded=True)
-        assert not batches.child_ended("b9", "c1", succeeded=False)
+        assert batches.child_ended("b9", "c1", succeeded=False) is Counted.COUNTED
+        assert batches.child_ended("b9", "c2", succeeded=True) is Counted.COMPLETED
+        assert batches.child_ended("b9", "c1", succeeded=False) is Counted.ALREADY
         assert batches.progress("b9").counts()["failed"] == 1
-        assert batches.child_ended("b9", "c1", succeeded=True)
-        assert not batches.child_ended("b9", "c1", succeeded=True)
-        assert not batches.child_ended("b9", "c2", succeeded=False)
+        assert batches.child_ended("b9", "c1", succeeded=True) is Counted.CHANGED
+        assert batches.child_ended("b9", "c1", succeeded=True) is Counted.ALREADY
+        assert batches.child_ended("b9", "c2", succeeded=False) is Counted.ALREADY
         progress = batches.progress("b9")
         assert (progress.succeeded, progress.failed, progress.completed) == (2, 0, True)
 
@@ -308,15 +384,15 @@ class TestCompletion:
         self, batches
     ):
         batches.create("b9", BULK, total=2)
-        assert not batches.child_ended("b9", "c1", succeeded=False)
-        assert not batches.child_ended("b9", "c1", succeeded=True)
+        assert batches.child_ended("b9", "c1", succeeded=False) is Counted.COUNTED
+        assert batches.child_ended("b9", "c1", succeeded=True) is Counted.COUNTED
         assert batches.progress("b9").counts() == {
             "total": 2,
             "succeeded": 1,
             "failed": 0,
             "pending": 1,
         }
-        assert batches.child_ended("b9", "c2", succeeded=True)
+        assert batches.child_ended("b9", "c2", succeeded=True) is Counted.COMPLETED
 
     @pytest.mark.parametrize("died", ["before counting", "before completing"])
     def test_a_child_whose_delivery_died_after_its_end_still_completes_the_batch(
@@ -331,13 +407,90 @@ class TestCompletion:
             runner.run(START_TRACK_RECORDING, delivery.job, job_id=delivery.job_id)
         store.transition(last.job_id, State.SUCCEEDED, kind="start-track-recording", attempt=1)
         if died == "before completing":
-            assert batches.child_ended("b1", last.job_id, succeeded=True)
+            assert batches.child_ended("b1", last.job_id, succeeded=True) is Counted.COMPLETED
         assert store.get("b1").state is State.RUNNING
         outcome = runner.run(START_TRACK_RECORDING, last.job, job_id=last.job_id)
         assert outcome.duplicate
         assert store.get("b1").state is State.SUCCEEDED
         assert batches.progress("b1").succeeded == 6
         assert [e["type"] for e in sink.events].count("batch.completed") == 1
+
+    def test_a_duplicate_child_during_the_batch_s_completion_completes_it_once(
+        self, runner, published, batches, sink, monkeypatch
+    ):
+        """The last child's delivery counts it and is recording the batch complete when a
+        duplicate of another child arrives, finds every child counted and the batch not yet
+        recorded, and completes it too: batch.completed is published once."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        *others, last = list(published)
+        for delivery in others:
+            runner.run(START_TRACK_RECORDING, delivery.job, job_id=delivery.job_id)
+        read = batches.progress
+        duplicate = others[0]
+
+        def a_duplicate_arrives_as_the_batch_completes(batch_id):
+            progress = read(batch_id)
+            if progress is not None and progress.completed and not arrived:
+                arrived.append(True)
+                runner.run(START_TRACK_RECORDING, duplicate.job, job_id=duplicate.job_id)
+            return progress
+
+        arrived: list[bool] = []
+        monkeypatch.setattr(batches, "progress", a_duplicate_arrives_as_the_batch_completes)
+        runner.run(START_TRACK_RECORDING, last.job, job_id=last.job_id)
+        assert arrived
+        assert sink.types.count("batch.completed") == 1
+
+    def test_a_child_cancel_cut_short_is_counted_when_the_cancel_is_tried_again(
+        self, runner, published, claims, scheduler, reporter, store, schedule, monkeypatch
+    ):
+        """The cancel's script cancelled a child waiting on the schedule, then Redis went away
+        before the child was counted. Tried again, the cancel finds it ended, says so, and
+        counts it: the batch completes. (It was never counted, and the batch never ended.)"""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        waiting, *others = list(published)
+        busy = claims.acquire(waiting.job_id)
+        assert runner.run(START_TRACK_RECORDING, waiting.job, job_id=waiting.job_id).deferred
+        claims.release(waiting.job_id, busy)
+
+        def redis_goes_away(*_args, **_kwargs):
+            raise redis.ConnectionError("Redis went away")
+
+        with monkeypatch.context() as cut:
+            cut.setattr(reporter, "record_and_announce", redis_goes_away)
+            with pytest.raises(redis.ConnectionError):
+                scheduler.cancel(waiting.job_id)
+        with pytest.raises(JobConflict, match=r"already ended \(cancelled\)"):
+            scheduler.cancel(waiting.job_id)
+        assert schedule.get(waiting.job_id) is None
+        run_children(runner, others)
+        assert store.get("b1").state is State.PARTIALLY_FAILED
+
+    def test_a_rescheduled_child_s_event_names_its_batch(
+        self, runner, published, claims, scheduler, sink, clock
+    ):
+        """Like every event of a child, its scheduled one carries data.batchId."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        child = published[0]
+        busy = claims.acquire(child.job_id)
+        assert runner.run(START_TRACK_RECORDING, child.job, job_id=child.job_id).deferred
+        claims.release(child.job_id, busy)
+        scheduler.reschedule(child.job_id, start_at=epoch_iso(clock.now + 600))
+        [moved] = [e for e in sink.events if e["type"] == "track_recording.scheduled"]
+        assert moved["data"]["batchId"] == "b1"
+
+    def test_each_child_s_end_keeps_the_batch_for_a_state_ttl_more(
+        self, runner, published, batches, redis_client
+    ):
+        """A batch that runs longer than RECQ_STATE_TTL (at a slow rate limit, say) must not
+        lose its counts midway: they expired a TTL after the fan-out, and the batch never
+        completed."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        key = batches.key("b1")
+        redis_client.expire(key, 5)  # as if the batch had run for nearly a TTL
+        child = published[0]
+        runner.run(START_TRACK_RECORDING, child.job, job_id=child.job_id)
+        assert redis_client.ttl(key) > 3600
 
     def test_a_running_batch_cannot_be_cancelled_as_a_whole(self, runner, scheduler):
         from worker.errors import JobConflict  # noqa: PLC0415
