@@ -17,6 +17,7 @@ from vine import promise
 
 from worker.logs import job_context
 from worker.redact import redact
+from worker.transport import UNREADABLE
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class RecqConsumer(Consumer):
             job_id = _headers(message).get("id")
             # Celery's lines about receiving the message and handing it to the pool name the job.
             with job_context(job_id if isinstance(job_id, str) else None):
+                unreadable = _headers(message).get(UNREADABLE)
+                if isinstance(unreadable, str):  # marked by recq's Redis transport
+                    return self._unreadable(message, unreadable)
                 try:
                     return handle(message)
                 except fatal:
@@ -61,6 +65,12 @@ class RecqConsumer(Consumer):
                     return None
 
         return on_task_received
+
+    def _unreadable(self, message: Any, problem: str) -> None:
+        """A message whose envelope the transport could not read: acknowledged, recorded."""
+        logger.critical("cannot read a message (its content is not logged): %s", problem)
+        message.ack()
+        self._refused(message, "undecodable_message", f"cannot read the message: {problem}")
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         # Celery's own handler logs the body, which no redaction can read (base64, say) and
@@ -99,6 +109,9 @@ class RecqConsumer(Consumer):
         detail = redact(detail)  # an exception's text may quote the message, and what it holds
         headers = _headers(message)
         job_id, task = headers.get("id"), headers.get("task")
+        if not isinstance(job_id, str) or not job_id:  # Celery sets both; a producer may not
+            properties = getattr(message, "properties", None)
+            job_id = properties.get("correlation_id") if isinstance(properties, dict) else None
         if not isinstance(job_id, str) or not job_id:
             logger.error("refused a message without an id (%s): %s", reason, detail)
             return

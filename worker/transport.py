@@ -44,6 +44,15 @@ seconds. :class:`Poller` also waits on a pipe that an acknowledgement writes to 
 is waiting for room, and fetches again at once; and it runs the restore sweep on time, which
 kombu's event loop does with a timer (see :class:`Poller`).
 
+**Unreadable messages.** A producer in another language builds the envelope itself, and kombu
+fails on one it cannot read (a ``body_encoding`` of base64 over a body that is not, a
+``delivery_info`` left out) while it delivers it, outside Celery's handling of bad messages: the
+worker stopped ("Unrecoverable error"), and the next one that took the message after the
+visibility timeout stopped as well. Such a message is delivered without its body, its problem
+named in the header :data:`UNREADABLE`, for the consumer to refuse and record like any other it
+cannot run (:mod:`worker.consumer`). One that is not a JSON object at all names no job: it is
+logged, by its size, and dropped.
+
 It also mends one of kombu's failures: see :meth:`Channel._create_client`.
 
 Celery uses it through ``broker_transport`` for ``redis://`` and ``rediss://`` brokers.
@@ -52,8 +61,10 @@ Celery uses it through ``broker_transport`` for ``redis://`` and ``rediss://`` b
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +75,11 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 NAME = "worker.transport:Transport"
+
+UNREADABLE = "x-recq-unreadable"
+"""The header naming why a message's envelope could not be read (see the module's docstring)."""
+
+logger = logging.getLogger(__name__)
 
 # Pop up to ARGV[2] of the oldest messages of KEYS[1] and record each unacknowledged in the same
 # step, as kombu's QoS.append would: the time index (KEYS[3], scored with the worker's clock,
@@ -248,7 +264,9 @@ class Channel(kombu_redis.Channel):
                 raise virtual.Empty()
             self._queue_cycle.rotate(queue)
             for item, recorded in taken:
-                message = loads(bytes_to_str(item))
+                message = self._readable(item, queue)
+                if message is None:
+                    continue
                 if recorded:
                     self.recorded.add(message["properties"]["delivery_tag"])
                 self.connection._deliver(message, queue)
@@ -257,6 +275,61 @@ class Channel(kombu_redis.Channel):
             self._waiting_on = None
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _readable(self, item: bytes, queue: str) -> dict[str, Any] | None:
+        """The message ``item`` as kombu can deliver it: as it came, or, when kombu could not
+        read its envelope, without its body and marked :data:`UNREADABLE`. None when it is
+        not a JSON object at all (logged)."""
+        try:
+            message = loads(bytes_to_str(item))
+        except ValueError:  # not JSON, or not UTF-8
+            message = None
+        if not isinstance(message, dict):
+            logger.error(
+                "dropped a message of %d bytes on %s that is not a JSON object, so names no "
+                "job (its content is not logged); see schemas/asyncapi.yaml for the envelope",
+                len(item),
+                queue,
+            )
+            return None
+        problem = self._envelope_problem(message)
+        if problem is None:
+            return message
+        properties = message.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        headers = message.get("headers")
+        tag = properties.get("delivery_tag")
+        return {
+            "body": "",
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            "headers": {**(headers if isinstance(headers, dict) else {}), UNREADABLE: problem},
+            "properties": {
+                "correlation_id": properties.get("correlation_id"),
+                "delivery_tag": tag if isinstance(tag, str | int) else uuid.uuid4().hex,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+            },
+        }
+
+    def _envelope_problem(self, message: dict[str, Any]) -> str | None:
+        """What kombu could not read in a message's envelope, if anything."""
+        properties = message.get("properties")
+        if not isinstance(properties, dict):
+            return "the envelope has no 'properties' object"
+        if not isinstance(properties.get("delivery_tag"), str | int):
+            return "the envelope's properties have no 'delivery_tag'"
+        info = properties.get("delivery_info")
+        if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
+            return "the envelope's properties.delivery_info must name 'exchange' and 'routing_key'"
+        encoding = properties.get("body_encoding")
+        if encoding and str(encoding).lower() != "utf-8":
+            if str(encoding) not in self.codecs:
+                return f"properties.body_encoding {encoding!r} is not 'base64' or 'utf-8'"
+            try:
+                self.decode_body(message.get("body") or "", encoding)
+            except Exception as exc:  # noqa: BLE001 - binascii and friends: the body is not that
+                return f"properties.body_encoding is {encoding!r} but the body is not ({exc})"
+        return None
 
     def _take(self, queue: str) -> list[tuple[bytes, bool]]:
         """Pop the queue's oldest messages, as many as the prefetch window has room for, and

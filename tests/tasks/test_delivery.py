@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import pytest
@@ -161,6 +162,61 @@ class TestRefusedMessages:
         assert sandbox.calls == []
         good = Producer(app).enqueue(START_RECORDING, JOB)
         assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
+
+    @pytest.mark.parametrize(
+        ("spoil", "named"),
+        [
+            (
+                lambda m: m.update(body='[[], {"job": {"roomId": "r"}}, {}]'),
+                "body_encoding is 'base64' but the body is not",
+            ),
+            (lambda m: m["properties"].pop("delivery_info"), "delivery_info must name"),
+            (lambda m: m["properties"].pop("delivery_tag"), "have no 'delivery_tag'"),
+            (lambda m: m["properties"].update(body_encoding="gzip"), "'gzip' is not 'base64'"),
+        ],
+        ids=["base64-promised-raw-json-sent", "no-delivery-info", "no-delivery-tag", "gzip"],
+    )
+    def test_an_envelope_kombu_cannot_read_is_recorded_and_the_worker_goes_on(
+        self, app, sandbox, running_worker, redis_client, spoil, named
+    ):
+        """A hand-built envelope kombu fails on as it delivers it (a Node producer that forgot
+        to base64 the body it says is base64, say): the worker stopped with "Unrecoverable
+        error", and so did the next one to take the message. It is failed with the problem
+        named, under its id, and the worker goes on."""
+        queue = app.settings.queue
+        envelope = json.loads(celery_message("recq.start_recording", "env-1", queue=queue, job=JOB))
+        spoil(envelope)
+        redis_client.lpush(queue, json.dumps(envelope))
+        record = wait_for(app, "env-1", State.FAILED)
+        assert record.error["reason"] == "undecodable_message"
+        assert named in record.error["message"]
+        good = Producer(app).enqueue(START_RECORDING, JOB)
+        assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
+        assert sandbox.calls[0].body == {"roomId": "room-d"}  # only the good job's call
+
+    def test_a_message_that_is_not_json_is_logged_and_the_worker_goes_on(
+        self, app, running_worker, redis_client, caplog
+    ):
+        """It names no job to record: logged by its size (not its content), and dropped. It
+        stopped the worker with a JSONDecodeError."""
+        queue = app.settings.queue
+        redis_client.lpush(queue, b"hello world")
+        good = Producer(app).enqueue(START_RECORDING, JOB)
+        assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
+        assert "dropped a message of 11 bytes" in caplog.text
+        assert "hello world" not in caplog.text
+
+    def test_a_message_without_headers_is_recorded_under_its_correlation_id(
+        self, app, running_worker, redis_client
+    ):
+        """Celery's task id is in the headers and, for a reply, the correlation id: a message
+        whose headers were left out is failed under the latter (it was dropped unrecorded)."""
+        queue = app.settings.queue
+        envelope = json.loads(celery_message("recq.start_recording", "hdr-1", queue=queue, job=JOB))
+        envelope["headers"] = {}
+        redis_client.lpush(queue, json.dumps(envelope))
+        record = wait_for(app, "hdr-1", State.FAILED)
+        assert record.error["reason"] == "malformed_message"
 
     def test_an_undecodable_body_is_not_logged(self, app, running_worker, redis_client, caplog):
         """Celery logs an undecodable body whole; base64 hides a signature from redaction, so
