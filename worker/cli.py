@@ -567,7 +567,9 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
         print(json.dumps({**record.to_json(), **(batch or {})}, indent=2))
         return 0
     target = " ".join(f"{k}={v}" for k, v in (record.target or {}).items())
-    print(f"{record.id}: {record.state.value} ({record.kind}; {target})")
+    # A message of an unknown task is recorded with neither kind nor target.
+    about = "; ".join(part for part in (record.kind, target) if part)
+    print(f"{record.id}: {record.state.value}" + (f" ({about})" if about else ""))
     print(
         f"  attempts: {record.attempts}; created {record.created_at}; updated {record.updated_at}"
     )

@@ -22,6 +22,13 @@ from worker.transport import UNREADABLE
 logger = logging.getLogger(__name__)
 
 
+_TIMING_HEADERS = {
+    "eta": "Celery's eta header is not supported: give the job a startAt, and recq holds it",
+    "expires": "Celery's expires header is not supported: give the job a startDeadline",
+}
+"""Celery's timing headers a job must not carry, each with what to do instead."""
+
+
 def _headers(message: Any) -> dict[str, Any]:
     headers = getattr(message, "headers", None)
     return headers if isinstance(headers, dict) else {}
@@ -52,6 +59,9 @@ class RecqConsumer(Consumer):
                 unreadable = _headers(message).get(UNREADABLE)
                 if isinstance(unreadable, str):  # marked by recq's Redis transport
                     return self._unreadable(message, unreadable)
+                timed = [name for name in _TIMING_HEADERS if _headers(message).get(name)]
+                if timed:
+                    return self._timed(message, timed)
                 try:
                     return handle(message)
                 except fatal:
@@ -65,6 +75,14 @@ class RecqConsumer(Consumer):
                     return None
 
         return on_task_received
+
+    def _timed(self, message: Any, headers: list[str]) -> None:
+        """A message with Celery's ``eta`` or ``expires``: Celery would hold it in memory (and
+        run it twice once the visibility timeout passes) or discard it unrecorded. Refused,
+        naming the job field that does it right (on RabbitMQ, rejected to the dead queue)."""
+        message.reject_log_error(logger, self.connection_errors)
+        detail = "; ".join(_TIMING_HEADERS[name] for name in headers)
+        self._refused(message, "malformed_message", detail)
 
     def _unreadable(self, message: Any, problem: str) -> None:
         """A message whose envelope the transport could not read: acknowledged, recorded."""

@@ -551,6 +551,13 @@ class JobRunner:
         record = self._store.get(job_id)
         if record is None:  # its state expired between the claim and this read
             return Outcome(job_id, State.SUCCEEDED, 0, duplicate=True)
+        # A producer that sent a corrected job under a failed job's id learns why nothing ran.
+        logger.info(
+            "job %s had already ended (%s): this message ran nothing; a job sent again to run "
+            "anew needs a new jobId (or `recq dead replay` for a failed one)",
+            job_id,
+            record.state.value,
+        )
         if record.batch_id is not None:
             batch_child = dataclasses.replace(job, batch_id=record.batch_id)
             self._reporter.ended_again(batch_child, record.state)

@@ -9,10 +9,12 @@ expects of a queue that must not lose work:
   can publish to ``""`` with routing key ``recq``.
 - ``x-delivery-limit``: a message redelivered that many times (a job that kills its worker before
   recq's own delivery count in Redis can see it) is dead-lettered instead of looping forever.
-- ``x-dead-letter-exchange: recq.dead``: what the queue rejects (a message that is not a task, an
-  unknown task name, an undecodable body; recq records each as a failed job) or gives up on lands
-  in the durable quorum queue ``recq.dead``, where an operator can read it. Jobs that fail as
-  jobs are acknowledged and kept in recq's own dead-letter store (``recq dead list``).
+- ``x-dead-letter-exchange: recq.dead`` (``<queue>.dead``): what the queue rejects (a message
+  that is not a task, an unknown task name, Celery's ``eta`` or ``expires``; recq records each
+  as a failed job) or gives up on lands in the durable quorum queue ``recq.dead``, where an
+  operator can read it. A body that cannot be decoded is recorded and acknowledged instead.
+  Jobs that fail as jobs are acknowledged and kept in recq's own dead-letter store (``recq dead
+  list``).
 
 Every party that declares the queue must use the same arguments, or RabbitMQ refuses the second
 declaration with ``PRECONDITION_FAILED``: workers and recq's producer declare it from here; a

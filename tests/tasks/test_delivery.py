@@ -14,7 +14,7 @@ from worker.jobs import START_RECORDING
 from worker.producer import Producer
 from worker.redis_server import free_port
 from worker.sandbox import Fault
-from worker.state import State
+from worker.state import State, epoch_iso
 from worker.testing import celery_message, wait_for_state
 
 pytestmark = pytest.mark.integration
@@ -193,6 +193,24 @@ class TestRefusedMessages:
         good = Producer(app).enqueue(START_RECORDING, JOB)
         assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
         assert sandbox.calls[0].body == {"roomId": "room-d"}  # only the good job's call
+
+    @pytest.mark.parametrize(
+        ("header", "named"),
+        [("eta", "give the job a startAt"), ("expires", "give the job a startDeadline")],
+    )
+    def test_a_message_with_celery_s_eta_or_expires_is_refused_naming_the_job_field(
+        self, app, sandbox, running_worker, redis_client, header, named
+    ):
+        """Celery held a message with an eta in the worker's memory (unrecorded, and run twice
+        after the visibility timeout) and discarded one past its expires without a trace."""
+        queue = app.settings.queue
+        envelope = json.loads(celery_message("recq.start_recording", "eta-1", queue=queue, job=JOB))
+        envelope["headers"][header] = epoch_iso(time.time() + (20 if header == "eta" else -20))
+        redis_client.lpush(queue, json.dumps(envelope))
+        record = wait_for(app, "eta-1", State.FAILED)
+        assert record.error["reason"] == "malformed_message"
+        assert named in record.error["message"]
+        assert sandbox.calls == []
 
     def test_a_message_that_is_not_json_is_logged_and_the_worker_goes_on(
         self, app, running_worker, redis_client, caplog

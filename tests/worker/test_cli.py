@@ -20,10 +20,12 @@ import redis
 import requests
 
 from worker.cli import WORKER_DEFAULTS, requested_pool
+from worker.errors import ErrorInfo
 from worker.event_log import EventLog
 from worker.processes import stop_process
 from worker.redis_server import free_port, throwaway_redis
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
+from worker.state import JobStore, State
 
 pytestmark = pytest.mark.integration
 
@@ -286,6 +288,18 @@ class TestStatusAndEvents:
         result = recq("status", "no-such-job", env=env)
         assert result.returncode == 1
         assert "no job 'no-such-job'" in result.stderr
+
+    def test_a_message_of_an_unknown_task_shows_its_state_and_error_alone(
+        self, env, redis_url, namespace
+    ):
+        """Recorded with neither kind nor target, it printed 'failed (None; )'."""
+        store = JobStore(redis.Redis.from_url(redis_url), namespace=namespace)
+        error = ErrorInfo("unknown_task", "no task is named 'recq.start_recordings'")
+        store.transition("typo-1", State.FAILED, error=error)
+        result = recq("status", "typo-1", env=env)
+        lines = result.stdout.splitlines()
+        assert lines[0] == "typo-1: failed"
+        assert lines[-1] == "  error: unknown_task: no task is named 'recq.start_recordings'"
 
     def test_a_job_runs_through_a_worker_process(self, env, worker_process, sandbox):
         """Enqueued by the CLI, run by `recq worker`, reported by status and events."""

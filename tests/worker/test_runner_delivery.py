@@ -24,6 +24,15 @@ class TestIdempotency:
         assert len(sandbox.calls) == 1
         assert sink.types == ["recording.started"]
 
+    def test_a_message_for_a_job_that_ended_says_so_in_the_log(self, runner, caplog):
+        """A producer in another language sending a corrected job under a failed job's id saw
+        no event and no line: the line names the job, its state and what to do."""
+        runner.run(START_RECORDING, {"roomId": 7}, job_id="j1")
+        with caplog.at_level("INFO", logger="worker.runner"):
+            again = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (again.state, again.duplicate) == (State.FAILED, True)
+        assert "job j1 had already ended (failed): this message ran nothing" in caplog.text
+
     def test_a_duplicate_of_a_failed_job_reports_its_error(self, runner, sandbox):
         """A rejected job stays rejected: a redelivery returns the same error and makes no call."""
         sandbox.inject(Fault(status=400))
