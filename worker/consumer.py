@@ -9,6 +9,7 @@ message names an id, the job is marked ``failed`` with a reason and kept as a de
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from celery.worker.consumer import Consumer
@@ -27,6 +28,9 @@ _TIMING_HEADERS = {
     "expires": "Celery's expires header is not supported: give the job a startDeadline",
 }
 """Celery's timing headers a job must not carry, each with what to do instead."""
+
+
+_UTF8_JSON = re.compile(r"application/json\s*;\s*charset\s*=\s*\"?utf-?8\"?", re.IGNORECASE)
 
 
 def _headers(message: Any) -> dict[str, Any]:
@@ -56,12 +60,8 @@ class RecqConsumer(Consumer):
             job_id = _headers(message).get("id")
             # Celery's lines about receiving the message and handing it to the pool name the job.
             with job_context(job_id if isinstance(job_id, str) else None):
-                unreadable = _headers(message).get(UNREADABLE)
-                if isinstance(unreadable, str):  # marked by recq's Redis transport
-                    return self._unreadable(message, unreadable)
-                timed = [name for name in _TIMING_HEADERS if _headers(message).get(name)]
-                if timed:
-                    return self._timed(message, timed)
+                if self._screened(message):
+                    return None
                 try:
                     return handle(message)
                 except fatal:
@@ -75,6 +75,32 @@ class RecqConsumer(Consumer):
                     return None
 
         return on_task_received
+
+    def _screened(self, message: Any) -> bool:
+        """Refuse and record a message Celery would mishandle (True), before it sees it.
+
+        Marked unreadable by the transport; carrying Celery's ``eta`` or ``expires``; or with no
+        content type (Celery failed on its body with an error that did not say why). A content
+        type of JSON with a UTF-8 charset (``application/json; charset=utf-8``, as HTTP-minded
+        clients write it) is read as JSON."""
+        headers = _headers(message)
+        unreadable = headers.get(UNREADABLE)
+        if isinstance(unreadable, str):  # marked by recq's Redis transport
+            self._unreadable(message, unreadable)
+            return True
+        timed = [name for name in _TIMING_HEADERS if headers.get(name)]
+        if timed:
+            self._timed(message, timed)
+            return True
+        content_type = getattr(message, "content_type", None)
+        if not content_type:
+            message.reject_log_error(logger, self.connection_errors)
+            detail = "the message names no content type: it must be application/json"
+            self._refused(message, "undecodable_message", detail)
+            return True
+        if _UTF8_JSON.fullmatch(str(content_type)):
+            message.content_type = "application/json"
+        return False
 
     def _timed(self, message: Any, headers: list[str]) -> None:
         """A message with Celery's ``eta`` or ``expires``: Celery would hold it in memory (and

@@ -212,6 +212,30 @@ class TestRefusedMessages:
         assert named in record.error["message"]
         assert sandbox.calls == []
 
+    def test_json_with_a_utf8_charset_is_read_as_json(
+        self, app, sandbox, running_worker, redis_client
+    ):
+        """'application/json; charset=utf-8', as HTTP-minded clients write it, was refused as
+        undecodable."""
+        queue = app.settings.queue
+        envelope = json.loads(celery_message("recq.start_recording", "cs-1", queue=queue, job=JOB))
+        envelope["content-type"] = "application/json; charset=UTF-8"
+        redis_client.lpush(queue, json.dumps(envelope))
+        assert wait_for(app, "cs-1", State.SUCCEEDED).state is State.SUCCEEDED
+
+    def test_a_message_without_a_content_type_is_refused_naming_it(
+        self, app, sandbox, running_worker, redis_client
+    ):
+        """It failed with "too many values to unpack", which did not say what was wrong."""
+        queue = app.settings.queue
+        envelope = json.loads(celery_message("recq.start_recording", "ct-1", queue=queue, job=JOB))
+        del envelope["content-type"]
+        redis_client.lpush(queue, json.dumps(envelope))
+        record = wait_for(app, "ct-1", State.FAILED)
+        assert record.error["reason"] == "undecodable_message"
+        assert "names no content type: it must be application/json" in record.error["message"]
+        assert sandbox.calls == []
+
     def test_a_message_that_is_not_json_is_logged_and_the_worker_goes_on(
         self, app, running_worker, redis_client, caplog
     ):
