@@ -50,9 +50,12 @@ _ALREADY_RUNNING_CODE, _NOT_RUNNING_CODE, _NO_SESSION_CODE = 4011, 4012, 4003
 _DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²"
 _ALREADY_RUNNING_TEXT = re.compile(r"already\s+(running|started|starting|in progress|active)", re.I)
 # A body that speaks of a recording and says nothing runs: "No recording is running for this
-# room", "track recording not active". Without the recording ("Your plan is not active"), no.
+# room", "track recording not active". Without the recording ("Your plan is not active"), no;
+# nor when it speaks of the account ("Recording service is not active for your plan").
 _NOT_RUNNING_TEXT = re.compile(
-    r"^(?=.*\brecord).*?\b(not\s+|no\s+(\w+\s+){0,3})(running|active)\b", re.I | re.S
+    r"^(?!.*\b(plan|account|subscription|add-?ons?|billing|quota|limit|service|organi[sz]ation)s?\b)"
+    r"(?=.*\brecord).*?\b(not\s+|no\s+(\w+\s+){0,3})(running|active)\b",
+    re.I | re.S,
 )
 
 
@@ -174,10 +177,16 @@ def classify(path: str, answer: Answer) -> UpstreamError:
 def refused_as_already_running(error: UpstreamError) -> bool:
     """True when VideoSDK refused a start because that recording is already running.
 
-    The error body is undocumented, so both the numeric code the client SDKs name (4011, start
-    refused) and the wording are accepted.
+    The error body is undocumented. The client SDKs' code 4011 means "start refused", a
+    recording already starting or running being only its example: with that code, a message
+    must not give another reason ("no active participants" is no running recording, and taking
+    it for one reported a recording that never started); a 4011 with no message at all is
+    taken for its example. A body without a code must say so in its wording.
     """
-    return _refused_for(error, {_ALREADY_RUNNING_CODE}, _ALREADY_RUNNING_TEXT)
+    if not _refused_for(error, {_ALREADY_RUNNING_CODE}, _ALREADY_RUNNING_TEXT):
+        return False
+    said = _said(error)
+    return said is None or bool(_ALREADY_RUNNING_TEXT.search(said))
 
 
 def refused_as_not_running(error: UpstreamError) -> bool:
@@ -206,6 +215,19 @@ def last_page(answer: Answer) -> int:
         return max(1, int((info or {}).get("lastPage") or 1))
     except (ValueError, TypeError, AttributeError):
         return 1
+
+
+def _said(error: UpstreamError) -> str | None:
+    """The message of an error body that is a JSON object (``message``, ``error`` or ``msg``,
+    as the server SDK reads them); None for any other body, or one that says nothing."""
+    parsed = error.answer.data if error.answer is not None else None
+    if not isinstance(parsed, dict):
+        return None
+    for name in ("message", "error", "msg"):
+        said = parsed.get(name)
+        if isinstance(said, str) and said.strip():
+            return said
+    return None
 
 
 def _refused_for(error: UpstreamError, codes: set[int], wording: re.Pattern[str]) -> bool:

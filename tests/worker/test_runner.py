@@ -125,6 +125,21 @@ class TestJobRunner:
         assert store.get("j1").attempts == 2
         assert [call.status for call in sandbox.calls] == [200, 400]
 
+    def test_a_start_refused_for_another_reason_after_a_dropped_answer_fails(
+        self, runner, sandbox, sink
+    ):
+        """The first answer was lost; the retry is refused with 4011 for another reason than
+        a running recording. It fails, naming VideoSDK's reason: it was reported started
+        (reconciled) while nothing recorded."""
+        refusal = '{"code": 4011, "message": "Recording could not be started: no participants"}'
+        sandbox.inject(Fault(drop_answer=True), Fault(status=400, body=refusal))
+        outcome = runner.run(START_RECORDING, JOB, job_id="j1")
+        assert (outcome.state, outcome.reconciled) == (State.FAILED, False)
+        assert outcome.error.reason == "upstream_rejected"
+        assert "no participants" in outcome.error.body
+        assert not sandbox.recording_running("r1")
+        assert sink.types[-1] == "recording.failed"
+
     def test_already_running_without_an_earlier_attempt_fails(
         self, runner, make_client, sandbox, store, sink
     ):

@@ -243,9 +243,31 @@ class TestParseRetryAfter:
 
 
 class TestRefusedAsAlreadyRunning:
-    def test_code_4011_is_already_running(self):
-        """The catalogue code alone is enough, whatever the wording."""
-        assert refused_as_already_running(rejected(400, '{"code": 4011, "message": "Nope"}'))
+    @pytest.mark.parametrize(
+        "body",
+        [
+            '{"code": 4011}',
+            '{"code": 4011, "message": ""}',
+            '{"code": 4011, "message": "Recording is already starting"}',
+            '{"code": 4011, "error": "already running"}',
+        ],
+    )
+    def test_code_4011_saying_no_other_reason_is_already_running(self, body):
+        """The catalogue's 4011 (start refused), with no message or one saying so."""
+        assert refused_as_already_running(rejected(400, body))
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            '{"code": 4011, "message": "Recording could not be started: no active participants"}',
+            '{"code": 4011, "msg": "Nope"}',
+        ],
+    )
+    def test_code_4011_giving_another_reason_is_not(self, body):
+        """4011 is any refused start ("for example" one already running): a message with
+        another reason is that refusal. Taken for a running recording, a start after an
+        unanswered attempt was reported started while nothing recorded."""
+        assert not refused_as_already_running(rejected(400, body))
 
     @pytest.mark.parametrize(
         "body", ["Recording is already running", "track ALREADY started", "already  in progress"]
@@ -301,6 +323,8 @@ class TestRefusedAsNotRunning:
             '{"code": 4006, "message": "No recording is running: account deactivated"}',
             "Your subscription is not active",
             "Service not running",
+            "Recording service is not active for your plan",
+            "No recording add-on is active on this account",
         ],
     )
     def test_another_refusal_is_not(self, body):
