@@ -184,11 +184,14 @@ class RecqCelery(Celery):
         retried: list[type[Exception]] = [redis.ConnectionError]
         if patience.retry_timeouts:
             retried.append(redis.TimeoutError)
+        url = url or self.settings.redis_url
+        # TCP keepalive has no meaning on a Unix socket, whose connections refuse the option.
+        keepalive = {} if url.startswith("unix:") else {"socket_keepalive": True}
         client = redis.Redis.from_url(
-            url or self.settings.redis_url,
+            url,
             socket_timeout=patience.read_timeout,
             socket_connect_timeout=patience.connect_timeout,
-            socket_keepalive=True,
+            **keepalive,
             health_check_interval=25,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=patience.retries),
             retry_on_error=retried,

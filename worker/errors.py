@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
-from worker.redact import redact
+from worker.redact import redact, redact_values
 
 UNREACHABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
 """Redis (the state store, or a Redis broker) or the broker failing us: no fault of the job's
@@ -79,7 +79,10 @@ class ErrorInfo:
             data["requestId"] = self.request_id
         if self.violations:
             data["violations"] = [v.to_json() for v in self.violations]
-        return data
+        # Recorded in states, events and dead letters: whatever an error quotes loses its
+        # secrets here, however it was built (the body and violations are redacted already).
+        redacted: dict[str, Any] = redact_values(data)
+        return redacted
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from celery import signals
 from celery.app.log import Logging
 from celery.apps import worker as celery_worker
 from celery.utils.log import mlevel
+from celery.worker.consumer import consumer as _celery_consumer
 
 from worker.redact import REDACTED, redact
 from worker.settings import Settings
@@ -66,6 +67,34 @@ class JobIdFilter(logging.Filter):
         return True
 
 
+celery_consumer: Any = _celery_consumer  # celery-types does not declare its message templates
+
+
+def _without_message_bodies(record: logging.LogRecord) -> None:
+    """Leave out what Celery's lines about a message it refused print of it: its body (which
+    no pattern can read once it is base64 or pickled) and its headers (whose ``kwargsrepr`` a
+    producer may fill with the job), as the README promises. Their size stays."""
+    args = record.args
+    if not isinstance(args, tuple):
+        return
+    if record.msg == celery_consumer.UNKNOWN_TASK_ERROR and len(args) == 4:  # noqa: PLR2004
+        exc, body, headers, delivery = args
+        named = (
+            {k: v for k, v in headers.items() if k in ("id", "task")}
+            if isinstance(headers, dict)
+            else None
+        )
+        record.args = (exc, _not_logged(body), named, delivery)
+    elif record.msg == celery_consumer.INVALID_TASK_ERROR and len(args) == 2:  # noqa: PLR2004
+        record.args = (args[0], _not_logged(args[1]))
+    elif record.msg == celery_consumer.UNKNOWN_FORMAT and len(args) == 1:
+        record.args = ("(not logged: its body and headers are left out)",)
+
+
+def _not_logged(body: object) -> str:
+    return f"({len(str(body))} characters, not logged)"
+
+
 class _Redacting(logging.Formatter):
     """Formats a record whole (message, traceback, stack) and then removes secrets."""
 
@@ -89,6 +118,7 @@ class TextFormatter(_Redacting):
     def format(self, record: logging.LogRecord) -> str:
         job_id = getattr(record, "job_id", None)
         record.job = f"job={job_id}: " if job_id else ""
+        _without_message_bodies(record)
         return self.clean(super().format(record))
 
 
@@ -96,6 +126,7 @@ class JsonFormatter(_Redacting):
     """One JSON object a line: time, level, logger, process, job_id, message, exception."""
 
     def format(self, record: logging.LogRecord) -> str:
+        _without_message_bodies(record)
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

@@ -18,39 +18,59 @@ from typing import Any
 # at the beginning of a run (a lookbehind) or stops where the next try starts, its repeats are
 # possessive (no backtracking), and those that may fail after a long run are bounded.
 
+# Where a token or a URL's scheme may start: not inside a run of the characters it is made of,
+# or right after an escape sequence, which glues a letter or digit to it in JSON and reprs
+# ("\\nhttps://", "\\x00eyJ", "\\u0022eyJ"): VideoSDK's error bodies and Celery's lines.
+_ESCAPED = r"(?<=\\[nrtbfv0])|(?<=\\x[0-9a-fA-F]{2})|(?<=\\u[0-9a-fA-F]{4})"
+
 # Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"').
 _JWT = re.compile(
-    r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+"
+    rf"(?:(?<![A-Za-z0-9_-])|{_ESCAPED})"
+    r"eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+"
 )
-# The query string of any URL: pre-signed URLs carry their signature and credential there.
-# The scheme in any case; slashes may be escaped, once or more ("https:\/\/...": JSON allows
-# it, and a repr of such JSON doubles the backslash). The path runs to the first '?' or space,
-# whatever it holds (an S3 key can be "O'Brien/rec.mp4"), and the query to a space or an
-# unescaped '"', '<' or '>'. In compact JSON a URL without a query may so reach into the next
-# string with a '?': redacting too much is better than leaving a signature. A path stops before
-# another "http(s)://" (that one is tried on its own), so that no stretch is scanned twice.
+# The query string and fragment of any URL: pre-signed URLs carry their signature and
+# credential there (a fragment is never sent, but a signature may be put there all the same).
+# The scheme (http, https, ws, wss) in any case, anywhere; slashes may be escaped, once or more
+# ("https:\/\/...": JSON allows it, and a repr of such JSON doubles the backslash). The path runs
+# to the first '?', '#' or space, whatever it holds (an S3 key can be "O'Brien/rec.mp4"), and the
+# rest to a space or an unescaped '"', '<' or '>'. In compact JSON a URL without a query may so
+# reach into the next string with a '?': redacting too much is better than leaving a signature.
+# A path stops before another scheme (that one is tried on its own), so that no stretch is
+# scanned twice.
+_SCHEME = r"(?i:https?|wss?):(?:\\*+/){2}"
 _URL_QUERY = re.compile(
-    r"(?P<url>\b(?i:https?):(?:\\*+/){2}(?:(?!(?i:https?):(?:\\*/){2})[^\s?\\]|\\.)++)"
-    r"\?(?:[^\s\"<>\\]|\\.)*+"
+    rf"(?P<url>{_SCHEME}(?:(?!{_SCHEME})[^\s?#\\]|\\.)++)"
+    r"(?P<mark>[?#])(?:[^\s\"<>\\]|\\.)*+"
+)
+# The same, percent-encoded (a URL carried in another's query string, or logged encoded):
+# "https%3A%2F%2Fhost%2Fkey%3FX-Amz-Signature%3D...", to the end of that value; its path too
+# stops before another scheme.
+_ENCODED_URL_QUERY = re.compile(
+    r"(?P<url>(?i:(?:https?|wss?)%3A%2F%2F)"
+    r"(?:(?!(?i:(?:https?|wss?)%3A))[^\s\"<>&?#%]|%(?!(?i:3F|23))[0-9A-Fa-f]{2})*+)"
+    r"(?P<mark>(?i:%3F|%23))[^\s\"<>&]*+"
 )
 
 # The password of a URL's user information: "scheme://user:PASSWORD@host" (or a mistyped
 # "scheme:/user:PASSWORD@host").
 _URL_PASSWORD = re.compile(
-    r"(?P<user>(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}+:/{0,2}[^\s:@/]{0,256}+:)"
+    rf"(?P<user>(?:(?<![A-Za-z0-9+.-])|{_ESCAPED})"
+    r"[A-Za-z][A-Za-z0-9+.-]{0,31}+:/{0,2}[^\s:@/]{0,256}+:)"
     r"[^\s@/]{1,256}+@"
 )
 
 REDACTED = "[redacted]"
-# What every secret above contains: a string without either is left as it is, unread.
-_MAY_HOLD_SECRET = re.compile(r"eyJ|:")
+# What every secret above contains: a string without any is left as it is, unread.
+_MAY_HOLD_SECRET = re.compile(r"eyJ|:|%3A", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``text`` with tokens, URL query strings and URL passwords replaced by ``[redacted]``."""
+    """``text`` with tokens, URL query strings and fragments (plain or percent-encoded), and
+    URL passwords replaced by ``[redacted]``."""
     text = _JWT.sub(REDACTED, text)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group('user')}{REDACTED}@", text)
-    return _URL_QUERY.sub(lambda m: f"{m.group('url')}?{REDACTED}", text)
+    text = _URL_QUERY.sub(lambda m: f"{m.group('url')}{m.group('mark')}{REDACTED}", text)
+    return _ENCODED_URL_QUERY.sub(lambda m: f"{m.group('url')}{m.group('mark')}{REDACTED}", text)
 
 
 def redact_values(value: Any) -> Any:

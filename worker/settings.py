@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from worker.errors import SettingsError
 from worker.rate_limit import Rate, parse_rate
-from worker.redact import redact
+from worker.redact import REDACTED, redact
 
 DEFAULT_ENDPOINT = "https://api.videosdk.live"
 DEFAULT_BROKER = "redis://localhost:6379/0"
@@ -188,6 +188,20 @@ class Settings:
         return self.credentials
 
 
+def _shown_url(url: str) -> str:
+    """``url`` as an error may show it: without what may be a password (everything from the
+    scheme to the last '@', and the query string, where redis-py also reads one) and cut short.
+    redact() is not enough here: a password may hold '/' or '@', which a URL reader would take
+    for the path or the host."""
+    head, separator, rest = url.partition("://")
+    if not separator:
+        return redact(url.split("?", 1)[0])[:200]
+    rest = rest.split("?", 1)[0]
+    if "@" in rest:
+        rest = f"{REDACTED}@{rest.rsplit('@', 1)[1]}"
+    return f"{head}://{rest}"[:200]
+
+
 class _Reader:
     """Reads variables one by one, collecting every problem instead of stopping at the first."""
 
@@ -238,19 +252,27 @@ class _Reader:
         parts = urlsplit(value)
         if parts.scheme not in schemes or not (parts.netloc or parts.path):
             allowed = ", ".join(f"{s}://" for s in schemes)
-            shown = redact(value)  # a password in it stays out of the error
-            self.problems.append(f"{name}={shown!r} is not a URL starting with one of {allowed}")
+            self.problems.append(
+                f"{name}={_shown_url(value)!r} is not a URL starting with one of {allowed}"
+            )
+            return value
+        if "@" in value.partition("://")[2] and "@" not in parts.netloc:
+            # "redis://:ab/cd@host": the password's '/' ended the host part early.
+            self.problems.append(
+                f"{name}={_shown_url(value)!r}: its user or password holds a '/', '?' or '#', "
+                "which ends the host part of a URL; write them percent-encoded (%2F, %3F, %23)"
+            )
             return value
         try:
             parts.port  # noqa: B018 - urllib checks the port only when it is read
         except ValueError:
             self.problems.append(
-                f"{name}={redact(value)!r} has a port that is not a number from 0 to 65535"
+                f"{name}={_shown_url(value)!r} has a port that is not a number from 0 to 65535"
             )
         database = parts.path.lstrip("/")
         if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
             self.problems.append(
-                f"{name}={redact(value)!r} names the Redis database {database!r}: it must be a "
+                f"{name}={_shown_url(value)!r} names the Redis database {database!r}: it must be a "
                 "number (redis://host:6379/0), or nothing for 0"
             )
         return value
@@ -310,12 +332,15 @@ class _Reader:
             return inline
         try:
             value = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            # A value with no '/' may be the secret itself, set here by mistake: not shown.
-            shown = f"={path!r}" if "/" in path else " (not shown: it has no '/')"
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            # A value with no '/', or whose directory does not exist, may be the secret itself,
+            # set here by mistake (a base64 secret holds '/'): not shown.
+            a_path = "/" in path and Path(path).parent.is_dir()
+            shown = f"={path!r}" if a_path else " (not shown: it may be the secret itself)"
             self.problems.append(
-                f"VIDEOSDK_SECRET_FILE{shown} cannot be read ({exc.strerror or 'error'}): mount "
-                "the secret there or fix the path; it names a file, not the secret itself"
+                f"VIDEOSDK_SECRET_FILE{shown} cannot be read ({why or 'error'}): mount the "
+                "secret there or fix the path; it names a file, not the secret itself"
             )
             return ""
         if not value:

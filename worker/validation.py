@@ -39,6 +39,7 @@ from referencing.jsonschema import DRAFT202012
 
 import schemas
 from worker.errors import InvalidJob, Violation
+from worker.redact import redact
 from worker.timing import parse_time
 
 ENVELOPE_FIELDS = frozenset({"jobId", "metadata", "startAt", "stopAt", "startDeadline"})
@@ -98,8 +99,15 @@ def validate(kind: str, job: object, *, job_id: str | None = None) -> dict[str, 
     if violations:
         own_id = job.get("jobId") if "jobId" not in violations else None
         job_id = job_id or (own_id if isinstance(own_id, str) else None)
-        raise InvalidJob(sorted(violations.values(), key=lambda v: v.path), job_id=job_id)
+        shown = sorted((_redacted(v) for v in violations.values()), key=lambda v: v.path)
+        raise InvalidJob(shown, job_id=job_id)
     return job
+
+
+def _redacted(violation: Violation) -> Violation:
+    """A violation as it may be shown: its path names a field the job gave (an unknown one may
+    be a URL) and its message may quote the value, so both lose their secrets."""
+    return Violation(redact(violation.path), violation.code, redact(violation.message))
 
 
 def _time_violations(job: dict[str, Any], broken: Collection[str]) -> Iterator[Violation]:

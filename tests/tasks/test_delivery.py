@@ -11,6 +11,7 @@ import pytest
 from worker.celery_app import create_app
 from worker.errors import BrokerUnavailable
 from worker.jobs import START_RECORDING
+from worker.logs import JsonFormatter, TextFormatter
 from worker.producer import Producer
 from worker.redis_server import free_port
 from worker.sandbox import Fault
@@ -259,6 +260,33 @@ class TestRefusedMessages:
         redis_client.lpush(queue, json.dumps(envelope))
         record = wait_for(app, "hdr-1", State.FAILED)
         assert record.error["reason"] == "malformed_message"
+
+    @pytest.mark.parametrize(
+        ("task", "content_type", "encode"),
+        [
+            ("recq.start_recording", "text/plain", base64.b64encode),
+            ("recq.start_recording", "application/x-python-serialize", lambda body: body),
+            ("recq.nope", "application/json", lambda body: body),
+        ],
+        ids=["base64-text", "pickle-type", "unknown-task"],
+    )
+    def test_a_refused_message_s_body_is_not_in_the_log(
+        self, app, settings, running_worker, redis_client, caplog, task, content_type, encode
+    ):
+        """Celery's own lines about a refused message print its body and headers, at ERROR:
+        base64 hid a signature from redaction there. recq's formatters leave both out."""
+        signed = "https://b/rec.mp4\n?X-Amz-Signature=SIGSECRET0123456789"
+        body = encode(
+            json.dumps([[], {"job": {"roomId": "r", "preSignedUrl": signed}}, {}]).encode()
+        )
+        queue = app.settings.queue
+        message = celery_message(task, "log-1", queue=queue, body=body, content_type=content_type)
+        redis_client.lpush(queue, message)
+        wait_for(app, "log-1", State.FAILED)
+        for formatter in (TextFormatter(settings), JsonFormatter(settings)):
+            logged = "\n".join(formatter.format(record) for record in caplog.records)
+            assert "SIGSECRET" not in logged
+            assert body.decode("latin-1")[:24] not in logged
 
     def test_an_undecodable_body_is_not_logged(self, app, running_worker, redis_client, caplog):
         """Celery logs an undecodable body whole; base64 hides a signature from redaction, so

@@ -23,7 +23,7 @@ from worker.cli import WORKER_DEFAULTS, requested_pool
 from worker.errors import ErrorInfo
 from worker.event_log import EventLog
 from worker.processes import stop_process
-from worker.redis_server import free_port, throwaway_redis
+from worker.redis_server import free_port, redis_server_binary, throwaway_redis
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.state import JobStore, State
 
@@ -300,6 +300,25 @@ class TestStatusAndEvents:
         lines = result.stdout.splitlines()
         assert lines[0] == "typo-1: failed"
         assert lines[-1] == "  error: unknown_task: no task is named 'recq.start_recordings'"
+
+    def test_a_state_store_on_a_unix_socket_is_read(self, env, tmp_path):
+        """RECQ_REDIS_URL=unix://... is accepted by the settings, and every command then
+        failed with a TypeError (TCP keepalive asked of a Unix socket's connection)."""
+        socket_path = tmp_path / "redis.sock"
+        unix_only = ["--port", "0", "--unixsocket", str(socket_path), "--save", ""]
+        server = subprocess.Popen([redis_server_binary(), *unix_only], stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not socket_path.exists():
+                assert time.monotonic() < deadline, "redis-server did not open its socket"
+                time.sleep(0.05)
+            result = recq("status", "nope", env={**env, "RECQ_REDIS_URL": f"unix://{socket_path}"})
+        finally:
+            stop_process(server)
+        assert (result.returncode, result.stderr) == (
+            1,
+            "recq status: no job 'nope' (unknown, or its state expired)\n",
+        )
 
     def test_a_job_runs_through_a_worker_process(self, env, worker_process, sandbox):
         """Enqueued by the CLI, run by `recq worker`, reported by status and events."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+
 import jwt
 import pytest
 
@@ -79,6 +82,49 @@ class TestRedact:
             assert redact(text) == text
 
 
+class TestEscapedAndEncoded:
+    """Secrets in JSON text and reprs (VideoSDK's error bodies, Celery's lines), where an escape
+    sequence glues a letter to them, and in spellings a URL also takes."""
+
+    SIG = "SIGSECRET0123456789"
+    URL = f"https://bucket.s3.amazonaws.com/rec.mp4?X-Amz-Signature={SIG}"
+    TOKEN = jwt.encode({"apikey": "k", "exp": 9999999999}, "s" * 32, algorithm="HS256")
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            json.dumps({"message": f"rejected:\n{URL}"}),
+            repr(f"see\t{URL}"),
+            repr(pickle.dumps({"u": "https://b/" + "k" * 300 + f"?X-Amz-Signature={SIG}"})),
+            json.dumps({"u": f"\u0001{URL}"}),
+        ],
+        ids=["json-newline", "repr-tab", "pickle-repr", "json-unicode-escape"],
+    )
+    def test_an_escape_before_a_url_keeps_no_signature(self, text):
+        """'\\nhttps://' in JSON: the 'n' glued to the scheme hid the URL from redaction, and
+        the signature reached states, events and `recq status`."""
+        assert self.SIG not in redact(text)
+
+    def test_an_escape_before_a_token_keeps_no_token(self):
+        text = json.dumps({"message": f"token:\n{self.TOKEN}"})
+        assert self.TOKEN.rsplit(".", 1)[1] not in redact(text)
+
+    def test_an_escape_before_a_url_password_keeps_no_password(self):
+        assert "s3cret" not in redact(json.dumps({"m": "\nredis://:s3cret@cache:6379/0"}))
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            f"https://bucket.s3.amazonaws.com/rec.mp4#X-Amz-Signature={SIG}",
+            "https%3A%2F%2Fbucket.s3.amazonaws.com%2Frec.mp4%3FX-Amz-Signature%3D" + SIG,
+            f"wss://stream.example.com/live?token={SIG}",
+        ],
+        ids=["fragment", "percent-encoded", "wss"],
+    )
+    def test_other_spellings_of_a_signed_url_keep_no_signature(self, value):
+        assert self.SIG not in json.dumps(redact_values({"u": value}))
+
+
 class TestRedactValues:
     def test_every_string_in_a_json_value_is_redacted_keys_included(self):
         value = {
@@ -95,11 +141,34 @@ class TestNoPathologicalText:
     @pytest.mark.timeout(60)
     @pytest.mark.parametrize(
         "text",
-        ["a:b:" * 60_000, "https:" * 40_000, "https://" * 30_000, "eyJ" * 80_000],
-        ids=["colons", "schemes", "urls", "jwt-starts"],
+        [
+            "a:b:" * 60_000,
+            "https:" * 40_000,
+            "https://" * 30_000,
+            "eyJ" * 80_000,
+            "\\neyJ" * 50_000,
+            "https%3A%2F%2F" * 20_000,
+            "https://a/b" * 25_000,
+            "x\\u0041https://" * 15_000,
+        ],
+        ids=[
+            "colons",
+            "schemes",
+            "urls",
+            "jwt-starts",
+            "escaped-jwt-starts",
+            "encoded-urls",
+            "paths",
+            "escaped-urls",
+        ],
     )
     def test_a_long_adversarial_string_does_not_hang_redaction(self, text):
         """A hang guard, not a speed test: each of these took from a minute to many minutes
         when a pattern rescanned the rest of the text from every starting point (a metadata
         string of 64 KB is redacted on every state write). Now well under a second each."""
         assert redact(text) == text
+
+    @pytest.mark.timeout(60)
+    def test_a_long_run_of_fragments_does_not_hang_redaction(self):
+        """The first URL's fragment runs to the end (all of it is redacted), once."""
+        assert redact("https://a#" * 25_000) == "https://a#[redacted]"

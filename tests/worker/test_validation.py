@@ -372,3 +372,24 @@ def test_the_track_kinds_recq_knows_are_the_schemas():
         for key in path:
             node = node[key]
         assert tuple(node["enum"]) == TRACK_KINDS
+
+
+class TestNoSecretInViolations:
+    SIG = "SIGSECRET0123456789"
+
+    @pytest.mark.parametrize(
+        "job",
+        [
+            {"roomId": "r", "config": {"theme": f"https://b/k?sig={SIG}"}},
+            {"roomId": "r", f"https://hooks.example.com/cb?token={SIG}": True},
+            {"roomId": "r", "config": {f"https://b/k?X-Amz-Signature={SIG}": 1}},
+        ],
+        ids=["quoted-value", "unknown-field", "unknown-nested-field"],
+    )
+    def test_a_violation_quoting_a_signed_url_keeps_no_signature(self, job):
+        """A violation names the field (an unknown one may be a URL) and may quote the value:
+        both reached states, events, `recq status` and `recq enqueue`'s output whole."""
+        with pytest.raises(InvalidJob) as caught:
+            validate("start-recording", job, job_id="j")
+        assert self.SIG not in str(caught.value)
+        assert self.SIG not in json.dumps(caught.value.info().to_json())
