@@ -64,13 +64,26 @@ REDACTED = "[redacted]"
 _MAY_HOLD_SECRET = re.compile(r"eyJ|:|%3A", re.IGNORECASE)
 
 
+# What each pattern needs to find anything: a text without it is not scanned by that pattern
+# (a log line or a metadata string rarely holds any; scanning every position costs).
+_URL_HINT = re.compile(r":\\*/")
+_ENCODED_HINT = re.compile(r"%3[aA]%2[fF]")
+
+
 def redact(text: str) -> str:
     """``text`` with tokens, URL query strings and fragments (plain or percent-encoded), and
     URL passwords replaced by ``[redacted]``."""
-    text = _JWT.sub(REDACTED, text)
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group('user')}{REDACTED}@", text)
-    text = _URL_QUERY.sub(lambda m: f"{m.group('url')}{m.group('mark')}{REDACTED}", text)
-    return _ENCODED_URL_QUERY.sub(lambda m: f"{m.group('url')}{m.group('mark')}{REDACTED}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    if "@" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m.group('user')}{REDACTED}@", text)
+    if _URL_HINT.search(text):
+        text = _URL_QUERY.sub(lambda m: f"{m.group('url')}{m.group('mark')}{REDACTED}", text)
+    if _ENCODED_HINT.search(text):
+        text = _ENCODED_URL_QUERY.sub(
+            lambda m: f"{m.group('url')}{m.group('mark')}{REDACTED}", text
+        )
+    return text
 
 
 def redact_values(value: Any) -> Any:
