@@ -256,7 +256,9 @@ def answer_of(status: int, text: str, headers: Mapping[str, str] | None = None) 
         data = None
     return Answer(
         status=status,
-        body=redact(text[:MAX_BODY_CHARS]),
+        # Redacted, then cut: a cut first could part a URL's password from its '@', and leave
+        # it unrecognised. What lies a little past the cut is enough to see any secret whole.
+        body=redact(text[: MAX_BODY_CHARS + 1024])[:MAX_BODY_CHARS],
         request_id=headers.get("x-request-id") or headers.get("request-id"),
         retry_after=parse_retry_after(headers.get("Retry-After")),
         data=data,

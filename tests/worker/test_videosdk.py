@@ -380,3 +380,10 @@ class TestAnswerBody:
         url = "https://bucket.s3.amazonaws.com/rec.mp4?X-Amz-Signature=SIGSECRET0123456789"
         answer = answer_of(400, json.dumps({"message": f"bad preSignedUrl:\n{url}"}))
         assert "SIGSECRET0123456789" not in answer.body
+
+    def test_a_body_cut_short_keeps_no_password_it_parted_from_its_at_sign(self):
+        """A body is cut to MAX_BODY_CHARS: cut before redaction, 'redis://:SECRETPW' lost its
+        '@host' and was no longer seen as a URL's password."""
+        url = "redis://:SECRETPW@cache:6379/0"
+        text = " " * (MAX_BODY_CHARS - len("redis://:SECRETPW")) + url
+        assert "SECRETPW" not in answer_of(500, text).body
