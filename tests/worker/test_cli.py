@@ -805,7 +805,7 @@ class TestWorkerCommand:
         url = f"redis://:hunter2@127.0.0.1:{port}/0"
         result = recq("status", "x", env={**env, "RECQ_REDIS_URL": url})
         assert result.returncode == 2
-        assert "RECQ_REDIS_URL='redis://:[redacted]@127.0.0.1:" in result.stderr
+        assert "RECQ_REDIS_URL='redis://[redacted]@127.0.0.1:" in result.stderr
         assert "has a port that is not a number from 0 to 65535" in result.stderr
         assert "hunter2" not in result.stderr
 
