@@ -13,6 +13,7 @@ so ``recq status`` can answer long after the job's events are gone, and nothing 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -349,12 +350,23 @@ class JobStore:
         flags = ["1" if unless_ended else "0", "1" if error is None else "0"]
         claim, token = release or (None, "")
         keys = self.keys(job_id) + ([claim] if claim else [])
-        args: list[str | bytes | int] = [now, entry, self._ttl, HISTORY_LENGTH, *flags, token]
+        ttl = self._ttl_for(extra)
+        args: list[str | bytes | int] = [now, entry, ttl, HISTORY_LENGTH, *flags, token]
         args += flat
         if push is None:
             return ScriptCall(self._redis, self._write_script, keys, args)
         queue, message = push
         return ScriptCall(self._redis, self._push_script, [*keys, queue], [*args, message])
+
+    def _ttl_for(self, extra: Extra | None) -> int:
+        """How long a record is kept: the store's TTL after this write, or, for a job due
+        later (``dueAt``), that long after it is due. A job scheduled a month ahead lost its
+        record after a week: it could no longer be cancelled or moved, and still ran."""
+        due = (extra or {}).get("dueAt")
+        if not isinstance(due, int | float):
+            return self._ttl
+        ahead = math.ceil(float(due) - self._clock().timestamp())
+        return self._ttl + max(0, ahead)
 
     def enqueue_many(self, jobs: Sequence[Queued]) -> list[State | None]:
         """:meth:`enqueue` for many jobs in one round trip (never ``fresh``): for each, None

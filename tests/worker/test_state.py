@@ -131,6 +131,32 @@ class TestJobStore:
         assert store.key("j1") == f"{namespace}:job:j1"
 
 
+class TestKeptLongEnough:
+    MONTH = 30 * 24 * 3600
+
+    def test_a_job_due_later_than_the_ttl_is_kept_until_a_ttl_after_it_is_due(
+        self, store, redis_client
+    ):
+        """A job scheduled a month ahead (the store keeps records 300 s here, 7 days by
+        default) lost its record before its time: it could be neither cancelled nor moved, and
+        it still ran. Its record and history are kept until a TTL after it is due."""
+        due = START.timestamp() + self.MONTH
+        store.enqueue(
+            "far",
+            kind="start-recording",
+            target=Target("r1"),
+            metadata={},
+            state=State.SCHEDULED,
+            extra={"dueAt": due},
+        )
+        for key in store.keys("far"):
+            assert self.MONTH < redis_client.ttl(key) <= self.MONTH + 300
+
+    def test_a_job_due_now_is_kept_for_the_ttl(self, store, redis_client):
+        store.transition("now", State.SCHEDULED, extra={"dueAt": START.timestamp() - 60})
+        assert 0 < redis_client.ttl(store.key("now")) <= 300
+
+
 class TestEnqueueMany:
     def test_many_jobs_are_recorded_queued_in_one_call(self, store, redis_client):
         """Each job gets its queued record, history entry, fields and expiry."""
