@@ -24,7 +24,7 @@ EARLY_TOLERANCE = 1.0
 
 def parse_time(text: str) -> float:
     """Epoch seconds of an RFC 3339 date-time with a time zone (digits past microseconds drop)."""
-    moment = datetime.fromisoformat(text)
+    moment = datetime.fromisoformat(text.upper())  # RFC 3339 allows a lower-case 't' and 'z'
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone")
     return moment.timestamp()

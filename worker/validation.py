@@ -12,7 +12,7 @@ field path, as a :class:`~worker.errors.Violation`: the dotted path (``config.la
 
 The last two are rules the schemas cannot state (JSON Schema neither compares two fields nor, in
 most validators, asserts ``format``): a time must be a real date (not 30 February); ``stopAt``
-must be after ``startAt``, and ``startDeadline`` must not be before it. Validators in other
+must be after ``startAt``, and so must ``startDeadline``. Validators in other
 languages accept such a job; recq refuses it (see :data:`RECQ_ONLY_CODES`).
 
 A field that breaks several rules reports only the most basic one (see ``_PRECEDENCE``): a number
@@ -112,7 +112,7 @@ def _redacted(violation: Violation) -> Violation:
 
 def _time_violations(job: dict[str, Any], broken: Collection[str]) -> Iterator[Violation]:
     """Real dates (the pattern lets 30 February through), ``stopAt`` after ``startAt``,
-    ``startDeadline`` not before it."""
+    ``startDeadline`` after it."""
     times: dict[str, float] = {}
     for field in TIME_FIELDS:
         value = job.get(field)
@@ -128,8 +128,9 @@ def _time_violations(job: dict[str, Any], broken: Collection[str]) -> Iterator[V
     if times.get("stopAt", start + 1) <= start:
         message = f"must be after startAt (got {job['stopAt']!r}, startAt is {shown!r})"
         yield Violation("stopAt", "after", message)
-    if times.get("startDeadline", start) < start:
-        message = f"must not be before startAt (got {job['startDeadline']!r}, startAt is {shown!r})"
+    if times.get("startDeadline", start + 1) <= start:
+        # Equal could only fail: a start is made a moment after its time, past such a deadline.
+        message = f"must be after startAt (got {job['startDeadline']!r}, startAt is {shown!r})"
         yield Violation("startDeadline", "after", message)
 
 

@@ -280,14 +280,31 @@ class TestScheduling:
             f"must be after startAt (got {stop_at!r}, startAt is '2030-01-31T09:30:00Z')",
         )
 
-    def test_the_start_deadline_must_not_be_before_start_at(self):
-        """A deadline equal to startAt is allowed (start on time or not at all)."""
+    def test_the_start_deadline_must_be_after_start_at(self):
+        """A deadline equal to startAt could only fail (a start is made a moment after its
+        time, by then past it): it was accepted, and the job always failed."""
         start = "2030-01-31T09:30:00Z"
-        validate("start-recording", room_job(startAt=start, startDeadline=start))
+        assert only("start-recording", room_job(startAt=start, startDeadline=start)).code == "after"
+        validate("start-recording", room_job(startAt=start, startDeadline="2030-01-31T09:30:01Z"))
         found = only("start-recording", room_job(startAt=start, startDeadline="2030-01-31T09:29Z"))
         assert (found.path, found.code) == ("startDeadline", "pattern")
         late = room_job(startAt=start, startDeadline="2030-01-31T09:29:59Z")
         assert only("start-recording", late).code == "after"
+
+    @pytest.mark.parametrize(
+        "moment", ["2030-01-31t09:30:00z", "2030-01-31t09:30:00+01:00", "2030-01-31T09:30:00z"]
+    )
+    def test_a_lower_case_t_and_z_are_read(self, moment):
+        """RFC 3339 allows them; they were refused as not a date-time."""
+        validate("start-recording", room_job(startAt=moment))
+
+    @pytest.mark.parametrize("moment", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00"])
+    def test_a_year_out_of_range_is_refused(self, moment):
+        """Year 9999 plus the start grace overflowed into a traceback (after the job was put
+        on the schedule), and year 1 in a time zone east of UTC failed the job 'internal_error'."""
+        found = only("start-recording", room_job(startAt=moment))
+        assert (found.path, found.code) == ("startAt", "pattern")
+        assert "in the years 1970 to 2999" in found.message
 
     def test_the_order_is_not_checked_when_start_at_is_itself_broken(self):
         """One problem at a time: the broken startAt, not a comparison with it."""
