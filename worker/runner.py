@@ -316,7 +316,7 @@ class JobRunner:
         except RateLimited as exc:
             return self._await_slot(job, claim, attempts, exc.wait)
         except UpstreamUnavailable as exc:
-            return self._requeue_or_fail(job, attempts, claim, exc)
+            return self._requeue_or_fail(job, attempts, claim, exc, deadline=timing.deadline)
         except UpstreamError as exc:
             if job.kind.reconciles(exc, maybe_applied=attempts.maybe_applied):
                 return self._succeed(job, timing, claim, attempts, reconciled=True)
@@ -333,10 +333,11 @@ class JobRunner:
         # A waiting start's last check is due at its deadline, and the dispatcher delivers it a
         # moment after: it still counts up to one poll interval late (not when every worker was
         # down for hours meanwhile).
-        waited = claim.state == State.WAITING
+        # So does a retry after an outage, which is never put off past the deadline.
+        waited = claim.state in (State.WAITING, State.RETRYING)
         last_check = waited and now <= deadline + self._limits.live_poll
         if timing.past_deadline(now) and not last_check:
-            message = f"the job arrived after its start deadline ({epoch_text(deadline)})"
+            message = _arrived_late(deadline, claim.outage_since)
             extra: Extra = {}
             if attempts.maybe_applied:
                 # A recording that attempt started is stopped: at stopAt, or now (as a cancel).
@@ -513,6 +514,8 @@ class JobRunner:
         attempts: _Attempts,
         claim: Claim,
         error: UpstreamUnavailable,
+        *,
+        deadline: float | None = None,
     ) -> Outcome:
         now = self._clock()
         since = claim.outage_since or now
@@ -524,6 +527,12 @@ class JobRunner:
             window = f"VideoSDK stayed unavailable beyond the {self._limits.outage_window:.0f} s"
             final = dataclasses.replace(info, message=f"{info.message} ({window} outage window)")
             return self._finish(job, attempts, error=final, claim=claim)
+        if deadline is not None and now + delay > deadline:
+            # A start is not retried past its deadline: one last try at it, or none left.
+            if now >= deadline:
+                final = dataclasses.replace(info, message=_outage_past(info.message, deadline))
+                return self._finish(job, attempts, error=final, claim=claim)
+            delay = deadline - now
         report = attempts.report(State.RETRYING, error=info)
         extra = {
             "outageSince": since,
@@ -600,6 +609,21 @@ class JobRunner:
             reconciled=reconciled,
             released=claim is not None,
         )
+
+
+def _arrived_late(deadline: float, outage_since: float | None) -> str:
+    """Why a start that came after its deadline was not made, and the outage it waited out."""
+    message = f"the job arrived after its start deadline ({epoch_text(deadline)})"
+    if outage_since is not None:
+        message += f", VideoSDK having been unavailable since {epoch_text(outage_since)}"
+    return message
+
+
+def _outage_past(message: str, deadline: float) -> str:
+    """The error of a start whose deadline came while VideoSDK was unavailable."""
+    return (
+        f"{message}; VideoSDK stayed unavailable up to the start deadline ({epoch_text(deadline)})"
+    )
 
 
 def _made(record: JobRecord | None) -> int:

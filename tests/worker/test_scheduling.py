@@ -70,10 +70,11 @@ def unanswered_start(make_runner, sandbox, job, faults=UNANSWERED):
 
 
 def retried_past_its_deadline(make_runner, sandbox, schedule, clock, job, faults=UNANSWERED):
-    """:func:`unanswered_start`, then its retry delivered when due, past startDeadline."""
+    """:func:`unanswered_start`, then its retry delivered a minute late (every worker down
+    meanwhile), past startDeadline: a retry is due at the deadline at the latest."""
     runner = unanswered_start(make_runner, sandbox, job, faults)
     [retry] = schedule.pending()
-    clock.now = retry.due
+    clock.now = retry.due + 60
     schedule.cancel("j1")  # as the dispatcher takes it
     return runner.run(START_RECORDING, job, job_id="j1")
 
@@ -189,6 +190,34 @@ class TestLateJobs:
         assert sandbox.calls == []
         assert dead_letters.get("j1").error["reason"] == "start_deadline_passed"
         assert sink.types == ["recording.failed"]
+
+    @pytest.mark.parametrize("back", [True, False], ids=["videosdk-back", "outage-goes-on"])
+    def test_an_outage_during_the_meeting_check_is_retried_at_the_deadline_at_the_latest(
+        self, make_runner, sandbox, schedule, clock, back
+    ):
+        """The check meets an outage 10 s before the deadline, and the re-queue delay is 15 s:
+        the retry is due at the deadline, not after it (the job was retrying past its
+        deadline, then failed start_deadline_passed, its error silent on the outage). There it
+        either starts, or fails upstream_unavailable naming the deadline."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        outage = Fault(status=503, times=1_000, path=Endpoints.SESSIONS)
+        sandbox.inject(outage)
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10))
+        deadline = clock.now + 10
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+        [retry] = schedule.pending()
+        assert retry.due == deadline
+        if back:
+            sandbox.reset()
+            sandbox.make_live(ROOM)
+        clock.now = retry.due + 0.3  # as the dispatcher delivers it
+        schedule.cancel("j1")
+        outcome = runner.run(START_RECORDING, job, job_id="j1")
+        if back:
+            assert outcome.state is State.SUCCEEDED
+            return
+        assert (outcome.state, outcome.error.reason) == (State.FAILED, "upstream_unavailable")
+        assert f"unavailable up to the start deadline ({at(clock, -0.3)})" in outcome.error.message
 
     def test_a_start_past_its_deadline_after_an_unanswered_attempt_keeps_its_stop(
         self, make_runner, sandbox, schedule, store, clock
