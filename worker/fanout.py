@@ -78,8 +78,10 @@ class FanOut:
                     for c in chunk
                 ]
             )
-            self._batches.advance(batch.id, offset + len(chunk))
+            # Counted before the fan-out moves past them: a delivery that dies in between
+            # redoes this chunk, and counting a child twice changes nothing.
             for child, state in zip(chunk, states, strict=True):
                 if state is not None:
                     ended(child, state)
+            self._batches.advance(batch.id, offset + len(chunk))
         return len(children) - first

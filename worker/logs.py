@@ -21,6 +21,7 @@ line a worker stopped by SIGTERM or Ctrl-C writes is JSON.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
@@ -70,13 +71,14 @@ class JobIdFilter(logging.Filter):
 celery_consumer: Any = _celery_consumer  # celery-types does not declare its message templates
 
 
-def _without_message_bodies(record: logging.LogRecord) -> None:
+def _without_message_bodies(record: logging.LogRecord) -> logging.LogRecord:
     """Leave out what Celery's lines about a message it refused print of it: its body (which
     no pattern can read once it is base64 or pickled) and its headers (whose ``kwargsrepr`` a
     producer may fill with the job), as the README promises. Their size stays."""
     args = record.args
-    if not isinstance(args, tuple):
-        return
+    if not isinstance(args, tuple) or record.msg not in _BODY_DUMPS:
+        return record
+    record = copy.copy(record)  # another handler may format the original
     if record.msg == celery_consumer.UNKNOWN_TASK_ERROR and len(args) == 4:  # noqa: PLR2004
         exc, body, headers, delivery = args
         named = (
@@ -89,6 +91,14 @@ def _without_message_bodies(record: logging.LogRecord) -> None:
         record.args = (args[0], _not_logged(args[1]))
     elif record.msg == celery_consumer.UNKNOWN_FORMAT and len(args) == 1:
         record.args = ("(not logged: its body and headers are left out)",)
+    return record
+
+
+_BODY_DUMPS = (
+    celery_consumer.UNKNOWN_TASK_ERROR,
+    celery_consumer.INVALID_TASK_ERROR,
+    celery_consumer.UNKNOWN_FORMAT,
+)
 
 
 def _not_logged(body: object) -> str:
@@ -118,15 +128,14 @@ class TextFormatter(_Redacting):
     def format(self, record: logging.LogRecord) -> str:
         job_id = getattr(record, "job_id", None)
         record.job = f"job={job_id}: " if job_id else ""
-        _without_message_bodies(record)
-        return self.clean(super().format(record))
+        return self.clean(super().format(_without_message_bodies(record)))
 
 
 class JsonFormatter(_Redacting):
     """One JSON object a line: time, level, logger, process, job_id, message, exception."""
 
     def format(self, record: logging.LogRecord) -> str:
-        _without_message_bodies(record)
+        record = _without_message_bodies(record)
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,

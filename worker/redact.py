@@ -21,7 +21,7 @@ from typing import Any
 # Where a token or a URL's scheme may start: not inside a run of the characters it is made of,
 # or right after an escape sequence, which glues a letter or digit to it in JSON and reprs
 # ("\\nhttps://", "\\x00eyJ", "\\u0022eyJ"): VideoSDK's error bodies and Celery's lines.
-_ESCAPED = r"(?<=\\[nrtbfv0])|(?<=\\x[0-9a-fA-F]{2})|(?<=\\u[0-9a-fA-F]{4})"
+_ESCAPED = r"(?<=\\[nrtbfv0])|(?<=\\x[0-9a-fA-F]{2})|(?<=\\u[0-9a-fA-F]{4})|(?<=%[0-9a-fA-F]{2})"
 
 # Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"').
 _JWT = re.compile(
@@ -39,7 +39,7 @@ _JWT = re.compile(
 # scanned twice.
 _SCHEME = r"(?i:https?|wss?):(?:\\*+/){2}"
 _URL_QUERY = re.compile(
-    rf"(?P<url>{_SCHEME}(?:(?!{_SCHEME})[^\s?#\\]|\\.)++)"
+    rf"(?P<url>{_SCHEME}(?:(?!{_SCHEME})[^\s?#\\]|\\(?!{_SCHEME}).)++)"
     r"(?P<mark>[?#])(?:[^\s\"<>\\]|\\.)*+"
 )
 # The same, percent-encoded (a URL carried in another's query string, or logged encoded):
@@ -55,8 +55,14 @@ _ENCODED_URL_QUERY = re.compile(
 # "scheme:/user:PASSWORD@host").
 _URL_PASSWORD = re.compile(
     rf"(?P<user>(?:(?<![A-Za-z0-9+.-])|{_ESCAPED})"
-    r"[A-Za-z][A-Za-z0-9+.-]{0,31}+:/{0,2}[^\s:@/]{0,256}+:)"
+    r"[A-Za-z][A-Za-z0-9+.-]{0,31}+:(?:\\*+/){0,2}[^\s:@/\\]{0,256}+:)"
     r"[^\s@/]{1,256}+@"
+)
+# The same, percent-encoded: "redis%3A%2F%2Fuser%3APASSWORD%40host".
+_ENCODED_URL_PASSWORD = re.compile(
+    r"(?P<user>(?<![A-Za-z0-9+.-])(?i:[A-Za-z][A-Za-z0-9+.-]{0,31}+%3A%2F%2F)"
+    r"(?:[^\s:@/%]|%(?!(?i:3A|40))[0-9A-Fa-f]{2}){0,256}+(?i:%3A))"
+    r"(?:[^\s@/%]|%(?!(?i:40))[0-9A-Fa-f]{2}){1,256}+(?i:%40)"
 )
 
 REDACTED = "[redacted]"
@@ -83,6 +89,7 @@ def redact(text: str) -> str:
         text = _ENCODED_URL_QUERY.sub(
             lambda m: f"{m.group('url')}{m.group('mark')}{REDACTED}", text
         )
+        text = _ENCODED_URL_PASSWORD.sub(lambda m: f"{m.group('user')}{REDACTED}%40", text)
     return text
 
 

@@ -333,9 +333,12 @@ class JobRunner:
         # A waiting start's last check is due at its deadline, and the dispatcher delivers it a
         # moment after: it still counts up to one poll interval late (not when every worker was
         # down for hours meanwhile).
-        # So does a retry after an outage, which is never put off past the deadline.
-        waited = claim.state in (State.WAITING, State.RETRYING)
-        last_check = waited and now <= deadline + self._limits.live_poll
+        # So does a retry after an outage, which is never put off past the deadline; but never
+        # past stopAt, which is also the deadline of a start without startAt.
+        waited = claim.state == State.WAITING
+        late_allowed = waited or claim.state == State.RETRYING
+        before_stop_at = timing.stop_at is None or now < timing.stop_at
+        last_check = late_allowed and before_stop_at and now <= deadline + self._limits.live_poll
         if timing.past_deadline(now) and not last_check:
             message = _arrived_late(deadline, claim.outage_since)
             extra: Extra = {}

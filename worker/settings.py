@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from worker.errors import SettingsError
 from worker.rate_limit import Rate, parse_rate
@@ -195,11 +195,20 @@ def _shown_url(url: str) -> str:
     for the path or the host."""
     head, separator, rest = url.partition("://")
     if not separator:
-        return redact(url.split("?", 1)[0])[:200]
-    rest = rest.split("?", 1)[0]
-    if "@" in rest:
+        head, rest = "", url
+    if "@" in rest:  # the last '@' first: a password may hold a '?'
         rest = f"{REDACTED}@{rest.rsplit('@', 1)[1]}"
-    return f"{head}://{rest}"[:200]
+    rest = rest.split("?", 1)[0]
+    return (f"{head}://{rest}" if separator else redact(rest))[:200]
+
+
+def _port_read(parts: SplitResult) -> bool:
+    """Whether the URL's port, if it has one, is a number from 0 to 65535."""
+    try:
+        parts.port  # noqa: B018 - urllib checks the port only when it is read
+    except ValueError:
+        return False
+    return True
 
 
 class _Reader:
@@ -256,23 +265,24 @@ class _Reader:
                 f"{name}={_shown_url(value)!r} is not a URL starting with one of {allowed}"
             )
             return value
-        if "@" in value.partition("://")[2] and "@" not in parts.netloc:
-            # "redis://:ab/cd@host": the password's '/' ended the host part early.
+        host_read = bool(parts.hostname) and _port_read(parts)
+        if "@" in value.partition("://")[2] and "@" not in parts.netloc and not host_read:
+            # "redis://:ab/cd@host": the password's '/' ended the host part early (an '@'
+            # later in a valid URL, "amqp://rabbit/team@prod", is its path's).
             self.problems.append(
                 f"{name}={_shown_url(value)!r}: its user or password holds a '/', '?' or '#', "
                 "which ends the host part of a URL; write them percent-encoded (%2F, %3F, %23)"
             )
             return value
-        try:
-            parts.port  # noqa: B018 - urllib checks the port only when it is read
-        except ValueError:
+        if not _port_read(parts):
             self.problems.append(
                 f"{name}={_shown_url(value)!r} has a port that is not a number from 0 to 65535"
             )
         database = parts.path.lstrip("/")
         if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+            named = f" {database!r}" if database.isalnum() else ""  # else it may hold a secret
             self.problems.append(
-                f"{name}={_shown_url(value)!r} names the Redis database {database!r}: it must be a "
+                f"{name}={_shown_url(value)!r} names the Redis database{named}: it must be a "
                 "number (redis://host:6379/0), or nothing for 0"
             )
         return value
@@ -336,7 +346,8 @@ class _Reader:
             why = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
             # A value with no '/', or whose directory does not exist, may be the secret itself,
             # set here by mistake (a base64 secret holds '/'): not shown.
-            a_path = "/" in path and Path(path).parent.is_dir()
+            parent = Path(path).parent
+            a_path = "/" in path and parent.is_dir() and parent != Path("/")
             shown = f"={path!r}" if a_path else " (not shown: it may be the secret itself)"
             self.problems.append(
                 f"VIDEOSDK_SECRET_FILE{shown} cannot be read ({why or 'error'}): mount the "

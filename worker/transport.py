@@ -282,7 +282,7 @@ class Channel(kombu_redis.Channel):
         not a JSON object at all (logged)."""
         try:
             message = loads(bytes_to_str(item))
-        except ValueError:  # not JSON, or not UTF-8
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
             message = None
         if not isinstance(message, dict):
             logger.error(

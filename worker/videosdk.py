@@ -48,7 +48,13 @@ class Endpoints:
 MAX_BODY_CHARS = 2000
 _ALREADY_RUNNING_CODE, _NOT_RUNNING_CODE, _NO_SESSION_CODE = 4011, 4012, 4003
 _DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() accepts "²"
-_ALREADY_RUNNING_TEXT = re.compile(r"already\s+(running|started|starting|in progress|active)", re.I)
+# A recording that runs, in the words a refusal may use: "already running", "already being
+# recorded", "in progress", "currently running".
+_ALREADY_RUNNING_TEXT = re.compile(
+    r"already\s+(running|started|starting|in\s+progress|active|being\s+recorded|recording)"
+    r"|\bin\s+progress\b|\bcurrently\s+(running|active|recording|being\s+recorded)\b",
+    re.I,
+)
 # A body that speaks of a recording and says nothing runs: "No recording is running for this
 # room", "track recording not active". Without the recording ("Your plan is not active"), no;
 # nor when it speaks of the account ("Recording service is not active for your plan").
@@ -185,6 +191,8 @@ def refused_as_already_running(error: UpstreamError) -> bool:
     """
     if not _refused_for(error, {_ALREADY_RUNNING_CODE}, _ALREADY_RUNNING_TEXT):
         return False
+    if _code(error) is None:  # judged by its wording already
+        return True
     said = _said(error)
     return said is None or bool(_ALREADY_RUNNING_TEXT.search(said))
 
@@ -217,6 +225,13 @@ def last_page(answer: Answer) -> int:
         return 1
 
 
+def _code(error: UpstreamError) -> int | None:
+    """The numeric ``code`` of an error body that is a JSON object, if it has one."""
+    parsed = error.answer.data if error.answer is not None else None
+    code = parsed.get("code") if isinstance(parsed, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
 def _said(error: UpstreamError) -> str | None:
     """The message of an error body that is a JSON object (``message``, ``error`` or ``msg``,
     as the server SDK reads them); None for any other body, or one that says nothing."""
@@ -236,9 +251,8 @@ def _refused_for(error: UpstreamError, codes: set[int], wording: re.Pattern[str]
     whatever its message says ("Your subscription is not active" is no stopped recording)."""
     if not isinstance(error, UpstreamRejected) or error.answer is None:
         return False
-    parsed = error.answer.data
-    code = parsed.get("code") if isinstance(parsed, dict) else None
-    if isinstance(code, int) and not isinstance(code, bool):
+    code = _code(error)
+    if code is not None:
         return code in codes
     return bool(wording.search(error.answer.body))
 

@@ -249,6 +249,16 @@ class TestRefusedMessages:
         assert "dropped a message of 11 bytes" in caplog.text
         assert "hello world" not in caplog.text
 
+    def test_a_message_nested_too_deep_to_read_is_logged_and_the_worker_goes_on(
+        self, app, running_worker, redis_client, caplog
+    ):
+        """Reading it raised RecursionError, which stopped the worker like a bad envelope."""
+        queue = app.settings.queue
+        redis_client.lpush(queue, DEEP)
+        good = Producer(app).enqueue(START_RECORDING, JOB)
+        assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
+        assert f"dropped a message of {len(DEEP)} bytes" in caplog.text
+
     def test_a_message_without_headers_is_recorded_under_its_correlation_id(
         self, app, running_worker, redis_client
     ):

@@ -9,7 +9,7 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
-from worker.batches import Counted
+from worker.batches import Batches, Counted
 from worker.enqueuer import RecordThenPublish
 from worker.errors import JobConflict
 from worker.fanout import FanOut
@@ -169,6 +169,25 @@ class TestFanOut:
         run_children(runner, published)
         assert batches.progress("b1").pending == 0
         assert store.get("b1").state is State.SUCCEEDED
+
+    def test_a_child_found_ended_is_counted_even_if_the_fan_out_dies_after_its_chunk(
+        self, make_runner, batches, store, published, redis_client, namespace
+    ):
+        """The fan-out notes its progress after each chunk. Had it counted the chunk's ended
+        children after that note, a delivery dying in between would leave them uncounted for
+        good (the resumed fan-out starts past the chunk), and the batch would never end."""
+
+        class DiesAfterNoting(Batches):
+            def advance(self, batch_id: str, published: int) -> None:
+                super().advance(batch_id, published)
+                raise OperationalError("the worker died right after noting its progress")
+
+        store.transition("b1:audio:alice", State.SUCCEEDED, kind="start-track-recording", attempt=1)
+        dying = DiesAfterNoting(redis_client, namespace=namespace)
+        fragile = FanOut(batches=dying, enqueuer=RecordThenPublish(store, published.extend))
+        with pytest.raises(OperationalError):
+            make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        assert batches.progress("b1").succeeded == 1
 
     def test_a_colon_in_a_participant_id_never_gives_two_jobs_one_id(
         self, runner, published, schedule, store, sandbox, clock

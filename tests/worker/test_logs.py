@@ -87,3 +87,26 @@ class TestLogFormatSetting:
         """Any other value is a settings error that lists text and json."""
         with pytest.raises(SettingsError, match="RECQ_LOG_FORMAT='xml' must be one of text, json"):
             Settings.from_env({"RECQ_LOG_FORMAT": "xml"})
+
+
+class TestRefusedMessageLines:
+    def test_the_original_record_is_left_whole_for_other_handlers(self, settings):
+        """Leaving a refused message's body out of one handler's line must not change what
+        another handler is given (it reported the size of the replacement text)."""
+        from celery.worker.consumer import consumer  # noqa: PLC0415
+
+        body = "b" * 500
+        record = logging.LogRecord(
+            "celery.worker.consumer.consumer",
+            logging.ERROR,
+            __file__,
+            1,
+            consumer.INVALID_TASK_ERROR,
+            (ValueError("x"), body),
+            None,
+        )
+        first = TextFormatter(settings).format(record)
+        second = TextFormatter(settings).format(record)
+        assert "(500 characters, not logged)" in first
+        assert first == second
+        assert record.args == (record.args[0], body)

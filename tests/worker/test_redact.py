@@ -113,6 +113,18 @@ class TestEscapedAndEncoded:
         assert "s3cret" not in redact(json.dumps({"m": "\nredis://:s3cret@cache:6379/0"}))
 
     @pytest.mark.parametrize(
+        ("text", "secret"),
+        [
+            ("amqp:\\/\\/user:PASSW0RD@rabbit", "PASSW0RD"),
+            ("redis%3A%2F%2Fuser%3APASSW0RD%40cache", "PASSW0RD"),
+            ("redirect=%3D" + TOKEN, TOKEN.rsplit(".", 1)[1]),
+        ],
+        ids=["escaped-slashes", "percent-encoded", "token-after-percent-escape"],
+    )
+    def test_other_spellings_of_a_password_or_token_keep_no_secret(self, text, secret):
+        assert secret not in redact(text)
+
+    @pytest.mark.parametrize(
         "value",
         [
             f"https://bucket.s3.amazonaws.com/rec.mp4#X-Amz-Signature={SIG}",
@@ -150,6 +162,8 @@ class TestNoPathologicalText:
             "https%3A%2F%2F" * 20_000,
             "https://a/b" * 25_000,
             "x\\u0041https://" * 15_000,
+            "http://a\\" * 16_000,
+            "redis%3A%2F%2F" * 5_000,
         ],
         ids=[
             "colons",
@@ -160,6 +174,8 @@ class TestNoPathologicalText:
             "encoded-urls",
             "paths",
             "escaped-urls",
+            "backslashed-paths",
+            "encoded-schemes",
         ],
     )
     def test_a_long_adversarial_string_does_not_hang_redaction(self, text):

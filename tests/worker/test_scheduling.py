@@ -219,6 +219,38 @@ class TestLateJobs:
         assert (outcome.state, outcome.error.reason) == (State.FAILED, "upstream_unavailable")
         assert f"unavailable up to the start deadline ({at(clock, -0.3)})" in outcome.error.message
 
+    def test_a_check_after_an_outage_that_finds_no_meeting_announces_the_wait(
+        self, make_runner, sandbox, schedule, sink, clock
+    ):
+        """Retrying after an outage, the check gets through and finds no live meeting: the
+        job waits, and says so (the waiting event was left out after a retry)."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        sandbox.inject(Fault(status=503, times=5, path=Endpoints.SESSIONS))
+        sandbox.end_session(ROOM)
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 600))
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+        [retry] = schedule.pending()
+        clock.now = retry.due
+        schedule.cancel("j1")
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.WAITING
+        assert sink.types[-2:] == ["recording.retrying", "recording.waiting"]
+
+    def test_a_retry_at_stop_at_never_starts_the_recording(
+        self, make_runner, sandbox, schedule, clock
+    ):
+        """A start with stopAt and no startAt has stopAt for its deadline: its retry after an
+        outage, due there, must not start a recording that is to be stopped already."""
+        runner = make_runner(limits=Limits(outage_window=10_000))
+        sandbox.inject(Fault(status=503, times=5, path=Endpoints.START_RECORDING))
+        job = room_job(stopAt=at(clock, 10))
+        assert runner.run(START_RECORDING, job, job_id="j1").state is State.RETRYING
+        [retry] = schedule.pending()
+        clock.now = retry.due + 0.3
+        schedule.cancel("j1")
+        outcome = runner.run(START_RECORDING, job, job_id="j1")
+        assert (outcome.state, outcome.error.reason) == (State.FAILED, "start_deadline_passed")
+        assert sandbox.accepted(Endpoints.START_RECORDING) == []
+
     def test_a_start_past_its_deadline_after_an_unanswered_attempt_keeps_its_stop(
         self, make_runner, sandbox, schedule, store, clock
     ):

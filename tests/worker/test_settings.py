@@ -163,6 +163,27 @@ class TestFromEnv:
             Settings.from_env(environ)
         assert password not in str(caught.value)
 
+    @pytest.mark.parametrize(
+        "environ",
+        [
+            {"CELERY_BROKER_URL": "amqp://rabbit:5672/team@prod", "RECQ_REDIS_URL": "redis://r"},
+            {"CELERY_BROKER_URL": "redis://redis:6379/0?client_name=worker@host"},
+        ],
+        ids=["vhost", "query"],
+    )
+    def test_an_at_sign_after_a_valid_host_is_not_taken_for_a_password(self, environ):
+        assert Settings.from_env(environ).broker_url == environ["CELERY_BROKER_URL"]
+
+    @pytest.mark.parametrize(
+        "url",
+        ["redis://:SECRET?PW@host/0", "admin:SECRETPW@redis:6379", "redis:/u:SECRETPW@host"],
+        ids=["question-mark-in-password", "no-scheme", "one-slash"],
+    )
+    def test_other_misspelt_urls_never_show_their_password(self, url):
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({"CELERY_BROKER_URL": url})
+        assert "SECRET" not in str(caught.value)
+
     def test_a_password_holding_a_slash_is_named_as_the_problem(self):
         """'/' ends a URL's host part: the error says to percent-encode it."""
         with pytest.raises(SettingsError, match="write them percent-encoded"):
@@ -174,6 +195,12 @@ class TestFromEnv:
         with pytest.raises(SettingsError) as caught:
             Settings.from_env({"VIDEOSDK_API_KEY": "k", "VIDEOSDK_SECRET_FILE": secret})
         assert "SECRETVALUE" not in str(caught.value)
+
+    def test_a_secret_starting_with_a_slash_set_as_the_file_is_not_shown(self):
+        """'/' is a directory: a secret that starts with '/' is not taken for a path."""
+        with pytest.raises(SettingsError) as caught:
+            Settings.from_env({"VIDEOSDK_API_KEY": "k", "VIDEOSDK_SECRET_FILE": "/q8ZtSECRETVAL"})
+        assert "SECRETVAL" not in str(caught.value)
 
     def test_a_missing_secret_file_in_an_existing_directory_is_named(self, tmp_path):
         path = tmp_path / "videosdk-secret"

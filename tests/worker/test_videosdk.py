@@ -250,6 +250,9 @@ class TestRefusedAsAlreadyRunning:
             '{"code": 4011, "message": ""}',
             '{"code": 4011, "message": "Recording is already starting"}',
             '{"code": 4011, "error": "already running"}',
+            '{"code": 4011, "message": "Recording is in progress"}',
+            '{"code": 4011, "message": "A recording is currently running for this meeting"}',
+            '{"error": "recording already running", "message": "Bad Request"}',
         ],
     )
     def test_code_4011_saying_no_other_reason_is_already_running(self, body):
