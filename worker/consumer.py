@@ -98,7 +98,7 @@ class RecqConsumer(Consumer):
             detail = "the message names no content type: it must be application/json"
             self._refused(message, "undecodable_message", detail)
             return True
-        if _UTF8_JSON.fullmatch(str(content_type)):
+        if content_type != "application/json" and _UTF8_JSON.fullmatch(str(content_type)):
             message.content_type = "application/json"
         return False
 

@@ -49,9 +49,9 @@ fails on one it cannot read (a ``body_encoding`` of base64 over a body that is n
 ``delivery_info`` left out) while it delivers it, outside Celery's handling of bad messages: the
 worker stopped ("Unrecoverable error"), and the next one that took the message after the
 visibility timeout stopped as well. Such a message is delivered without its body, its problem
-named in the header :data:`UNREADABLE`, for the consumer to refuse and record like any other it
-cannot run (:mod:`worker.consumer`). One that is not a JSON object at all names no job: it is
-logged, by its size, and dropped.
+named in the header :data:`UNREADABLE` (by :class:`Message`, for a body, as kombu decodes it),
+for the consumer to refuse and record like any other it cannot run (:mod:`worker.consumer`).
+One that is not a JSON object at all names no job: it is logged, by its size, and dropped.
 
 It also mends one of kombu's failures: see :meth:`Channel._create_client`.
 
@@ -208,10 +208,45 @@ class Poller(kombu_redis.MultiChannelPoller):
             self._wake = None
 
 
+def _marked(message: dict[str, Any], problem: str, queue: str) -> dict[str, Any]:
+    """``message`` without its body, its ``problem`` named in the header :data:`UNREADABLE`,
+    under its own delivery tag where it has one (its unacknowledged record's)."""
+    properties = message.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    headers = message.get("headers")
+    tag = properties.get("delivery_tag")
+    return {
+        "body": "",
+        "content-type": "application/json",
+        "content-encoding": "utf-8",
+        "headers": {**(headers if isinstance(headers, dict) else {}), UNREADABLE: problem},
+        "properties": {
+            "correlation_id": properties.get("correlation_id"),
+            "delivery_tag": tag if isinstance(tag, str | int) else uuid.uuid4().hex,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+        },
+    }
+
+
+class Message(virtual.Message):
+    """kombu's message, which a body that is not in its ``body_encoding`` (base64 promised,
+    raw JSON sent) no longer makes raise: it is made without its body, marked, instead."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        try:
+            super().__init__(payload, channel=channel, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - binascii and friends: the body is not that
+            encoding = payload["properties"].get("body_encoding")
+            problem = f"properties.body_encoding is {encoding!r} but the body is not ({exc})"
+            queue = payload["properties"]["delivery_info"]["routing_key"]
+            super().__init__(_marked(payload, problem, queue), channel=channel, **kwargs)
+
+
 class Channel(kombu_redis.Channel):
     """A Redis channel whose fetch never loses a message, and that reuses its client."""
 
     QoS = QoS
+    Message = Message
 
     # kombu's internals used here, which its type stubs do not declare.
     _queue_cycle: Any
@@ -293,26 +328,11 @@ class Channel(kombu_redis.Channel):
             )
             return None
         problem = self._envelope_problem(message)
-        if problem is None:
-            return message
-        properties = message.get("properties")
-        properties = properties if isinstance(properties, dict) else {}
-        headers = message.get("headers")
-        tag = properties.get("delivery_tag")
-        return {
-            "body": "",
-            "content-type": "application/json",
-            "content-encoding": "utf-8",
-            "headers": {**(headers if isinstance(headers, dict) else {}), UNREADABLE: problem},
-            "properties": {
-                "correlation_id": properties.get("correlation_id"),
-                "delivery_tag": tag if isinstance(tag, str | int) else uuid.uuid4().hex,
-                "delivery_info": {"exchange": "", "routing_key": queue},
-            },
-        }
+        return message if problem is None else _marked(message, problem, queue)
 
     def _envelope_problem(self, message: dict[str, Any]) -> str | None:
-        """What kombu could not read in a message's envelope, if anything."""
+        """What kombu could not read in a message's envelope, if anything. (A body not in its
+        ``body_encoding`` is found by :class:`Message` as kombu decodes it, once.)"""
         properties = message.get("properties")
         if not isinstance(properties, dict):
             return "the envelope has no 'properties' object"
@@ -322,13 +342,8 @@ class Channel(kombu_redis.Channel):
         if not isinstance(info, dict) or "exchange" not in info or "routing_key" not in info:
             return "the envelope's properties.delivery_info must name 'exchange' and 'routing_key'"
         encoding = properties.get("body_encoding")
-        if encoding and str(encoding).lower() != "utf-8":
-            if str(encoding) not in self.codecs:
-                return f"properties.body_encoding {encoding!r} is not 'base64' or 'utf-8'"
-            try:
-                self.decode_body(message.get("body") or "", encoding)
-            except Exception as exc:  # noqa: BLE001 - binascii and friends: the body is not that
-                return f"properties.body_encoding is {encoding!r} but the body is not ({exc})"
+        if encoding and str(encoding).lower() != "utf-8" and str(encoding) not in self.codecs:
+            return f"properties.body_encoding {encoding!r} is not 'base64' or 'utf-8'"
         return None
 
     def _take(self, queue: str) -> list[tuple[bytes, bool]]:
