@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from worker.state import epoch_iso
 
 if TYPE_CHECKING:
     from worker.producer import RejectedJob
+    from worker.scheduler import Scheduler
 
 WORKER_DEFAULTS = ("--pool", "threads", "--concurrency", "32", "--loglevel", "INFO")
 ENQUEUE_KINDS = {**BY_NAME, **BY_COMMAND}
@@ -87,19 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="cancel a job that has not run yet",
         description="Cancel a scheduled, waiting or queued job: it never runs and ends "
         "`cancelled`. Given a start that already succeeded and has a pending stop (its stopAt), "
-        "cancels that stop, leaving the recording running. A job being run at this moment "
-        "cannot be cancelled.",
+        "cancels that stop, leaving the recording running (recq reschedule ID --stop-at now "
+        "ends it instead). Given a batch whose children are out, does that to each child. A "
+        "job being run at this moment cannot be cancelled (exit 1).",
     )
     cancel.add_argument("id", help="the job id")
     cancel.set_defaults(handler=_cancel)
 
     reschedule = commands.add_parser(
         "reschedule",
-        help="move a scheduled job to new times",
+        help="move a scheduled job to new times, or a recording's stop",
         description="Move a job that still waits on the schedule. Times are RFC 3339 with a time "
-        "zone, such as 2030-01-31T09:30:00Z; the job is validated again as a whole (stopAt must "
-        "be after startAt). For a start that already succeeded, --stop-at alone moves its "
-        "pending stop.",
+        "zone, such as 2030-01-31T09:30:00Z, or `now`; the job is validated again as a whole "
+        "(stopAt must be after startAt). For a start that already succeeded, --stop-at alone "
+        "moves its pending stop, or schedules one if it has none (--stop-at now ends its "
+        "recording at once). For a batch whose children are out, --stop-at does that to each "
+        "child.",
     )
     reschedule.add_argument("id", help="the job id")
     reschedule.add_argument("--start-at", metavar="TIME", help="the new startAt")
@@ -490,29 +495,36 @@ def _spread_over_lines(text: str) -> bool:
 
 
 def _cancel(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
-    app = _app(settings)
     try:
-        job = app.producer_scheduler.cancel(args.id)
+        done = _app(settings).producer_scheduler.cancel(args.id)
     except (UnknownJob, JobConflict) as exc:
         print(f"recq cancel: {exc}", file=sys.stderr)
         return 1
-    if job.id != args.id:
-        print(f"{job.id}: cancelled (the pending stop of {args.id}; its recording keeps running)")
-        return 0
-    print(f"{job.id}: cancelled")
-    record = app.producer_store.get(job.id)
-    if record is not None and record.stop_job_id:
+    for job_id in done.cancelled:
+        print(f"{job_id}: cancelled")
+    for start, stop in done.pending_stops:
+        print(
+            f"{stop}: cancelled (the pending stop of {start}; its recording keeps running "
+            f"until recq reschedule {start} --stop-at TIME)"
+        )
+    for stop in done.stops:
         print(
             f"  an earlier attempt VideoSDK did not answer may have started its recording: "
-            f"{record.stop_job_id} stops it now"
+            f"{stop} stops it now"
         )
-    return 0
+    for job_id in done.busy:
+        print(
+            f"recq cancel: job {job_id} is being run right now and can no longer be cancelled",
+            file=sys.stderr,
+        )
+    return 1 if done.busy else 0
 
 
 def _reschedule(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
+    now = epoch_iso(time.time())
     times = {
-        "start_at": args.start_at,
-        "stop_at": args.stop_at,
+        "start_at": now if args.start_at == "now" else args.start_at,
+        "stop_at": now if args.stop_at == "now" else args.stop_at,
         "start_deadline": args.start_deadline,
     }
     if not any(times.values()):
@@ -521,14 +533,44 @@ def _reschedule(settings: Settings, args: argparse.Namespace, _extra: list[str])
             file=sys.stderr,
         )
         return 2
+    scheduler = _app(settings).producer_scheduler
     try:
-        job, timing = _app(settings).producer_scheduler.reschedule(args.id, **times)
+        if scheduler.fanned_out(args.id):
+            return _reschedule_children(scheduler, args.id, **times)
+        job, timing = scheduler.reschedule(args.id, **times)
     except (UnknownJob, JobConflict, InvalidJob) as exc:
         print(f"recq reschedule: {exc}", file=sys.stderr)
         return 1
     due = "now" if timing.due is None else epoch_iso(timing.due)
     print(f"{job.id}: scheduled for {due}")
     return 0
+
+
+def _reschedule_children(
+    scheduler: Scheduler,
+    batch_id: str,
+    *,
+    start_at: str | None,
+    stop_at: str | None,
+    start_deadline: str | None,
+) -> int:
+    if stop_at is None or start_at or start_deadline:
+        raise JobConflict(
+            f"batch {batch_id} has published its children: only --stop-at moves them (their "
+            "stops) now"
+        )
+    moves = scheduler.reschedule_children(batch_id, stop_at=stop_at)
+    for job_id in moves.moved:
+        print(f"{job_id}: stops at {stop_at}")
+    for job_id, why in moves.refused:
+        print(f"recq reschedule: {job_id}: {why}", file=sys.stderr)
+    if not moves.moved and not moves.refused:
+        print(
+            f"recq reschedule: batch {batch_id}: every child already ended, with no recording "
+            "left to stop",
+            file=sys.stderr,
+        )
+    return 0 if moves.moved and not moves.refused else 1
 
 
 def _schedule(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:

@@ -155,11 +155,12 @@ class Reporter:
             if counted in (Counted.COMPLETED, Counted.CHANGED):
                 self._complete(job.batch_id, first=counted is Counted.COMPLETED)
 
-    def batch_key(self, batch_id: str) -> str:
-        """The key of a batch's progress, which exists once its fan-out began."""
+    @property
+    def batches(self) -> Batches:
+        """The batches this reporter counts children in (a cancel reads a batch's progress)."""
         if self._batches is None:
             raise RuntimeError("this reporter was built without batches")
-        return self._batches.key(batch_id)
+        return self._batches
 
     def ended_again(self, job: Job, state: State) -> None:
         """Tell a child's end to its batch again, from a delivery that found the child ended.
@@ -243,12 +244,17 @@ class Reporter:
     def _outcome(self, batch: Job, progress: Progress) -> Report:
         """A completed batch's report, from its counts and its children's records."""
         outcomes = child_outcomes(self.store, batch)
+        cancelled = sum(outcome["state"] == State.CANCELLED for outcome in outcomes)
         failure = None
         if progress.failed == 0:
             state = State.SUCCEEDED
+        elif progress.succeeded == 0 and cancelled == progress.total:
+            state = State.CANCELLED  # every child cancelled (recq cancel on the batch)
         elif progress.succeeded == 0:
             state = State.FAILED
-            failure = ErrorInfo("children_failed", f"all {progress.total} children failed")
+            of_them = f" ({cancelled} of them cancelled)" if cancelled else ""
+            message = f"all {progress.total} children failed{of_them}"
+            failure = ErrorInfo("children_failed", message)
         else:
             state = State.PARTIALLY_FAILED
         return Report(state, error=failure, counts=progress.counts(), children=outcomes)

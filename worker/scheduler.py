@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from worker.errors import JobConflict, UnknownJob
-from worker.jobs import BY_NAME, BY_TASK, Job, stop_job_for
+from worker.errors import InvalidJob, JobConflict, UnknownJob
+from worker.jobs import BY_NAME, BY_TASK, Job, child_jobs, stop_job_for
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
 from worker.state import WRITE_FUNCTION, Extra, JobRecord, State, epoch_iso
@@ -66,6 +67,52 @@ _BUSY_RETRY = (0.1, 0.2, 0.4, 0.8, 1.0)
 _REPLACE_TRIES = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What a cancel did."""
+
+    job: Job
+    """The job named."""
+    cancelled: tuple[str, ...] = ()
+    """The jobs cancelled before they ran: the one named, or a batch's children."""
+    pending_stops: tuple[tuple[str, str], ...] = ()
+    """The stops cancelled, each with its start (which succeeded: its recording keeps
+    running): the named job's, or its children's for a batch."""
+    stops: tuple[str, ...] = ()
+    """Stops held, due now, for cancelled starts an unanswered attempt may have started."""
+    busy: tuple[str, ...] = ()
+    """A batch's children being run at that moment: not cancelled."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moves:
+    """What moving a batch's stop did to its children."""
+
+    job: Job
+    """The batch."""
+    moved: tuple[str, ...]
+    """The jobs moved: children still waiting on the schedule, and started children's stops."""
+    refused: tuple[tuple[str, str], ...] = ()
+    """Children that could not be moved (being run, or the time is invalid for them), and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tried:
+    """One run of the cancel script: its answer, the job named and the job it acted on (the
+    same, or the named start's pending stop), and the stop it held."""
+
+    answer: str
+    named: Job
+    job: Job
+    stops: tuple[str, ...] = ()
+
+    def done(self) -> dict[str, tuple[Any, ...]]:
+        """What this try cancelled, as :class:`Cancellation`'s fields."""
+        if self.job.id == self.named.id:
+            return {"cancelled": (self.job.id,), "pending_stops": (), "stops": self.stops}
+        return {"cancelled": (), "pending_stops": ((self.named.id, self.job.id),), "stops": ()}
+
+
 class Scheduler:
     """Holds jobs until they are due; cancels and reschedules them."""
 
@@ -88,13 +135,22 @@ class Scheduler:
         self._sleep = sleep
         self._cancel: Any = schedule.redis.register_script(_CANCEL)
 
-    def hold(self, job: Job, timing: Timing, *, fresh: bool = False) -> State | None:
+    def hold(
+        self, job: Job, timing: Timing, *, fresh: bool = False, stopping: str | None = None
+    ) -> State | None:
         """Record ``job`` scheduled and put it on the schedule until ``timing.due``.
 
         A job that already ended is left alone (unless ``fresh``, a replay): its terminal state
-        is returned instead.
+        is returned instead. A stop held for a start that ran already names that start in
+        ``stopping``: the start's record then names it as its stop job, in the same step.
         """
         report, extra, delivery = _holding(job, timing)
+
+        def then(pipe: Any) -> None:
+            self._schedule.add(delivery, within=pipe)
+            if stopping is not None:
+                pipe.hset(self._store.key(stopping), "stopJobId", job.id)
+
         ended = self._store.enqueue(
             job.id,
             kind=job.kind.name,
@@ -105,7 +161,7 @@ class Scheduler:
             fresh=fresh,
             # One transaction: a producer dying between the two would leave the job recorded
             # scheduled with nothing to ever deliver it.
-            then=lambda pipe: self._schedule.add(delivery, within=pipe),
+            then=then,
         )
         if ended is not None:
             return ended
@@ -121,22 +177,46 @@ class Scheduler:
         self.hold(stop, stop.kind.timing(stop.body))
         return {"stopJobId": stop.id}
 
-    def cancel(self, job_id: str) -> Job:
-        """Cancel a job that has not run yet, or the pending stop of one that started.
+    def cancel(self, job_id: str) -> Cancellation:
+        """Cancel a job that has not run yet, or the pending stop of a start that succeeded, or
+        each of these among a batch's children once its fan-out published them.
 
-        Returns the job cancelled (the stop job, in the second case). Raises
-        :class:`~worker.errors.UnknownJob`, or :class:`~worker.errors.JobConflict` when the
-        job already ended or is being run right now.
+        Raises :class:`~worker.errors.UnknownJob`, or :class:`~worker.errors.JobConflict` when
+        the job already ended (with no stop pending) or is being run right now.
         """
+        tried = self._patiently(job_id)
+        if tried.answer == "published" or (
+            tried.job.kind.fans_out
+            and tried.answer != "cancelled"
+            and self._reporter.batches.progress(job_id) is not None
+        ):
+            # Its children are out (or it ended with them): they are what there is to cancel.
+            return self._cancel_children(tried.named)
+        if tried.answer != "cancelled":
+            raise _refusal(tried.job, tried.answer)
+        return Cancellation(tried.named, **tried.done())
+
+    def _patiently(self, job_id: str) -> _Tried:
+        """One cancel, tried again for a moment while a delivery holds the job's claim (it may
+        only be checking its meeting). Each try reads the job afresh: a start that succeeded
+        meanwhile has its pending stop cancelled, as if the cancel had come a moment later."""
+        for pause in (*_BUSY_RETRY, None):
+            tried = self._try(job_id)
+            if tried.answer != "running" or pause is None:
+                break
+            self._sleep(pause)
+        return tried
+
+    def _try(self, job_id: str) -> _Tried:
+        """Run the cancel script once on ``job_id``, or on its pending stop if it started."""
         record = self._get(job_id)
+        named = _job_of(record)
         pending_stop = self._pending_stop(record)
-        if pending_stop is not None:
-            return self.cancel(pending_stop)
-        job = _job_of(record)
-        keys = [self._store.key(job_id), self._claim_key(job_id), *self._schedule.keys]
-        args: list[str | bytes | int | float] = [job_id, "1" if job.kind.fans_out else "0"]
+        job = named if pending_stop is None else _job_of(self._get(pending_stop))
+        keys = [self._store.key(job.id), self._claim_key(job.id), *self._schedule.keys]
+        args: list[str | bytes | int | float] = [job.id, "1" if job.kind.fans_out else "0"]
         if job.kind.fans_out:
-            keys.append(self._reporter.batch_key(job_id))
+            keys.append(self._reporter.batches.key(job.id))
         # An attempt VideoSDK never answered may have started the recording: the script holds
         # this stop, due now, unless every attempt was answered as having changed nothing (a
         # stop that finds nothing recording succeeds, reconciled).
@@ -154,26 +234,70 @@ class Scheduler:
             )
             keys += write.keys
             args += [stop.id, delivery.encoded(), delivery.due, *write.args]
-        for pause in (*_BUSY_RETRY, None):
-            answer, *found = (_text(item) for item in self._cancel(keys=keys, args=args))
-            if answer != "running" or pause is None:
-                break
-            self._sleep(pause)
+        answer, *found = (_text(item) for item in self._cancel(keys=keys, args=args))
         if answer.startswith("ended:"):
-            ended = State(answer.removeprefix("ended:"))
             # A batch's child cancelled by a cancel cut short after its script (Redis lost) was
             # never counted: counted now, once (a child counted already changes nothing).
-            self._reporter.ended_again(job, ended)
+            self._reporter.ended_again(job, State(answer.removeprefix("ended:")))
         if answer != "cancelled":
-            raise _refusal(job_id, answer)
+            return _Tried(answer, named, job)
         attempts, stopped = found
         extra: Extra = {}
+        stops: tuple[str, ...] = ()
         if stop is not None and stopped:
-            extra = {"stopJobId": stop.id}
+            extra, stops = {"stopJobId": stop.id}, (stop.id,)
             self._reporter.announce(stop, "scheduled", held)
         report = Report(State.CANCELLED, attempt=int(attempts))
         self._reporter.record_and_announce(job, "cancelled", report, extra=extra)
-        return job
+        return _Tried(answer, named, job, stops)
+
+    def _cancel_children(self, batch: Job) -> Cancellation:
+        """Cancel, as :meth:`cancel` would one by one, each child of a batch whose fan-out
+        began: those that have not run, and the pending stops of those that started. Children
+        being run stay busy; each is tried again for a moment, all of them together."""
+        done: dict[str, tuple[Any, ...]] = {"cancelled": (), "pending_stops": (), "stops": ()}
+        busy = self._children(batch)
+        for pause in (*_BUSY_RETRY, None):
+            still_busy = []
+            for child_id in busy:
+                try:
+                    tried = self._try(child_id)
+                except UnknownJob:  # expired: nothing is left to cancel
+                    continue
+                if tried.answer == "cancelled":
+                    for field, ids in tried.done().items():
+                        done[field] += ids
+                elif tried.answer == "running":
+                    still_busy.append(child_id)
+            busy = still_busy
+            if not busy or pause is None:
+                break
+            self._sleep(pause)
+        if not any(done.values()) and not busy:
+            raise JobConflict(
+                f"batch {batch.id}: every child already ended, none with a stop pending: "
+                "there is nothing to cancel"
+            )
+        return Cancellation(batch, **done, busy=tuple(busy))
+
+    def _children(self, batch: Job) -> list[str]:
+        """The ids of a batch's children, once its fan-out published every one of them: a
+        child not yet published cannot be cancelled (the fan-out would publish it after)."""
+        batches = self._reporter.batches
+        for pause in (*_BUSY_RETRY, None):
+            progress, body = batches.progress(batch.id), batches.job(batch.id)
+            if progress is None or body is None:
+                raise JobConflict(f"batch {batch.id} has no progress left to read (expired)")
+            if progress.published >= progress.total:
+                return [child.id for child in child_jobs(Job(batch.id, batch.kind, body))]
+            if pause is None:
+                raise JobConflict(
+                    f"batch {batch.id} has published {progress.published} of its "
+                    f"{progress.total} children and publishes the rest when its delivery "
+                    "resumes: try again then"
+                )
+            self._sleep(pause)
+        raise AssertionError("unreachable: the last pause is None")
 
     def reschedule(
         self,
@@ -189,9 +313,12 @@ class Scheduler:
         Returns the job as rescheduled and its new times.
         """
         record = self._get(job_id)
-        pending_stop = self._pending_stop(record)
-        if pending_stop is not None and start_at is None and start_deadline is None:
-            return self.reschedule(pending_stop, stop_at=stop_at)
+        if stop_at is not None and start_at is None and start_deadline is None:
+            pending_stop = self._pending_stop(record)
+            if pending_stop is not None:
+                return self.reschedule(pending_stop, stop_at=stop_at)
+            if record.state is State.SUCCEEDED:
+                return self._stop_started(record, stop_at)
         for _ in range(_REPLACE_TRIES):
             if record.state.terminal:
                 raise JobConflict(
@@ -235,6 +362,66 @@ class Scheduler:
         if state is State.SCHEDULED:
             self._reporter.announce(job, "scheduled", report)
         return job, timing
+
+    def fanned_out(self, job_id: str) -> bool:
+        """Whether ``job_id`` is a batch whose fan-out began: from then on its children, not
+        the batch, are what a cancel or a move acts on."""
+        record = self._store.get(job_id)
+        kind = BY_NAME.get(record.kind or "") if record is not None else None
+        return (
+            kind is not None
+            and kind.fans_out
+            and self._reporter.batches.progress(job_id) is not None
+        )
+
+    def reschedule_children(self, batch_id: str, *, stop_at: str) -> Moves:
+        """Move the stop of every child of a batch whose fan-out began, as :meth:`reschedule`
+        with ``stop_at`` would one by one: a child waiting on the schedule gets the new
+        ``stopAt``, a child that started has its stop moved (or held, if it had none). A child
+        that failed, was cancelled or was stopped already is left alone."""
+        batch = _job_of(self._get(batch_id))
+        moved: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for child_id in self._children(batch):
+            record = self._store.get(child_id)
+            if record is None or (record.state.terminal and not self._stoppable(record)):
+                continue
+            try:
+                job, _timing = self.reschedule(child_id, stop_at=stop_at)
+            except (JobConflict, InvalidJob) as exc:
+                refused.append((child_id, str(exc)))
+            else:
+                moved.append(job.id)
+        return Moves(batch, tuple(moved), tuple(refused))
+
+    def _stoppable(self, record: JobRecord) -> bool:
+        """Whether a start that ended still has a recording a new stop could end: it
+        succeeded, and its stop job is pending, was cancelled, or never existed."""
+        if record.state is not State.SUCCEEDED:
+            return False
+        stop = None if record.stop_job_id is None else self._store.get(record.stop_job_id)
+        return stop is None or not stop.state.terminal or stop.state is State.CANCELLED
+
+    def _stop_started(self, record: JobRecord, stop_at: str) -> tuple[Job, Timing]:
+        """Hold a stop for a start that succeeded with none pending (it had no ``stopAt``, or
+        its stop was cancelled): its recording ends at ``stop_at``."""
+        start = _job_of(record)
+        stop = _stop_of(start, at=stop_at)
+        if stop is None:
+            raise JobConflict(f"job {start.id} already ended ({record.state}): too late to move it")
+        stop = Job(stop.id, stop.kind, validate(stop.kind.name, dict(stop.body), job_id=stop.id))
+        earlier = self._store.get(stop.id)
+        if earlier is not None and earlier.state.terminal and earlier.state is not State.CANCELLED:
+            raise JobConflict(
+                f"job {start.id} has had its recording stopped: {stop.id} ended {earlier.state}"
+            )
+        timing = stop.kind.timing(stop.body)
+        # A stop cancelled before is held afresh, with the start naming it again.
+        fresh = earlier is not None
+        ended = self.hold(stop, timing, fresh=fresh, stopping=start.id)
+        if ended is not None:
+            raise JobConflict(f"job {start.id} has had its recording stopped: {stop.id} {ended}")
+        return stop, timing
 
     def upcoming(self) -> list[tuple[Delivery, JobRecord | None]]:
         """Every delivery on the schedule, soonest first, with its job's record."""
@@ -287,22 +474,21 @@ def _stop_of(start: Job, *, at: str | None) -> Job | None:
     return stop_job_for(start, at=at)
 
 
-def _refusal(job_id: str, answer: str) -> UnknownJob | JobConflict:
-    """Why the cancel script did not cancel ``job_id``, as it answered."""
+def _refusal(job: Job, answer: str) -> UnknownJob | JobConflict:
+    """Why the cancel script did not cancel ``job``, as it answered."""
     if answer == "unknown":
-        return UnknownJob(job_id)
-    if answer == "published":
-        return JobConflict(
-            f"batch {job_id} has published its children; cancel those still pending one by "
-            f"one (recq status {job_id} --json lists them)"
-        )
+        return UnknownJob(job.id)
     if answer == "running":
+        end_it = (
+            ""
+            if job.kind.stops or job.kind.fans_out
+            else f"; once it started its recording, recq reschedule {job.id} --stop-at now ends it"
+        )
         return JobConflict(
-            f"job {job_id} is being run right now and can no longer be cancelled; once its "
-            "recording started, end it with a stop job (recq enqueue stop-recording)"
+            f"job {job.id} is being run right now and can no longer be cancelled{end_it}"
         )
     ended = answer.removeprefix("ended:")
-    return JobConflict(f"job {job_id} already ended ({ended}): there is nothing to cancel")
+    return JobConflict(f"job {job.id} already ended ({ended}): there is nothing to cancel")
 
 
 def _job_of(record: JobRecord) -> Job:

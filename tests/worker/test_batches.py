@@ -110,17 +110,12 @@ class TestFanOut:
         # Only the chunk cut short is published again: its first child twice, harmlessly.
         assert [i for i in set(ids) if ids.count(i) > 1] == ["b1:audio:bob"]
 
-    def test_a_running_batch_enqueued_again_stays_running_and_cannot_be_cancelled(
-        self, runner, published, store, scheduler, sink
-    ):
+    def test_a_running_batch_enqueued_again_stays_running(self, runner, published, store, sink):
         """A producer retrying its enqueue records the running batch queued again; the new
-        delivery resumes it (nothing left to publish) and records it running. A cancel, even
-        while it read queued, is refused: its children are out. (It used to stay queued, and a
-        cancel was taken, then overwritten by batch.completed.)"""
+        delivery resumes it (nothing left to publish) and records it running. (It used to stay
+        queued, and a cancel was taken, then overwritten by batch.completed.)"""
         runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
         again = enqueue_again(store, "b1", BULK)
-        with pytest.raises(JobConflict, match="has published its children"):
-            scheduler.cancel("b1")
         runner.run(BULK_TRACK_RECORDING, again.job, job_id="b1")
         assert len(published) == 6
         assert store.get("b1").state is State.RUNNING
@@ -511,20 +506,12 @@ class TestCompletion:
         runner.run(START_TRACK_RECORDING, child.job, job_id=child.job_id)
         assert redis_client.ttl(key) > 3600
 
-    def test_a_running_batch_cannot_be_cancelled_as_a_whole(self, runner, scheduler):
-        from worker.errors import JobConflict  # noqa: PLC0415
-
-        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
-        with pytest.raises(JobConflict, match="cancel those still pending one by one"):
-            scheduler.cancel("b1")
-
-    def test_a_cancel_that_waits_out_a_batch_s_fan_out_does_not_cancel_it(
+    def test_a_cancel_that_waits_out_a_batch_s_fan_out_cancels_its_children_not_it(
         self, runner, schedule, reporter, claims, store, published, clock
     ):
         """The cancel meets the claim of a delivery fanning the batch out and waits; meanwhile
-        that delivery publishes every child. The batch is refused, never recorded cancelled
-        over its running children."""
-        from worker.errors import JobConflict  # noqa: PLC0415
+        that delivery publishes every child. The cancel then cancels the children; the batch
+        itself is never recorded cancelled over them."""
         from worker.scheduler import Scheduler  # noqa: PLC0415
 
         store.enqueue(
@@ -546,7 +533,151 @@ class TestCompletion:
             clock=clock,
             sleep=fan_out_ends,
         )
-        with pytest.raises(JobConflict, match="cancel those still pending one by one"):
-            waiting.cancel("b1")
+        done = waiting.cancel("b1")
         assert len(published) == 6
-        assert store.get("b1").state is State.RUNNING
+        assert done.cancelled == tuple(d.job_id for d in published)  # its children, not it
+        history = [entry["state"] for entry in store.get("b1").history]
+        assert history == ["queued", "running", "cancelled"]  # completed, every child cancelled
+
+
+def until(clock, seconds: float) -> dict:
+    """The bulk job, its recordings stopped ``seconds`` from now."""
+    return {**BULK, "stopAt": epoch_iso(clock.now + seconds)}
+
+
+def stops_pending(schedule) -> dict[str, float]:
+    return {d.job_id: d.due for d in schedule.pending() if d.job_id.endswith(":stop")}
+
+
+class TestCancelAndMoveChildren:
+    """Once a batch's fan-out began, `recq cancel` and `recq reschedule --stop-at` act on its
+    children, each as they would on that child alone."""
+
+    def test_a_cancel_cancels_children_not_run_and_the_stops_of_those_started(
+        self, runner, published, scheduler, schedule, store, sandbox, clock
+    ):
+        """The started children keep recording (their stops are cancelled); the others never
+        start: their deliveries find them cancelled and make no call."""
+        runner.run(BULK_TRACK_RECORDING, until(clock, 3600), job_id="b1")
+        started, not_run = published[:2], published[2:]
+        run_children(runner, started)
+        done = scheduler.cancel("b1")
+        assert done.cancelled == tuple(d.job_id for d in not_run)
+        assert done.pending_stops == tuple((d.job_id, f"{d.job_id}:stop") for d in started)
+        assert done.busy == ()
+        assert schedule.pending() == []
+        run_children(runner, not_run)
+        assert len(sandbox.calls) == 2
+        assert sandbox.track_running(ROOM, "alice", "video")
+        record = store.get("b1")
+        assert record.state is State.PARTIALLY_FAILED  # two succeeded, four cancelled
+
+    def test_a_batch_whose_every_child_is_cancelled_ends_cancelled(
+        self, runner, published, scheduler, store, sink
+    ):
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        scheduler.cancel("b1")
+        record = store.get("b1")
+        assert (record.state, record.error) == (State.CANCELLED, None)
+        assert sink.types[-1] == "batch.completed"
+        assert sink.events[-1]["data"]["state"] == "cancelled"
+
+    def test_a_batch_of_failed_and_cancelled_children_says_how_many_were_cancelled(
+        self, runner, published, scheduler, store, sandbox
+    ):
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        sandbox.inject(Fault(status=403, times=1))
+        run_children(runner, published[:1])
+        scheduler.cancel("b1")
+        record = store.get("b1")
+        assert (record.state, record.error["message"]) == (
+            State.FAILED,
+            "all 6 children failed (5 of them cancelled)",
+        )
+
+    def test_children_being_run_are_tried_together_then_named(
+        self, runner, published, scheduler, claims, store, sleeps
+    ):
+        """Each busy child is not waited for on its own: the cancel tries every busy one again
+        for the same moment a single job gets, then names those still busy."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        busy = [published[0].job_id, published[3].job_id]
+        for child in busy:
+            claims.acquire(child)
+        done = scheduler.cancel("b1")
+        assert done.busy == tuple(busy)
+        assert len(done.cancelled) == 4
+        assert sum(sleeps.waits) == pytest.approx(2.5)
+        assert store.get(busy[0]).state is State.QUEUED
+
+    def test_a_batch_not_yet_fanned_out_in_full_is_refused_whole(
+        self, make_runner, batches, store, scheduler, sleeps
+    ):
+        """A child not yet published would be published after the cancel, and run: nothing is
+        cancelled until the fan-out resumes and ends."""
+        published: list = []
+
+        def dies_in_the_second_chunk(messages):
+            if published:
+                raise OperationalError("broker went away")
+            published.extend(messages)
+
+        fragile = FanOut(
+            batches=batches, enqueuer=RecordThenPublish(store, dies_in_the_second_chunk), chunk=2
+        )
+        with pytest.raises(OperationalError):
+            make_runner(fan_out=fragile).run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        with pytest.raises(JobConflict, match="published 2 of its 6 children"):
+            scheduler.cancel("b1")
+        assert store.get(published[0].job_id).state is State.QUEUED
+
+    def test_an_ended_batch_has_the_pending_stops_of_its_children_cancelled(
+        self, runner, published, scheduler, schedule, store, clock
+    ):
+        runner.run(BULK_TRACK_RECORDING, until(clock, 3600), job_id="b1")
+        run_children(runner, published)
+        assert store.get("b1").state is State.SUCCEEDED
+        done = scheduler.cancel("b1")
+        assert len(done.pending_stops) == 6
+        assert schedule.pending() == []
+        assert store.get("b1").state is State.SUCCEEDED
+
+    def test_an_ended_batch_with_nothing_pending_is_refused(self, runner, published, scheduler):
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        run_children(runner, published)
+        with pytest.raises(JobConflict, match="every child already ended, none with a stop"):
+            scheduler.cancel("b1")
+
+    def test_a_move_moves_the_stops_of_the_children_that_started(
+        self, runner, published, scheduler, schedule, clock
+    ):
+        runner.run(BULK_TRACK_RECORDING, until(clock, 3600), job_id="b1")
+        run_children(runner, published)
+        moves = scheduler.reschedule_children("b1", stop_at=epoch_iso(clock.now + 7200))
+        assert moves.moved == tuple(f"{d.job_id}:stop" for d in published)
+        assert set(stops_pending(schedule).values()) == {clock.now + 7200}
+
+    def test_a_move_stops_a_batch_that_had_no_stop_time_but_not_its_failed_children(
+        self, runner, published, scheduler, schedule, sandbox, clock
+    ):
+        """--stop-at now ends every recording the batch started; a child that failed has
+        none, and is left alone."""
+        runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1")
+        sandbox.inject(Fault(status=403, times=1))
+        run_children(runner, published)
+        moves = scheduler.reschedule_children("b1", stop_at=epoch_iso(clock.now))
+        assert (len(moves.moved), moves.refused) == (5, ())
+        assert published[0].job_id + ":stop" not in stops_pending(schedule)
+
+    def test_a_move_names_the_children_still_queued(self, runner, published, scheduler, clock):
+        """A queued child's message is on the broker, its stopAt in it: it cannot be moved
+        until it started. The command names it, and moving again later catches it up."""
+        runner.run(BULK_TRACK_RECORDING, until(clock, 3600), job_id="b1")
+        run_children(runner, published[:5])
+        moves = scheduler.reschedule_children("b1", stop_at=epoch_iso(clock.now + 60))
+        [(child, why)] = moves.refused
+        assert child == published[5].job_id
+        assert "too late to move it" in why
+        run_children(runner, published[5:])
+        again = scheduler.reschedule_children("b1", stop_at=epoch_iso(clock.now + 60))
+        assert (len(again.moved), again.refused) == (6, ())

@@ -466,6 +466,30 @@ class TestSchedulingCommands:
             "started its recording: maybe-started:stop stops it now\n"
         )
 
+    def test_a_started_recording_keeps_running_after_cancel_and_ends_on_stop_at_now(
+        self, env, worker_process, sandbox
+    ):
+        """Cancel on a start that succeeded drops its pending stop, and says how to end the
+        recording; reschedule --stop-at now does end it."""
+        job = {**ROOM_JOB, "jobId": "live-1", "stopAt": "2099-01-01T00:00:00Z"}
+        recq("enqueue", "start-recording", "-", env=env, stdin=json.dumps(job))
+        wait_for_json_state("live-1", env)
+        cancelled = recq("cancel", "live-1", env=env)
+        assert (cancelled.returncode, cancelled.stdout) == (
+            0,
+            "live-1:stop: cancelled (the pending stop of live-1; its recording keeps running "
+            "until recq reschedule live-1 --stop-at TIME)\n",
+        )
+        assert sandbox.recording_running("cli-room")
+        moved = recq("reschedule", "live-1", "--stop-at", "now", env=env)
+        assert moved.returncode == 0, moved.stderr
+        assert moved.stdout.startswith("live-1:stop: scheduled for 20")
+        assert wait_for_json_state("live-1:stop", env)["state"] == "succeeded"
+        assert not sandbox.recording_running("cli-room")
+        assert json.loads(recq("status", "live-1", "--json", env=env).stdout)["stopJobId"] == (
+            "live-1:stop"
+        )
+
     def test_cancel_of_an_unknown_job_is_an_error(self, env):
         result = recq("cancel", "ghost", env=env)
         assert result.returncode == 1
@@ -586,6 +610,31 @@ class TestBulkCommands:
         ]
         human = recq("status", "cli-batch", env=env).stdout
         assert "children: 4 total, 4 succeeded, 0 failed, 0 pending" in human
+
+    def test_a_batch_s_recordings_end_together_on_stop_at_now(self, env, worker_process, sandbox):
+        """One command stops every child's recording; a second finds nothing left to stop."""
+        job = json.dumps({**BULK_JOB, "jobId": "cli-stop"})
+        recq("enqueue", "bulk-track-recording", "-", "--wait", env=env, stdin=job)
+        assert sandbox.track_running("cli-room", "ann", "audio")
+        moved = recq("reschedule", "cli-stop", "--stop-at", "now", env=env)
+        assert moved.returncode == 0, moved.stderr
+        stops = [line.split(": ")[0] for line in moved.stdout.splitlines()]
+        assert stops == [
+            "cli-stop:audio:ann:stop",
+            "cli-stop:video:ann:stop",
+            "cli-stop:audio:ben:stop",
+            "cli-stop:video:ben:stop",
+        ]
+        for stop_id in stops:
+            assert wait_for_json_state(stop_id, env)["state"] == "succeeded"
+        assert not any(
+            sandbox.track_running("cli-room", who, kind)
+            for who in ("ann", "ben")
+            for kind in ("audio", "video")
+        )
+        again = recq("reschedule", "cli-stop", "--stop-at", "now", env=env)
+        assert again.returncode == 1
+        assert "every child already ended, with no recording left to stop" in again.stderr
 
     def test_wait_exits_1_when_children_failed(self, env, worker_process, sandbox):
         """A partially failed batch is not a success for a script waiting on it."""

@@ -514,8 +514,7 @@ class TestCancel:
         """It leaves the schedule and ends cancelled; a delivery already on its way does nothing."""
         job = room_job(startAt=at(clock, 60))
         runner.run(START_RECORDING, job, job_id="j1")
-        cancelled = scheduler.cancel("j1")
-        assert cancelled.id == "j1"
+        assert scheduler.cancel("j1").cancelled == ("j1",)
         assert schedule.pending() == []
         assert store.get("j1").state is State.CANCELLED
         clock.now += 60
@@ -599,7 +598,7 @@ class TestCancel:
         """While a delivery holds its claim the call may be in flight: cancelling is refused."""
         runner.run(START_RECORDING, room_job(startAt=at(clock, 60)), job_id="j1")
         claims.acquire("j1")
-        with pytest.raises(JobConflict, match="being run right now"):
+        with pytest.raises(JobConflict, match=r"being run right now.*--stop-at now ends it"):
             scheduler.cancel("j1")
         assert sum(sleeps.waits) == pytest.approx(2.5)  # it tried again for a moment first
 
@@ -626,10 +625,45 @@ class TestCancel:
     ):
         """The recording keeps running; only the scheduled stop is dropped."""
         runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
-        assert scheduler.cancel("j1").id == "j1:stop"
+        done = scheduler.cancel("j1")
+        assert (done.cancelled, done.pending_stops) == ((), (("j1", "j1:stop"),))
         assert store.get("j1:stop").state is State.CANCELLED
         assert store.get("j1").state is State.SUCCEEDED
         assert schedule.pending() == []
+
+    def test_a_cancel_that_waits_out_a_start_cancels_the_stop_it_holds(
+        self, runner, scheduler, claims, store, schedule, clock, monkeypatch
+    ):
+        """The cancel meets a delivery's claim and tries again; meanwhile that delivery starts
+        the recording and holds its stop. The cancel then does what it does to any started
+        job: it cancels the pending stop. (It answered "already ended (succeeded)", and the
+        stop stayed, unlike a cancel made a moment later.)"""
+        job = room_job(startAt=at(clock, 60), stopAt=at(clock, 3600))
+        runner.run(START_RECORDING, job, job_id="j1")
+        busy = claims.acquire("j1")
+
+        def delivery_ends(_pause: float) -> None:
+            claims.release("j1", busy)
+            clock.now += 60
+            schedule.cancel("j1")  # as the dispatcher takes it
+            runner.run(START_RECORDING, job, job_id="j1")
+
+        monkeypatch.setattr(scheduler, "_sleep", delivery_ends)
+        done = scheduler.cancel("j1")
+        assert done.pending_stops == (("j1", "j1:stop"),)
+        assert store.get("j1").state is State.SUCCEEDED
+        assert store.get("j1:stop").state is State.CANCELLED
+        assert schedule.pending() == []
+
+    def test_a_stop_being_run_is_refused_without_advice_to_stop_it(
+        self, runner, scheduler, claims, clock
+    ):
+        """A start being run is told how to end its recording once it started; a stop being
+        run has nothing to be told."""
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        claims.acquire("j1:stop")
+        with pytest.raises(JobConflict, match=r"job j1:stop is being run right now[^;]*$"):
+            scheduler.cancel("j1")
 
 
 @pytest.fixture
@@ -737,6 +771,42 @@ class TestReschedule:
         job, _ = scheduler.reschedule("j1", stop_at=at(clock, 600))
         assert job.id == "j1:stop"
         assert schedule.pending()[0].due == clock.now + 600
+
+    def test_a_started_job_with_no_stop_gets_one(self, runner, scheduler, schedule, store, clock):
+        """It had no stopAt: --stop-at schedules its stop, which its record then names."""
+        runner.run(START_RECORDING, room_job(), job_id="j1")
+        job, timing = scheduler.reschedule("j1", stop_at=at(clock, 0))
+        assert (job.id, timing.due) == ("j1:stop", clock.now)
+        [stop] = schedule.pending()
+        assert (stop.job_id, stop.job["stopAt"]) == ("j1:stop", at(clock, 0))
+        assert store.get("j1").stop_job_id == "j1:stop"
+        assert store.get("j1:stop").state is State.SCHEDULED
+
+    def test_a_started_job_whose_stop_was_cancelled_gets_it_again(
+        self, runner, scheduler, schedule, store, clock
+    ):
+        """Cancelling the pending stop kept the recording running; a new --stop-at ends it."""
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        scheduler.cancel("j1")
+        scheduler.reschedule("j1", stop_at=at(clock, 600))
+        assert store.get("j1:stop").state is State.SCHEDULED
+        assert schedule.pending()[0].due == clock.now + 600
+
+    def test_a_started_job_already_stopped_is_not_stopped_again(
+        self, runner, scheduler, schedule, clock
+    ):
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        clock.now += 60
+        [stop] = schedule.pending()
+        runner.run(STOP_RECORDING, stop.job, job_id="j1:stop")
+        with pytest.raises(JobConflict, match=r"stopped: j1:stop ended succeeded"):
+            scheduler.reschedule("j1", stop_at=at(clock, 600))
+
+    def test_a_stop_for_a_started_job_is_validated(self, runner, scheduler, schedule):
+        runner.run(START_RECORDING, room_job(), job_id="j1")
+        with pytest.raises(InvalidJob, match="stopAt"):
+            scheduler.reschedule("j1", stop_at="tomorrow")
+        assert schedule.pending() == []
 
     def test_a_job_no_longer_on_the_schedule_cannot_move(self, runner, scheduler):
         """Finished, or due and being published: too late."""
