@@ -38,6 +38,80 @@ def _headers(message: Any) -> dict[str, Any]:
     return headers if isinstance(headers, dict) else {}
 
 
+def _correlation_id(message: Any) -> str | None:
+    properties = getattr(message, "properties", None)
+    found = properties.get("correlation_id") if isinstance(properties, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
+def _id_problem(message: Any, headers: dict[str, Any]) -> str | None:
+    """An ``id`` header that is not a job id (null, a number, empty) is replaced by the
+    message's ``correlation_id``; without either the message is refused. (A null id ran as job
+    ``None``, and every later such message was dropped as that job's duplicate.)"""
+    job_id = headers.get("id")
+    if "id" not in headers or (isinstance(job_id, str) and job_id):
+        return None  # a message with no id at all is not a task message: Celery says so
+    fallback = _correlation_id(message)
+    if fallback is None:
+        return f"the message's id header must be the job id, a non-empty string (got {job_id!r})"
+    headers["id"] = fallback
+    return None
+
+
+# Celery reads these from a task message's embed (its body's third element): a value of another
+# type fails in the pool's thread, where nothing acknowledges the message, and the worker's
+# slot is lost with it for good.
+_EMBED_TYPES: dict[str, type] = {"callbacks": list, "errbacks": list, "chain": list, "chord": dict}
+_TRIPLE = 3
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    tuple: "a list",
+    str: "a string",
+    bool: "a boolean",
+}
+
+
+def _body_problem(message: Any) -> str | None:
+    """Why a task message's ``[args, kwargs, embed]`` body would fail where nothing can catch
+    it (in the pool's thread); None for a body Celery reports itself (one it cannot decode, or
+    not a triple). Celery reads the same decoded payload: the body is decoded once."""
+    try:
+        payload = message.payload
+    except Exception:  # noqa: BLE001 - Celery reports it (on_decode_error, on_invalid_task)
+        return None
+    if not isinstance(payload, list | tuple) or len(payload) != _TRIPLE:
+        return None
+    args, kwargs, embed = payload
+    embedded = embed if isinstance(embed, dict) else {}
+    checks = [
+        ("args (its body's first element)", args, list, False),
+        ("kwargs (its body's second element)", kwargs, dict, False),
+        ("embed (its body's third element)", embed, dict, True),
+        *(
+            (f"embed.{field}", embedded.get(field), kind, True)
+            for field, kind in _EMBED_TYPES.items()
+        ),
+    ]
+    for name, value, kind, nullable in checks:
+        if isinstance(value, kind) or (kind is list and isinstance(value, tuple)):
+            continue
+        if value is None and nullable:
+            continue
+        wanted = _JSON_TYPES[kind] + (" or null" if nullable else "")
+        return f"the task message's {name} must be {wanted}, not {_type(value)}"
+    return None
+
+
+def _type(value: Any) -> str:
+    """A JSON value's type, as a message's author would name it."""
+    if value is None:
+        return "null"
+    if type(value) in _JSON_TYPES:
+        return _JSON_TYPES[type(value)]
+    return "a number" if isinstance(value, int | float) else type(value).__name__
+
+
 class RecqConsumer(Consumer):
     """Celery's consumer, recording each refused message as a failed job."""
 
@@ -100,6 +174,11 @@ class RecqConsumer(Consumer):
             return True
         if content_type != "application/json" and _UTF8_JSON.fullmatch(str(content_type)):
             message.content_type = "application/json"
+        problem = _id_problem(message, headers) or _body_problem(message)
+        if problem is not None:
+            message.reject_log_error(logger, self.connection_errors)
+            self._refused(message, "malformed_message", problem)
+            return True
         return False
 
     def _timed(self, message: Any, headers: list[str]) -> None:
@@ -154,9 +233,8 @@ class RecqConsumer(Consumer):
         headers = _headers(message)
         job_id, task = headers.get("id"), headers.get("task")
         if not isinstance(job_id, str) or not job_id:  # Celery sets both; a producer may not
-            properties = getattr(message, "properties", None)
-            job_id = properties.get("correlation_id") if isinstance(properties, dict) else None
-        if not isinstance(job_id, str) or not job_id:
+            job_id = _correlation_id(message)
+        if job_id is None:
             logger.error("refused a message without an id (%s): %s", reason, detail)
             return
         try:

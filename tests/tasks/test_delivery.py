@@ -148,8 +148,34 @@ class TestRefusedMessages:
             ),
             ("recq.start_recording", b'"just a string"', "application/json", "malformed_message"),
             ("recq.start_recording", TOO_DEEP, "application/json", "undecodable_message"),
+            # These failed in the pool's thread, where nothing acknowledged them: each held a
+            # worker slot for good, unrecorded, and came back after a restart to do it again.
+            ("recq.start_recording", b"[1, 2, 3]", "application/json", "malformed_message"),
+            ("recq.start_recording", b"[[], [], {}]", "application/json", "malformed_message"),
+            (
+                "recq.start_recording",
+                b'[[], {"job": {"roomId": "r"}}, 5]',
+                "application/json",
+                "malformed_message",
+            ),
+            (
+                "recq.start_recording",
+                b'[[], {"job": {"roomId": "r"}}, {"chain": 5}]',
+                "application/json",
+                "malformed_message",
+            ),
         ],
-        ids=["unknown-task", "broken-json", "pickle", "not-a-call", "nested-too-deep"],
+        ids=[
+            "unknown-task",
+            "broken-json",
+            "pickle",
+            "not-a-call",
+            "nested-too-deep",
+            "args-not-a-list",
+            "kwargs-not-an-object",
+            "embed-not-an-object",
+            "embed-chain-not-a-list",
+        ],
     )
     def test_a_refused_message_is_recorded_and_the_worker_goes_on(
         self, app, sandbox, running_worker, redis_client, task, body, content_type, reason
@@ -212,6 +238,27 @@ class TestRefusedMessages:
         assert record.error["reason"] == "malformed_message"
         assert named in record.error["message"]
         assert sandbox.calls == []
+
+    def test_a_null_id_falls_back_to_the_correlation_id(
+        self, app, sandbox, running_worker, redis_client, caplog
+    ):
+        """A null id ran as job "None", and every later such message was dropped as its
+        duplicate. It runs under its correlation_id; without one, it is refused and logged."""
+        queue = app.settings.queue
+        for job_id, room in (("corr-1", "room-n1"), ("corr-2", "room-n2"), ("", "room-n3")):
+            envelope = json.loads(
+                celery_message("recq.start_recording", "x", queue=queue, job={"roomId": room})
+            )
+            envelope["headers"]["id"] = None
+            envelope["properties"]["correlation_id"] = job_id or None
+            redis_client.lpush(queue, json.dumps(envelope))
+        assert wait_for(app, "corr-1", State.SUCCEEDED).state is State.SUCCEEDED
+        assert wait_for(app, "corr-2", State.SUCCEEDED).state is State.SUCCEEDED
+        good = Producer(app).enqueue(START_RECORDING, JOB)
+        assert wait_for(app, good, State.SUCCEEDED).state is State.SUCCEEDED
+        assert app.store.get("None") is None
+        assert "refused a message without an id (malformed_message)" in caplog.text
+        assert "room-n3" not in {call.body["roomId"] for call in sandbox.calls}
 
     def test_json_with_a_utf8_charset_is_read_as_json(
         self, app, sandbox, running_worker, redis_client
