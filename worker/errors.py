@@ -25,14 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from amqp.exceptions import AMQPError
 from kombu.exceptions import OperationalError
 
 from worker.redact import redact, redact_values
 
-UNREACHABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError)
+UNREACHABLE: tuple[type[Exception], ...] = (redis.RedisError, OperationalError, AMQPError)
 """Redis (the state store, or a Redis broker) or the broker failing us: no fault of the job's
 nor of recq's code. A producer reports it (:class:`BrokerUnavailable`); a worker hands the
-message back to be delivered again, as it would if it had died."""
+message back to be delivered again, as it would if it had died. (kombu wraps the errors it may
+retry; RabbitMQ's refusals of a login or a vhost, AccessRefused and NotAllowed, come as py-amqp
+raised them.)"""
 
 
 def which_failed(exc: Exception) -> str:

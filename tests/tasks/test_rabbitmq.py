@@ -187,6 +187,45 @@ class TestRabbitMQBroker:
         assert sandbox.calls[0].at >= start_at.timestamp() - 0.01
 
 
+@pytest.mark.parametrize(
+    ("spoil", "named"),
+    [
+        (lambda url: url.replace("guest:guest@", "guest:wrong@"), "AccessRefused"),
+        (lambda url: url.rsplit("/", 1)[0] + "/recq-no-such-vhost", "NotAllowed"),
+    ],
+    ids=["wrong-password", "unknown-vhost"],
+)
+def test_a_broker_refusing_the_login_is_named_and_leaves_no_job_queued(
+    settings, amqp_url, redis_url, spoil, named
+):
+    """RabbitMQ's own refusals came out of recq enqueue as a traceback, and the job stayed
+    recorded queued with nothing on its way. One line names the variable; nothing is left."""
+    env = {**worker_env(settings), "CELERY_BROKER_URL": spoil(amqp_url)}
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "enqueue", "start-recording", "-"],
+        input=json.dumps({"jobId": "refused-1", "roomId": "r"}),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "the broker (CELERY_BROKER_URL) failed" in result.stderr
+    assert named in result.stderr
+    assert "wrong" not in result.stderr  # the password is never shown
+    status = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "refused-1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 1  # withdrawn: recq does not know the job
+
+
 def test_a_worker_that_cannot_consume_its_queue_exits_non_zero(settings, channel, tmp_path):
     """Its queue was declared otherwise before (a classic queue left by another tool): Celery
     meets an unrecoverable error, and `recq worker` exits 1, not 0, so a supervisor that
