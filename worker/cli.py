@@ -666,7 +666,7 @@ def _dead(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> in
     for job_id in ids:
         try:
             print(producer.replay(job_id))
-        except (UnknownJob, InvalidJob, BrokerUnavailable) as exc:
+        except (UnknownJob, InvalidJob, JobConflict, BrokerUnavailable) as exc:
             failed += 1
             print(f"recq dead replay: {job_id}: {exc}", file=sys.stderr)
     return 1 if failed else 0

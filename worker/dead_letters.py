@@ -17,8 +17,11 @@ from typing import Any
 import redis
 
 from worker.state import epoch_iso
+from worker.validation import MAX_BULK_JOB_BYTES
 
-MAX_JOB_CHARS = 256 * 1024
+MAX_JOB_BYTES = MAX_BULK_JOB_BYTES
+"""The largest job a letter keeps, measured as validation measures a job: every job valid
+enough to run (the largest kind is a bulk job) is kept whole for its replay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +66,7 @@ class DeadLetters:
         self, job_id: str, *, task: str | None, job: Any, error: dict[str, Any], attempts: int
     ) -> None:
         """Keep a failed job (replacing an earlier letter of the same id)."""
-        kept = job if len(json.dumps(job, default=str)) <= MAX_JOB_CHARS else "(too large to keep)"
-        letter = DeadLetter(job_id, task, kept, error, attempts, self._clock())
+        letter = DeadLetter(job_id, task, _kept(job), error, attempts, self._clock())
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(self._letters, job_id, json.dumps(letter.stored(), default=str))
         pipe.zadd(self._index, {job_id: letter.failed_at})
@@ -72,14 +74,32 @@ class DeadLetters:
 
     def get(self, job_id: str) -> DeadLetter | None:
         raw = self._redis.hget(self._letters, job_id)
-        return None if raw is None else _letter(raw)
+        return None if raw is None else _letter(job_id, raw)
 
     def list(self, limit: int = 1000) -> list[DeadLetter]:
         """The most recent letters first."""
         ids: list[bytes] = self._redis.zrevrange(self._index, 0, limit - 1)  # type: ignore[assignment]
         if not ids:
             return []
-        return [_letter(raw) for raw in self._redis.hmget(self._letters, ids) if raw is not None]
+        found = zip(ids, self._redis.hmget(self._letters, ids), strict=True)
+        return [_letter(_text(job_id), raw) for job_id, raw in found if raw is not None]
+
+    def remove_if_unchanged(self, letter: DeadLetter) -> bool:
+        """Remove ``letter`` unless a newer one replaced it meanwhile (its replay failed again
+        already): that one stays, to be seen and replayed."""
+
+        def remove(pipe: redis.client.Pipeline) -> bool:
+            raw = pipe.hget(self._letters, letter.job_id)
+            if raw is None or _letter(letter.job_id, raw).failed_at != letter.failed_at:
+                return False
+            pipe.multi()
+            pipe.hdel(self._letters, letter.job_id)
+            pipe.zrem(self._index, letter.job_id)
+            return True
+
+        transaction: Any = self._redis.transaction
+        removed: bool = transaction(remove, self._letters, value_from_callable=True)
+        return removed
 
     def remove(self, job_id: str) -> bool:
         pipe = self._redis.pipeline(transaction=True)
@@ -89,13 +109,34 @@ class DeadLetters:
         return bool(removed)
 
 
-def _letter(raw: bytes | str) -> DeadLetter:
-    data = json.loads(raw)
-    return DeadLetter(
-        job_id=data["id"],
-        task=data.get("task"),
-        job=data.get("job"),
-        error=data["error"],
-        attempts=int(data.get("attempts", 0)),
-        failed_at=float(data["failedAt"]),
-    )
+def _kept(job: Any) -> Any:
+    """The job as a letter keeps it: whole, unless it is larger than any valid job."""
+    try:
+        text = json.dumps(job, ensure_ascii=False, separators=(",", ":"), default=str)
+    except (ValueError, RecursionError):
+        return "(cannot be kept: not JSON)"
+    return job if len(text.encode()) <= MAX_JOB_BYTES else "(too large to keep)"
+
+
+def _letter(job_id: str, raw: bytes | str) -> DeadLetter:
+    """A stored letter; one that cannot be read (written by hand, or by another program) is
+    shown as such rather than stopping every command that lists letters."""
+    try:
+        data = json.loads(raw)
+        return DeadLetter(
+            job_id=str(data["id"]),
+            task=data.get("task"),
+            job=data.get("job"),
+            error=dict(data["error"]),
+            attempts=int(data.get("attempts", 0)),
+            failed_at=float(data["failedAt"]),
+        )
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        problem = f"{type(exc).__name__} {exc}" if isinstance(exc, KeyError) else type(exc).__name__
+        message = f"this dead letter cannot be read ({problem}): it is not one recq wrote"
+        error = {"reason": "unreadable_letter", "message": message}
+        return DeadLetter(job_id, None, None, error, 0, 0.0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

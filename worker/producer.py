@@ -23,19 +23,22 @@ from typing import TYPE_CHECKING, Any
 from worker.errors import (
     UNREACHABLE,
     BrokerUnavailable,
+    ErrorInfo,
     InvalidJob,
+    JobConflict,
     UnknownJob,
     Violation,
     which_failed,
 )
 from worker.jobs import BY_TASK, Job, JobKind
 from worker.publisher import CHUNK, TaskMessage
-from worker.state import Queued, epoch_iso
+from worker.state import Queued, State, epoch_iso
 from worker.timing import Timing
 from worker.validation import validate
 
 if TYPE_CHECKING:
     from worker.celery_app import RecqCelery
+    from worker.dead_letters import DeadLetter
 
 # A producer facing a down broker gets an error after about two seconds, never a hang.
 PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.4, "interval_max": 1}
@@ -115,28 +118,48 @@ class Producer:
         if (too_late := _too_late(kind, job, time.time())) is not None:
             raise InvalidJob([too_late], job_id=job_id)
         app = self._app
+        job_body = Job(job_id, kind, job)
         try:
             timing = self._due_later(kind, job)
             if timing is not None:
-                app.producer_scheduler.hold(Job(job_id, kind, job), timing, fresh=True)
+                found = app.producer_scheduler.hold(
+                    job_body, timing, fresh=True, replacing=State.FAILED
+                )
             else:
                 # Not in one script with its message (worker.enqueuer): a replay is queued
-                # again whatever its state, its counters cleared. A crash between the two
-                # leaves the dead letter, removed only below, to replay again.
-                app.producer_store.enqueue(
+                # again, its counters cleared. A crash between the two leaves the dead letter,
+                # removed only below, and the job queued: see _not_replayable.
+                found = app.producer_store.enqueue(
                     job_id,
                     kind=kind.name,
                     target=kind.target(job),
                     metadata=job.get("metadata") or {},
                     fresh=True,
+                    replacing=State.FAILED,
                 )
-                app.task_publisher.publish([TaskMessage(kind.task_name, job_id, job)])
+                if found is None:
+                    self._publish_replay(job_body, letter)
         except UNREACHABLE as exc:
             raise BrokerUnavailable(
                 f"could not publish job {job_id}: {which_failed(exc)}"
             ) from None
-        app.dead_letters.remove(job_id)
+        if found is not None:
+            raise _not_replayable(app, letter, found)
+        # Unless its replay failed again already: that newer letter stays.
+        app.dead_letters.remove_if_unchanged(letter)
         return job_id
+
+    def _publish_replay(self, job: Job, letter: DeadLetter) -> None:
+        """Publish a replayed job; if the broker refuses it, the job is failed again as its
+        letter says (it was recorded queued, with nothing on its way), so that the replay can
+        be made again."""
+        try:
+            self._app.task_publisher.publish([TaskMessage(job.kind.task_name, job.id, job.body)])
+        except UNREACHABLE:
+            self._app.producer_store.transition(
+                job.id, State.FAILED, error=ErrorInfo.from_json(letter.error)
+            )
+            raise
 
     def check(
         self, kind: JobKind, jobs: Sequence[Mapping[str, Any]]
@@ -204,6 +227,23 @@ def _duplicate(job_id: str) -> Violation:
         "one of the two is lost"
     )
     return Violation("jobId", "duplicate", message)
+
+
+def _not_replayable(app: RecqCelery, letter: DeadLetter, found: State) -> JobConflict:
+    """Why a dead letter's job was not replayed: it is no longer failed. A letter whose job
+    ended since (its earlier replay succeeded, but the letter was left: that replay's process
+    died before removing it) is out of date and removed; replaying it could start a recording
+    that was stopped since."""
+    if found.terminal:
+        app.dead_letters.remove_if_unchanged(letter)
+        return JobConflict(
+            f"job {letter.job_id} is {found} since this letter was kept: nothing was replayed, "
+            "and the out-of-date letter is removed"
+        )
+    return JobConflict(
+        f"job {letter.job_id} is {found}: it is being replayed or run already, nothing was "
+        "replayed (if it stays so, its message was lost: enqueue the job again)"
+    )
 
 
 def _too_late(kind: JobKind, job: Mapping[str, Any], now: float) -> Violation | None:

@@ -136,13 +136,20 @@ class Scheduler:
         self._cancel: Any = schedule.redis.register_script(_CANCEL)
 
     def hold(
-        self, job: Job, timing: Timing, *, fresh: bool = False, stopping: str | None = None
+        self,
+        job: Job,
+        timing: Timing,
+        *,
+        fresh: bool = False,
+        stopping: str | None = None,
+        replacing: State | None = None,
     ) -> State | None:
         """Record ``job`` scheduled and put it on the schedule until ``timing.due``.
 
         A job that already ended is left alone (unless ``fresh``, a replay): its terminal state
         is returned instead. A stop held for a start that ran already names that start in
-        ``stopping``: the start's record then names it as its stop job, in the same step.
+        ``stopping``: the start's record then names it as its stop job, in the same step. With
+        ``replacing``, only a job in that state is held (see :meth:`JobStore.enqueue`).
         """
         report, extra, delivery = _holding(job, timing)
 
@@ -162,6 +169,7 @@ class Scheduler:
             # One transaction: a producer dying between the two would leave the job recorded
             # scheduled with nothing to ever deliver it.
             then=then,
+            replacing=replacing,
         )
         if ended is not None:
             return ended

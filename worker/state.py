@@ -276,6 +276,7 @@ class JobStore:
         state: State = State.QUEUED,
         extra: Extra | None = None,
         then: Callable[[redis.client.Pipeline], None] | None = None,
+        replacing: State | None = None,
     ) -> State | None:
         """Record a job as queued (or ``state``), unless it already ended: then return its
         terminal state. ``then`` adds commands to the same transaction, made only with the
@@ -285,13 +286,18 @@ class JobStore:
         and outage counters start over. Its attempts are kept, here and in
         :meth:`enqueue_many`: a job enqueued again (or replayed) after an attempt that may have
         started its recording must still take "already running" for that attempt's success.
+        With ``replacing`` (a replay of a failed job), the write is made only while the job is
+        in that state (or has no record); otherwise its state is returned, whatever it is.
         """
         key = self.key(job_id)
 
         def write(pipe: redis.client.Pipeline) -> State | None:
             current = pipe.hget(key, "state")
-            if not fresh and current is not None and State(_text(current)).terminal:
-                return State(_text(current))
+            found = None if current is None else State(_text(current))
+            if replacing is not None and found not in (None, replacing):
+                return found
+            if not fresh and found is not None and found.terminal:
+                return found
             pipe.multi()
             if fresh:
                 pipe.hdel(key, "deliveries", "outageSince", "requeues", "retryAt", "reconciled")

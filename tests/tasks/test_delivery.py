@@ -9,7 +9,7 @@ import time
 import pytest
 
 from worker.celery_app import create_app
-from worker.errors import BrokerUnavailable
+from worker.errors import BrokerUnavailable, InvalidJob, JobConflict
 from worker.jobs import START_RECORDING
 from worker.logs import JsonFormatter, TextFormatter
 from worker.producer import Producer
@@ -110,6 +110,86 @@ class TestDeadLetters:
         assert Producer(app).replay(job_id) == job_id
         assert wait_for(app, job_id, State.SUCCEEDED).attempts == 2
         assert app.dead_letters.list() == []
+
+    def test_a_letter_out_of_date_is_removed_not_replayed(self, app, sandbox, running_worker):
+        """A replay that succeeded left its letter (its process died before removing it), and
+        the recording was stopped since. Replaying the letter again started a second
+        recording. The job is no longer failed: nothing runs, and the letter goes."""
+        sandbox.inject(Fault(status=400, times=1))
+        job_id = Producer(app).enqueue(START_RECORDING, {**JOB, "jobId": "stale-1"})
+        wait_for(app, job_id, State.FAILED)
+        stale = app.dead_letters.get(job_id)
+        Producer(app).replay(job_id)
+        wait_for(app, job_id, State.SUCCEEDED)
+        app.dead_letters.add(
+            job_id, task=stale.task, job=stale.job, error=stale.error, attempts=stale.attempts
+        )
+        with pytest.raises(JobConflict, match="is succeeded since this letter was kept"):
+            Producer(app).replay(job_id)
+        assert app.dead_letters.get(job_id) is None
+        assert len(sandbox.calls) == 2  # the failed start and its replay: no third
+        assert app.store.get(job_id).state is State.SUCCEEDED
+
+    def test_a_job_replayed_already_is_not_replayed_twice(self, app, sandbox):
+        """Two replays at once both published the job (no worker runs here: the first one's
+        job waits on the queue). The second is refused, and the letter stays until the job
+        ends."""
+        app.runner.refuse("twice-1", START_RECORDING.task_name, reason="x", message="y")
+        app.dead_letters.add(
+            "twice-1", task=START_RECORDING.task_name, job=JOB, error={"reason": "x"}, attempts=0
+        )
+        assert Producer(app).replay("twice-1") == "twice-1"
+        app.dead_letters.add(
+            "twice-1", task=START_RECORDING.task_name, job=JOB, error={"reason": "x"}, attempts=0
+        )
+        with pytest.raises(JobConflict, match="is queued: it is being replayed or run already"):
+            Producer(app).replay("twice-1")
+        assert app.redis.llen(app.settings.queue) == 1
+
+    def test_a_letter_written_again_during_its_replay_is_kept(self, app):
+        """The replay failed again at once, and its new letter replaced the old one before the
+        first replay removed it: the new letter stays."""
+        letters = app.dead_letters
+        letters.add("again-1", task=None, job=JOB, error={"reason": "x"}, attempts=1)
+        first = letters.get("again-1")
+        time.sleep(0.01)
+        letters.add("again-1", task=None, job=JOB, error={"reason": "y"}, attempts=2)
+        assert letters.remove_if_unchanged(first) is False
+        assert letters.get("again-1").error == {"reason": "y"}
+
+    def test_a_replay_the_broker_refuses_leaves_the_job_failed_to_replay_again(self, app):
+        """The job was recorded queued, then the publish failed: it stayed queued with nothing
+        on its way. It is failed again as its letter says, and the letter stays."""
+        app.runner.refuse("cut-1", START_RECORDING.task_name, reason="x", message="first")
+        app.dead_letters.add(
+            "cut-1",
+            task=START_RECORDING.task_name,
+            job=JOB,
+            error={"reason": "x", "message": "first"},
+            attempts=0,
+        )
+        broken = create_app(app.settings.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+        broken.producer_store = app.producer_store  # the state store is up; the broker is not
+        with pytest.raises(BrokerUnavailable):
+            Producer(broken).replay("cut-1")
+        assert app.store.get("cut-1").state is State.FAILED
+        assert app.dead_letters.get("cut-1") is not None
+
+    def test_a_letter_recq_did_not_write_is_shown_as_unreadable(self, app):
+        """One bad letter stopped recq dead list, show and replay for every other letter."""
+        app.redis.hset(f"{app.settings.namespace}:dead", "junk-1", "not json")
+        app.redis.zadd(f"{app.settings.namespace}:dead:index", {"junk-1": 1})
+        [letter] = app.dead_letters.list()
+        assert (letter.job_id, letter.error["reason"]) == ("junk-1", "unreadable_letter")
+        with pytest.raises(InvalidJob):
+            Producer(app).replay("junk-1")
+
+    def test_the_largest_valid_bulk_job_is_kept_whole(self, app):
+        """A valid bulk job of 300 KB was kept as "(too large to keep)", and could not be
+        replayed: the letter measured it otherwise than validation does."""
+        job = {"roomId": "r", "participants": ["p" * 200 + str(i) for i in range(1400)]}
+        app.dead_letters.add("big-1", task=None, job=job, error={"reason": "x"}, attempts=0)
+        assert app.dead_letters.get("big-1").job == job
 
 
 class TestRawArguments:
