@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from worker.scripts import ScriptCall
+from worker.scripts import ScriptCall, as_text
 from worker.state import WRITE_FUNCTION
 
 # ``terminal`` (the ended states) and ``write_state`` come from worker.state's WRITE_FUNCTION.
@@ -188,7 +188,7 @@ class Claims:
         if not job:
             return claim
         *found, paused, started = job
-        attempts, since, requeues, state, batch_id, unapplied = (_text(v) for v in found)
+        attempts, since, requeues, state, batch_id, unapplied = (as_text(v) for v in found)
         return dataclasses.replace(
             claim,
             attempts=int(attempts),
@@ -205,7 +205,3 @@ class Claims:
         """Give the claim back, if it is still ours."""
         if claim.status is ClaimStatus.CLAIMED:
             self._release(keys=[self.key(job_id)], args=[claim.token])
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

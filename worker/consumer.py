@@ -83,6 +83,12 @@ def _body_problem(message: Any) -> str | None:
     if not isinstance(payload, list | tuple) or len(payload) != _TRIPLE:
         return None
     args, kwargs, embed = payload
+    if (
+        isinstance(args, list | tuple)
+        and isinstance(kwargs, dict)
+        and (embed is None or (isinstance(embed, dict) and _embed_fits(embed)))
+    ):
+        return None  # every message recq's producer and Celery's send: nothing more to read
     embedded = embed if isinstance(embed, dict) else {}
     checks = [
         ("args (its body's first element)", args, list, False),
@@ -101,6 +107,13 @@ def _body_problem(message: Any) -> str | None:
         wanted = _JSON_TYPES[kind] + (" or null" if nullable else "")
         return f"the task message's {name} must be {wanted}, not {_type(value)}"
     return None
+
+
+def _embed_fits(embed: dict[str, Any]) -> bool:
+    return all(
+        embed.get(field) is None or isinstance(embed[field], kind)
+        for field, kind in _EMBED_TYPES.items()
+    )
 
 
 def _type(value: Any) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from worker.scripts import as_text
 from worker.state import epoch_iso
 from worker.validation import MAX_BULK_JOB_BYTES
 
@@ -82,7 +83,7 @@ class DeadLetters:
         if not ids:
             return []
         found = zip(ids, self._redis.hmget(self._letters, ids), strict=True)
-        return [_letter(_text(job_id), raw) for job_id, raw in found if raw is not None]
+        return [_letter(as_text(job_id), raw) for job_id, raw in found if raw is not None]
 
     def remove_if_unchanged(self, letter: DeadLetter) -> bool:
         """Remove ``letter`` unless a newer one replaced it meanwhile (its replay failed again
@@ -136,7 +137,3 @@ def _letter(job_id: str, raw: bytes | str) -> DeadLetter:
         message = f"this dead letter cannot be read ({problem}): it is not one recq wrote"
         error = {"reason": "unreadable_letter", "message": message}
         return DeadLetter(job_id, None, None, error, 0, 0.0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -118,12 +118,12 @@ class Producer:
         if (too_late := _too_late(kind, job, time.time())) is not None:
             raise InvalidJob([too_late], job_id=job_id)
         app = self._app
-        job_body = Job(job_id, kind, job)
+        replayed = Job(job_id, kind, job)
         try:
             timing = self._due_later(kind, job)
             if timing is not None:
                 found = app.producer_scheduler.hold(
-                    job_body, timing, fresh=True, replacing=State.FAILED
+                    replayed, timing, fresh=True, replacing=State.FAILED
                 )
             else:
                 # Not in one script with its message (worker.enqueuer): a replay is queued
@@ -138,7 +138,7 @@ class Producer:
                     replacing=State.FAILED,
                 )
                 if found is None:
-                    self._publish_replay(job_body, letter)
+                    self._publish_replay(replayed, letter)
         except UNREACHABLE as exc:
             raise BrokerUnavailable(
                 f"could not publish job {job_id}: {which_failed(exc)}"

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from worker.scripts import ScriptCall
+from worker.scripts import ScriptCall, as_text
 from worker.state import WRITE_FUNCTION
 
 _TAKE = """
@@ -182,7 +182,7 @@ class Schedule:
         taken = []
         for job_id, payload in zip(ids, payloads, strict=True):
             if payload is None:  # cancelled while being taken: nothing to publish
-                self.done(_text(job_id))
+                self.done(as_text(job_id))
             else:
                 taken.append(_delivery(job_id, payload))
         return taken
@@ -208,8 +208,4 @@ class Schedule:
 
 def _delivery(job_id: bytes | str, payload: bytes | str) -> Delivery:
     data = json.loads(payload)
-    return Delivery(_text(job_id), task=data["task"], job=data["job"], due=float(data["due"]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return Delivery(as_text(job_id), task=data["task"], job=data["job"], due=float(data["due"]))

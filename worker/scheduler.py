@@ -24,6 +24,7 @@ from worker.errors import InvalidJob, JobConflict, UnknownJob
 from worker.jobs import BY_NAME, BY_TASK, Job, child_jobs, stop_job_for
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
+from worker.scripts import as_text
 from worker.state import WRITE_FUNCTION, Extra, JobRecord, State, epoch_iso
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
@@ -242,7 +243,7 @@ class Scheduler:
             )
             keys += write.keys
             args += [stop.id, delivery.encoded(), delivery.due, *write.args]
-        answer, *found = (_text(item) for item in self._cancel(keys=keys, args=args))
+        answer, *found = (as_text(item) for item in self._cancel(keys=keys, args=args))
         if answer.startswith("ended:"):
             # A batch's child cancelled by a cancel cut short after its script (Redis lost) was
             # never counted: counted now, once (a child counted already changes nothing).
@@ -408,7 +409,7 @@ class Scheduler:
         if record.state is not State.SUCCEEDED:
             return False
         stop = None if record.stop_job_id is None else self._store.get(record.stop_job_id)
-        return stop is None or not stop.state.terminal or stop.state is State.CANCELLED
+        return not _ran(stop)
 
     def _stop_started(self, record: JobRecord, stop_at: str) -> tuple[Job, Timing]:
         """Hold a stop for a start that succeeded with none pending (it had no ``stopAt``, or
@@ -419,7 +420,7 @@ class Scheduler:
             raise JobConflict(f"job {start.id} already ended ({record.state}): too late to move it")
         stop = Job(stop.id, stop.kind, validate(stop.kind.name, dict(stop.body), job_id=stop.id))
         earlier = self._store.get(stop.id)
-        if earlier is not None and earlier.state.terminal and earlier.state is not State.CANCELLED:
+        if earlier is not None and _ran(earlier):
             raise JobConflict(
                 f"job {start.id} has had its recording stopped: {stop.id} ended {earlier.state}"
             )
@@ -482,6 +483,12 @@ def _stop_of(start: Job, *, at: str | None) -> Job | None:
     return stop_job_for(start, at=at)
 
 
+def _ran(stop: JobRecord | None) -> bool:
+    """Whether a stop job ran (it ended, and not by a cancel): its recording was stopped, or
+    its stop failed, and a new stop is not held in its place."""
+    return stop is not None and stop.state.terminal and stop.state is not State.CANCELLED
+
+
 def _refusal(job: Job, answer: str) -> UnknownJob | JobConflict:
     """Why the cancel script did not cancel ``job``, as it answered."""
     if answer == "unknown":
@@ -504,7 +511,3 @@ def _job_of(record: JobRecord) -> Job:
     kind = BY_NAME[record.kind or ""]
     body = {**(record.target or {}), "metadata": record.metadata or {}}
     return Job(record.id, kind, body, record.batch_id)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

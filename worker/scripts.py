@@ -64,3 +64,8 @@ def _pipelined(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
         pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
     answers: list[Any] = pipe.execute(raise_on_error=False)
     return answers
+
+
+def as_text(value: bytes | str) -> str:
+    """A Redis answer (bytes, from a client that does not decode) as text."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -24,7 +24,7 @@ import redis
 
 from worker.errors import ErrorInfo, Target
 from worker.redact import redact_values
-from worker.scripts import ScriptCall, run_together
+from worker.scripts import ScriptCall, as_text, run_together
 
 HISTORY_LENGTH = 20
 
@@ -293,7 +293,7 @@ class JobStore:
 
         def write(pipe: redis.client.Pipeline) -> State | None:
             current = pipe.hget(key, "state")
-            found = None if current is None else State(_text(current))
+            found = None if current is None else State(as_text(current))
             if replacing is not None and found not in (None, replacing):
                 return found
             if not fresh and found is not None and found.terminal:
@@ -397,7 +397,7 @@ class JobStore:
         for answer in run_together(calls):
             if isinstance(answer, Exception):
                 raise answer
-            ended.append(State(_text(answer)) if answer else None)
+            ended.append(State(as_text(answer)) if answer else None)
         return ended
 
     def withdraw(self, job_ids: Sequence[str]) -> int:
@@ -417,7 +417,7 @@ class JobStore:
         for state, error in pipe.execute():
             found.append(
                 (
-                    None if state is None else State(_text(state)),
+                    None if state is None else State(as_text(state)),
                     None if error is None else json.loads(error),
                 )
             )
@@ -432,7 +432,7 @@ class JobStore:
         raw, history = pipe.execute()
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         return JobRecord(
             id=fields.get("id", job_id),
             # A claim may count a delivery before the job's first state is written.
@@ -453,12 +453,8 @@ class JobStore:
             deadline=_float(fields.get("deadline")),
             stop_job_id=fields.get("stopJobId"),
             batch_id=fields.get("batchId"),
-            history=[json.loads(_text(h)) for h in history],
+            history=[json.loads(as_text(h)) for h in history],
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _float(value: str | None) -> float | None:

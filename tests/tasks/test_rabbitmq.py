@@ -187,6 +187,18 @@ class TestRabbitMQBroker:
         assert sandbox.calls[0].at >= start_at.timestamp() - 0.01
 
 
+def _recq(env: dict[str, str], *args: str, stdin: str | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("spoil", "named"),
     [
@@ -201,28 +213,14 @@ def test_a_broker_refusing_the_login_is_named_and_leaves_no_job_queued(
     """RabbitMQ's own refusals came out of recq enqueue as a traceback, and the job stayed
     recorded queued with nothing on its way. One line names the variable; nothing is left."""
     env = {**worker_env(settings), "CELERY_BROKER_URL": spoil(amqp_url)}
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "enqueue", "start-recording", "-"],
-        input=json.dumps({"jobId": "refused-1", "roomId": "r"}),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    job = json.dumps({"jobId": "refused-1", "roomId": "r"})
+    result = _recq(env, "enqueue", "start-recording", "-", stdin=job)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "the broker (CELERY_BROKER_URL) failed" in result.stderr
     assert named in result.stderr
     assert "wrong" not in result.stderr  # the password is never shown
-    status = subprocess.run(
-        [sys.executable, "-m", "worker", "status", "refused-1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    status = _recq(env, "status", "refused-1")
     assert status.returncode == 1  # withdrawn: recq does not know the job
 
 
