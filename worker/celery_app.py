@@ -235,6 +235,7 @@ class RecqCelery(Celery):
             reporter=self._reporter(store),
             claim_key=self.claims.key,
             grace=self.settings.start_grace,
+            limiter=self.rate_limiter,
         )
 
     def _reporter(self, store: JobStore) -> Reporter:

@@ -619,6 +619,10 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
     for field, label in (("dueAt", "due"), ("deadline", "deadline"), ("stopJobId", "stop job")):
         if field in times:
             print(f"  {label}: {times[field]}")
+    if "slotAt" in times:
+        print(
+            f"  rate limit: no call slot free (RECQ_RATE_LIMIT); its turn is at {times['slotAt']}"
+        )
     if batch is not None:
         counts = ", ".join(f"{n} {what}" for what, n in batch["counts"].items())
         print(f"  children: {counts}")

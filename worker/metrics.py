@@ -6,7 +6,8 @@
                                                        re-queued, by why
 ``recq_videosdk_request_duration_seconds{endpoint,     every VideoSDK call (histogram); status is
 status}``                                              the HTTP status, or ``network``
-``recq_rate_limit_wait_seconds``                       time spent waiting for a call slot
+``recq_rate_limit_wait_seconds``                       time spent waiting for a call slot, in a
+                                                       thread and then on the schedule
 ``recq_rate_limit_requeued_total``                     jobs handed back to wait for a slot
 ``recq_rate_limit_pauses_total``                       429 answers that paused every worker
 ``recq_scheduled_jobs``                                entries on the schedule (read at scrape)
@@ -33,7 +34,7 @@ from worker.errors import UpstreamUnavailable
 logger = logging.getLogger(__name__)
 
 CALL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 def retry_reason(error: UpstreamUnavailable) -> str:
@@ -67,7 +68,8 @@ class Metrics:
         )
         self.rate_limit_wait = Histogram(
             "recq_rate_limit_wait_seconds",
-            "Time spent waiting for a call slot under RECQ_RATE_LIMIT.",
+            "Time spent waiting for a call slot under RECQ_RATE_LIMIT: in the worker's thread, "
+            "plus the wait on the schedule a job is handed back for.",
             buckets=WAIT_BUCKETS,
             registry=r,
         )

@@ -33,6 +33,15 @@ turn is worked out in :data:`_TRY`. A waiter that does not come back (its job wa
 worker died) keeps a slot from the others only until ``patience`` seconds past the time it was
 expected; :meth:`RateLimiter.leave` drops it at once.
 
+**Pairs.** A scheduled start makes two calls in a row, its meeting check and then its start, and
+takes one turn for both: the check's grant keeps a second slot for the start (logged as
+``kept:<ticket>``), or, at one call a period, keeps the ticket at the head of the line. The start
+is sent only once the check is answered, so its slot is logged again when it goes: had it stayed
+logged at the check's grant, a check slower than the margin would let the fleet put one call too
+many in a period. Moving a slot that is still in the window is always allowed (every window
+ending at that moment counts it already), so a start whose check took less than a window never
+waits behind calls granted meanwhile.
+
 Time is Redis's own (``TIME`` inside the script), so the workers' clocks need not agree. Redis
 5 or later is needed to write after reading ``TIME`` in a script.
 
@@ -43,8 +52,9 @@ waiters are told their turns counted from its end, so they do not all come back 
 
 Layout for namespace ``recq``:
 
-- ``recq:ratelimit:log`` the sorted set of grants (member unique, score in microseconds of Redis
-  time); it expires one window after the last grant, so an idle limiter leaves nothing behind;
+- ``recq:ratelimit:log`` the sorted set of grants (member unique, or ``kept:<ticket>`` for a
+  slot kept for a pair's second call; score in microseconds of Redis time); it expires one
+  window after the last grant, so an idle limiter leaves nothing behind;
 - ``recq:ratelimit:pause`` present while a pause is in force; its value is the resume time (epoch
   milliseconds of Redis time) and its expiry is that same moment;
 - ``recq:ratelimit:line`` the sorted set of waiting tickets, scored by when each first queued;
@@ -71,7 +81,8 @@ from worker.errors import SettingsError
 
 # KEYS: log, pause, line, back. ARGV: count, window, member, ticket ('' for none), patience, log
 # expiry in ms, slots (how many calls the grant is for, at most count: a pair is granted when the
-# caller's turn has two free slots, as if it stood one place further back). Times and waits are in
+# caller's turn has two free slots, as if it stood one place further back), mode ('' for one call,
+# 'pair' for the first call of a pair, 'second' for the second). Times and waits are in
 # microseconds. An unlimited limiter passes count 0: only the pause applies.
 _TRY = """
 local count = tonumber(ARGV[1])
@@ -80,29 +91,60 @@ if count == 0 then
   return paused
 end
 local window, ticket, patience = tonumber(ARGV[2]), ARGV[4], tonumber(ARGV[5])
+local mode, kept = ARGV[8], 'kept:' .. ARGV[4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function keep_line()
+  local latest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  local expiry = math.ceil((tonumber(latest[2]) + patience - now) / 1000)
+  redis.call('PEXPIRE', KEYS[3], expiry)
+  redis.call('PEXPIRE', KEYS[4], expiry)
+end
+local function leave_line()
+  redis.call('ZREM', KEYS[3], ticket)
+  redis.call('ZREM', KEYS[4], ticket)
+end
 local overdue = string.format('(%d', now - patience)
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', overdue)) do
   redis.call('ZREM', KEYS[3], gone)
   redis.call('ZREM', KEYS[4], gone)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+-- The second call of a pair: the slot kept for it at the first call's grant is logged again
+-- now, as the call goes. While that slot is still in the window it is always free to move: the
+-- window ending now counts it already. A slot that has left the window, or a pause, sends the
+-- call to ask like any other, from the head of the line.
+if mode == 'second' and redis.call('ZREM', KEYS[1], kept) == 1 then
+  if paused == 0 then
+    redis.call('ZADD', KEYS[1], now, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+    leave_line()
+    return 0
+  end
+  redis.call('ZADD', KEYS[3], 0, ticket)
+end
 -- Everything is counted from the first moment a call may start: now, or the end of a pause.
 local start = now + paused
 local since = string.format('(%d', start - window)
 local held = redis.call('ZCOUNT', KEYS[1], since, '+inf')
 local free = math.max(count - held, 0)
 local rank = ticket ~= '' and redis.call('ZRANK', KEYS[3], ticket)
-local position = (rank or redis.call('ZCARD', KEYS[3])) + tonumber(ARGV[7]) - 1
+local slots = tonumber(ARGV[7])
+local position = (rank or redis.call('ZCARD', KEYS[3])) + slots - 1
 if position < free and paused == 0 then
-  for slot = 1, tonumber(ARGV[7]) do
-    redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. slot)
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  if slots == 2 then
+    redis.call('ZADD', KEYS[1], now, kept)
   end
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  if rank then
-    redis.call('ZREM', KEYS[3], ticket)
-    redis.call('ZREM', KEYS[4], ticket)
+  if mode == 'pair' and slots == 1 then
+    -- At one call a period the second call has no slot in this window: its ticket waits at
+    -- the head of the line, expected back when this grant leaves the window.
+    redis.call('ZADD', KEYS[3], 0, ticket)
+    redis.call('ZADD', KEYS[4], now + window, ticket)
+    keep_line()
+  elseif rank then
+    leave_line()
   end
   return 0
 end
@@ -121,11 +163,11 @@ if position >= free then
   local k = position - free
   local step = window / count
   local last = math.min(k, count - 1)
-  local slots = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES',
+  local grants = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES',
     'LIMIT', math.max(held - count, 0), last + 1)
   local base = -math.huge
   for j = 0, last do
-    local slot = slots[2 * j + 2] and tonumber(slots[2 * j + 2]) or start
+    local slot = grants[2 * j + 2] and tonumber(grants[2 * j + 2]) or start
     base = math.max(base, slot - j * step)
   end
   wait = math.ceil(base + window + k * step - now)
@@ -135,10 +177,7 @@ end
 if ticket ~= '' then
   redis.call('ZADD', KEYS[3], 'NX', now, ticket)
   redis.call('ZADD', KEYS[4], now + wait, ticket)
-  local latest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-  local expiry = math.ceil((tonumber(latest[2]) + patience - now) / 1000)
-  redis.call('PEXPIRE', KEYS[3], expiry)
-  redis.call('PEXPIRE', KEYS[4], expiry)
+  keep_line()
 end
 return wait
 """
@@ -204,8 +243,10 @@ def parse_rate(text: str) -> Rate:
                 [
                     f"RECQ_RATE_LIMIT={text!r} allows one call a period longer than "
                     f"{MAX_STEP_WAIT:g} s: a scheduled start makes two calls in a row (its "
-                    "meeting check, then the start) and could never make both; give the same "
-                    f"rate as two calls, RECQ_RATE_LIMIT={Rate(2, 2 * period)}"
+                    "meeting check, then the start), and the start cannot wait a whole period "
+                    "for the next slot; allow at least two calls a period: "
+                    f"RECQ_RATE_LIMIT={Rate(2, 2 * period)} keeps the same average rate but "
+                    f"lets two calls go together, RECQ_RATE_LIMIT={Rate(2, period)} doubles it"
                 ]
             )
         if count >= 1 and period > 0:
@@ -267,19 +308,33 @@ class RateLimiter:
         count, window_us, _, _ = self._args
         return window_us / count / 1_000_000 if count else 0.0
 
-    def try_acquire(self, ticket: str | None = None, *, pair: bool = False) -> float:
+    def try_acquire(
+        self, ticket: str | None = None, *, pair: bool = False, second: bool = False
+    ) -> float:
         """Take a slot if it is this caller's turn: 0.0 when granted, else seconds to wait (> 0).
 
         With a ticket (the job's id, the same on every re-delivery) a refused caller takes its
         place in the line, or keeps the one it has, and the wait is until its own turn. Without
         one the caller is refused whenever anyone is waiting, and told when a newcomer's turn is.
-        With ``pair`` (when :attr:`pairs`) the grant is for two calls made one after the other,
-        as a scheduled start's meeting check and its start: one turn for both.
+
+        ``pair`` and ``second`` are for two calls made one after the other by the same ticket,
+        such as a scheduled start's meeting check and its start: one turn for both. The first
+        call asks with ``pair``: with :attr:`pairs` its grant keeps a second slot for the
+        ticket, else (one call a period) it keeps the ticket at the head of the line. The second
+        call asks with ``second``, as it goes: the slot kept is logged anew at that moment
+        (VideoSDK sees the call then, not at the first grant), or the ticket is granted the next
+        free slot before anyone else. :meth:`leave` gives up what was kept when the second call
+        will not be made.
         """
+        if (pair or second) and not ticket:
+            raise ValueError("two calls in a row are granted to a ticket, and none was given")
+        if pair and second:
+            raise ValueError("a call is either the first of a pair or the second, not both")
         count, window_us, patience_us, expiry_ms = self._args
         member = uuid.uuid4().hex
         slots = 2 if pair and self.pairs else 1
-        args = [count, window_us, member, ticket or "", patience_us, expiry_ms, slots]
+        mode = "pair" if pair else "second" if second else ""
+        args = [count, window_us, member, ticket or "", patience_us, expiry_ms, slots, mode]
         wait_us = self._try(keys=self._keys, args=args)
         return int(wait_us) / 1_000_000
 
@@ -290,6 +345,7 @@ class RateLimiter:
         ticket: str | None = None,
         *,
         pair: bool = False,
+        second: bool = False,
     ) -> float:
         """Take a slot, sleeping the advised waits while their total stays within ``max_wait``.
 
@@ -298,20 +354,25 @@ class RateLimiter:
         keeps its place in the line until the job comes back.
         """
         waited = 0.0
-        while wait := self.try_acquire(ticket, pair=pair):
+        while wait := self.try_acquire(ticket, pair=pair, second=second):
             if waited + wait > max_wait:
                 return wait
             sleep(wait)
             waited += wait
         return 0.0
 
-    def leave(self, ticket: str) -> bool:
-        """Give up a ticket's place (its job will not come back); True if it was waiting."""
+    def leave(self, *tickets: str) -> int:
+        """Give up the tickets' places in line, and the slots kept for their second calls (their
+        jobs will not come back, or will not make that call), in one round trip. Returns how
+        many places and kept slots were given up."""
+        if not tickets:
+            return 0
         with self._client.pipeline(transaction=True) as pipe:
-            pipe.zrem(self._keys[2], ticket)
-            pipe.zrem(self._keys[3], ticket)
-            removed, _ = pipe.execute()
-        return bool(removed)
+            pipe.zrem(self._keys[2], *tickets)
+            pipe.zrem(self._keys[3], *tickets)
+            pipe.zrem(self._keys[0], *(f"kept:{ticket}" for ticket in tickets))
+            waiting, _, kept = pipe.execute()
+        return int(waiting) + int(kept)
 
     def pause(self, seconds: float) -> float:
         """Stop every worker's calls for ``seconds`` (after a 429), unless a longer pause runs.

@@ -132,8 +132,9 @@ class _Attempts:
     recorded: bool = False
     """The claim recorded the job running this delivery's first attempt (:class:`Start`): the
     first call goes without a state write of its own."""
-    checked: bool = False
-    """A scheduled start's meeting check found it live: the start follows at once."""
+    paired: bool = False
+    """A meeting check was granted as the first of a pair: the limiter keeps the start a slot
+    (or, at one call a period, the head of the line) until the start asks or the job leaves."""
 
     @property
     def total(self) -> int:
@@ -305,6 +306,18 @@ class JobRunner:
     ) -> Outcome:
         """Make the job's call, with retries, once it is due (and its meeting is live)."""
         try:
+            return self._attempt_calls(job, timing, claim, attempts, resuming=resuming)
+        finally:
+            if attempts.paired and self._limiter is not None:
+                # The check's grant kept the start a turn it will not take this delivery (the
+                # meeting was not live, or the check failed): the others have it now, not after
+                # the kept slot or the head of the line times out.
+                self._limiter.leave(job.id)
+
+    def _attempt_calls(
+        self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, *, resuming: bool
+    ) -> Outcome:
+        try:
             ended = None
             if not job.kind.stops and not resuming:
                 ended = self._unless_ready(job, timing, claim, attempts)
@@ -314,7 +327,7 @@ class JobRunner:
                 return ended
             self._policy.call(lambda: self._call(job, attempts), deadline=attempts.deadline)
         except RateLimited as exc:
-            return self._await_slot(job, claim, attempts, exc.wait)
+            return self._no_slot(job, timing, claim, attempts, exc.wait)
         except UpstreamUnavailable as exc:
             return self._requeue_or_fail(job, attempts, claim, exc, deadline=timing.deadline)
         except UpstreamError as exc:
@@ -364,7 +377,6 @@ class JobRunner:
         if before_stop and self._policy.call(
             lambda: self._live(job, attempts), deadline=check_until
         ):
-            attempts.checked = True
             return None
         now = self._clock()
         if now >= deadline:
@@ -398,34 +410,40 @@ class JobRunner:
         return ongoing_session(self._get(job, attempts, Endpoints.SESSIONS, page))
 
     def _get(self, job: Job, attempts: _Attempts, path: str, params: Mapping[str, str]) -> Answer:
-        # A start's check and its start take one turn of the rate limit, a pair of slots: the
-        # start, a moment later, goes without asking (a batch makes no call after its check).
-        pair = not job.kind.fans_out
-        paired = pair and self._limiter is not None and self._limiter.pairs
-        if paired:  # a grant before covered the start, not this call (a retry, a second page)
-            attempts.cleared = False
-        self._take_slot(job, attempts, pair=pair)
-        attempts.cleared = paired
+        # A start's check and its start take one turn of the rate limit, a pair of slots (a
+        # batch makes no call after its check).
+        self._take_slot(job, attempts, pair=not job.kind.fans_out)
         try:
-            return self._client.get(path, params)
+            answer = self._client.get(path, params)
         except UpstreamUnavailable as exc:
+            attempts.last_error = exc
             self._slow_down(exc)
             raise
+        attempts.last_error = None  # the start, next, is not a retry of the check
+        return answer
 
     def _take_slot(self, job: Job, attempts: _Attempts, *, pair: bool = False) -> None:
         """Wait briefly for a call slot under the fleet-wide rate limit, or raise RateLimited.
 
-        At one call a period no pair fits in a turn: a start after its check waits for the next
-        slot, up to one step more (1.05 s at 1/s), never past :data:`MAX_STEP_WAIT`."""
+        A start after its check asks as the second of their pair: it goes at once, its kept
+        slot logged as it goes; or, at one call a period, it waits for the next slot at the head
+        of the line, up to one step more (1.05 s at 1/s), never past :data:`MAX_STEP_WAIT`."""
         if self._limiter is None:
             return
-        if attempts.cleared:  # a grant a moment ago covered this call too
+        if attempts.cleared:  # the claim found no pause, and there is no rate to ask
             attempts.cleared = False
             return
+        second = attempts.paired and not pair
         began = time.perf_counter()
-        step = min(self._limiter.step, MAX_STEP_WAIT) if attempts.checked else 0.0
-        wait = self._limiter.acquire(self._limits.rate_wait + step, ticket=job.id, pair=pair)
-        self._metrics.rate_limit_wait.observe(time.perf_counter() - began)
+        step = min(self._limiter.step, MAX_STEP_WAIT) if second else 0.0
+        wait = self._limiter.acquire(
+            self._limits.rate_wait + step, ticket=job.id, pair=pair, second=second
+        )
+        # The wait in this thread, and the one on the schedule it is told to take, if any.
+        self._metrics.rate_limit_wait.observe(time.perf_counter() - began + wait)
+        # Granted as a pair, the ticket keeps the start's turn; refused, it waits in line for
+        # the job's return: either way it is the limiter's to keep, not this delivery's to drop.
+        attempts.paired = pair and wait == 0 and self._limiter.rate is not None
         if wait > 0:
             self._metrics.rate_limit_requeued.inc()
             raise RateLimited(wait)
@@ -437,12 +455,28 @@ class JobRunner:
             self._limiter.pause(min(asked, self._limits.max_pause))
             self._metrics.rate_limit_pauses.inc()
 
+    def _no_slot(
+        self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, wait: float
+    ) -> Outcome:
+        """A call found no slot: the job waits for its turn on the schedule. A retry is still a
+        retry after an outage: re-queued as one, counted against the outage window (it was
+        waited out forever, each delivery making one attempt and finding no slot for the next).
+        """
+        if attempts.last_error is not None:
+            error = attempts.last_error
+            return self._requeue_or_fail(
+                job, attempts, claim, error, deadline=timing.deadline, at_least=wait
+            )
+        return self._await_slot(job, claim, attempts, wait)
+
     def _await_slot(self, job: Job, claim: Claim, attempts: _Attempts, wait: float) -> Outcome:
-        """Back on the schedule until the rate limit's turn comes, in the state it was in."""
+        """Back on the schedule until the rate limit's turn comes, in the state it was in; its
+        record says when (``slotAt``), as ``recq status`` shows."""
         state = State(claim.state) if claim.state else State.QUEUED
         due = self._clock() + wait
         report = attempts.report(state)
-        self._reporter.record(job, report, extra={"deliveries": 0}, release=claim.lease)
+        extra = {"deliveries": 0, "slotAt": due}
+        self._reporter.record(job, report, extra=extra, release=claim.lease)
         self._schedule.add(Delivery(job.id, job.kind.task_name, dict(job.body), due))
         return Outcome(job.id, state, attempts.total, deferred=True, released=True)
 
@@ -519,12 +553,15 @@ class JobRunner:
         error: UpstreamUnavailable,
         *,
         deadline: float | None = None,
+        at_least: float = 0.0,
     ) -> Outcome:
+        """Re-queue a job VideoSDK was unavailable for, backing off (at least ``at_least``
+        seconds, a rate limit's turn), or fail it once its outage window or deadline passes."""
         now = self._clock()
         since = claim.outage_since or now
         requeues = claim.requeues
         delay = min(self._limits.requeue_delay * 2**requeues, self._limits.max_requeue_delay)
-        delay = max(delay, error.retry_after or 0.0)
+        delay = max(delay, error.retry_after or 0.0, at_least)
         info = error.info()
         if now + delay - since > self._limits.outage_window:
             window = f"VideoSDK stayed unavailable beyond the {self._limits.outage_window:.0f} s"
@@ -596,6 +633,10 @@ class JobRunner:
         """
         state = State.FAILED if error else State.SUCCEEDED
         report = attempts.report(state, error=error, reconciled=reconciled)
+        if error is not None and self._limiter is not None and self._limiter.rate is not None:
+            # It may have been waiting for its turn (its deadline came first): it leaves the
+            # line, and the jobs behind it do not wait for it. (A success was granted its slot.)
+            self._limiter.leave(job.id)
         if error is not None:
             kept = received if received is not None else dict(job.body)
             self._reporter.dead_letter(

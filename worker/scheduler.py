@@ -22,6 +22,7 @@ from typing import Any
 
 from worker.errors import InvalidJob, JobConflict, UnknownJob
 from worker.jobs import BY_NAME, BY_TASK, Job, child_jobs, stop_job_for
+from worker.rate_limit import RateLimiter
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
 from worker.scripts import as_text
@@ -126,8 +127,10 @@ class Scheduler:
         grace: float = DEFAULT_GRACE,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._schedule = schedule
+        self._limiter = limiter
         self._reporter = reporter
         self._store = reporter.store
         self._claim_key = claim_key
@@ -193,6 +196,14 @@ class Scheduler:
         Raises :class:`~worker.errors.UnknownJob`, or :class:`~worker.errors.JobConflict` when
         the job already ended (with no stop pending) or is being run right now.
         """
+        done = self._cancel_one(job_id)
+        if self._limiter is not None and done.cancelled:
+            # A job waiting for its turn under the rate limit gives up its place in line: the
+            # jobs behind it are not made to wait for one that will never come.
+            self._limiter.leave(*done.cancelled)
+        return done
+
+    def _cancel_one(self, job_id: str) -> Cancellation:
         tried = self._patiently(job_id)
         if tried.answer == "published" or (
             tried.job.kind.fans_out

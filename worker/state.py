@@ -64,6 +64,8 @@ TERMINAL_STATES = frozenset(
 # the new state never finds the claim still taken.
 # KEYS: the job's hash and history (and the claim). ARGV: now, the history entry, ttl, history
 # length, unless-ended flag, clear-error flag, claim token or '', then the fields as name, value...
+# A job's turn under the rate limit (slotAt) is kept only by the write that set it: any later
+# write means the job has moved on.
 # The counts of attempts made and of those proven unapplied only ever rise: a writer holding an
 # older count (a reschedule racing a delivery, a message failed before its claim) keeps the
 # record's, so no write can make an attempt that may have started a recording look unmade.
@@ -85,7 +87,9 @@ WRITE_FUNCTION = (
   end
   redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1])
   local fields = {unpack(ARGV, 8)}
+  local slot = false
   for i = 1, #fields - 1, 2 do
+    slot = slot or fields[i] == 'slotAt'
     if fields[i] == 'attempts' or fields[i] == 'unapplied' then
       local held = tonumber(redis.call('HGET', KEYS[1], fields[i]) or '0')
       if tonumber(fields[i + 1]) < held then
@@ -96,6 +100,9 @@ WRITE_FUNCTION = (
   redis.call('HSET', KEYS[1], unpack(fields))
   if ARGV[6] == '1' then
     redis.call('HDEL', KEYS[1], 'error')
+  end
+  if not slot then
+    redis.call('HDEL', KEYS[1], 'slotAt')
   end
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
@@ -173,6 +180,8 @@ class JobRecord:
     retry_at: float | None = None
     due_at: float | None = None
     """When a scheduled or waiting job runs next."""
+    slot_at: float | None = None
+    """When a job back on the schedule for want of a slot under the rate limit has its turn."""
     deadline: float | None = None
     stop_job_id: str | None = None
     """The stop job a start with ``stopAt`` scheduled when it succeeded."""
@@ -200,6 +209,8 @@ class JobRecord:
             data["retryAt"] = epoch_iso(self.retry_at)
         if self.due_at is not None and self.state in (State.SCHEDULED, State.WAITING):
             data["dueAt"] = epoch_iso(self.due_at)
+        if self.slot_at is not None and not self.state.terminal:
+            data["slotAt"] = epoch_iso(self.slot_at)
         if self.deadline is not None and not self.state.terminal:
             data["deadline"] = epoch_iso(self.deadline)
         if self.stop_job_id is not None:
@@ -450,6 +461,7 @@ class JobStore:
             requeues=int(fields.get("requeues", 0)),
             retry_at=_float(fields.get("retryAt")),
             due_at=_float(fields.get("dueAt")),
+            slot_at=_float(fields.get("slotAt")),
             deadline=_float(fields.get("deadline")),
             stop_job_id=fields.get("stopJobId"),
             batch_id=fields.get("batchId"),

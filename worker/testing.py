@@ -1,17 +1,18 @@
 """Helpers for testing systems built on recq: waiting for a job's end, hand-building a message,
-running `recq worker` processes.
+running `recq worker` processes, counting calls against a rate limit.
 
 Shipped with the package so that users' own integration tests (and ours) can use them.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,14 @@ def wait_for_state(
             return record
         time.sleep(0.05)
     raise TimeoutError(f"job {job_id} did not reach {[s.value for s in states]}; last {record}")
+
+
+def busiest_window(times: Iterable[float], width: float) -> int:
+    """The most of ``times`` (such as when VideoSDK saw each call) that fall in any half-open
+    window ``[t, t + width)``: what a rate limit of that period must keep within its count."""
+    ordered = sorted(times)
+    ends = (bisect.bisect_left(ordered, t + width) - i for i, t in enumerate(ordered))
+    return max(ends, default=0)
 
 
 def celery_message(

@@ -21,7 +21,7 @@ from worker.publisher import TaskMessage
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.settings import Credentials, Secret
 from worker.state import State
-from worker.testing import Workers, wait_for_state, worker_env
+from worker.testing import Workers, busiest_window, wait_for_state, worker_env
 from worker.tokens import TokenSigner
 from worker.videosdk import VideoSDKClient, build_session
 
@@ -38,17 +38,6 @@ def bulk(participants: int, kinds: list[str], **fields: Any) -> dict[str, Any]:
         "kinds": kinds,
         **fields,
     }
-
-
-def busiest_window(times: list[float], width: float) -> int:
-    """The most calls that fall in any window of ``width`` seconds."""
-    times = sorted(times)
-    most, first = 0, 0
-    for last, at in enumerate(times):
-        while at - times[first] >= width:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 def test_two_workers_under_5_per_second_never_start_more_than_5_calls_in_a_second(

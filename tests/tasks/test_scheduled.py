@@ -17,8 +17,10 @@ import pytest
 from worker.celery_app import create_app
 from worker.jobs import START_RECORDING, STOP_RECORDING
 from worker.producer import Producer
+from worker.sandbox import Fault
 from worker.state import State, epoch_iso
-from worker.testing import Workers, wait_for_state, worker_env
+from worker.testing import Workers, busiest_window, wait_for_state, worker_env
+from worker.videosdk import Endpoints
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +142,27 @@ def test_a_scheduled_stop_ends_the_recording_on_time(app, running_worker, sandbo
     assert stop.body == {"roomId": "timed"}
     assert 0 <= stop.at - stop_at < 2.0
     assert not sandbox.recording_running("timed")
+
+
+def test_slow_meeting_checks_do_not_take_the_fleet_past_its_rate_limit(settings, sandbox):
+    """Two `recq worker` processes at RECQ_RATE_LIMIT=2/s; VideoSDK takes 0.4 s to answer
+    each meeting check. Four scheduled starts and eight plain ones: counted by when VideoSDK saw
+    them, no second holds more than two calls, and every job starts. (A start's slot used to be
+    logged at its check's grant: with checks slower than the 50 ms margin, the fleet put a third
+    call into a second.)"""
+    env = worker_env(settings, RECQ_RATE_LIMIT="2/s")
+    sandbox.inject(Fault(latency=0.4, path=Endpoints.SESSIONS, times=10))
+    with create_app(settings) as app, Workers(env) as workers:
+        workers.start(concurrency=4)
+        workers.start(concurrency=4)
+        wait_for_workers(app, 2)
+        scheduled = scheduled_rooms(app, "checked", 4, time.time())
+        plain = Producer(app).enqueue_many(
+            START_RECORDING, [{"roomId": f"plain-{n}"} for n in range(8)]
+        )
+        wait_for_all(app, scheduled + plain, State.SUCCEEDED, timeout=60)
+    arrivals = [call.at for call in sandbox.calls]
+    most = busiest_window(arrivals, 1.0)
+    print(f"\n2/s, 0.4 s checks: {len(arrivals)} calls; at most {most} in any second")
+    assert len(sandbox.calls_to(START)) == 12
+    assert most <= 2

@@ -15,6 +15,7 @@ from worker.dead_letters import DeadLetters
 from worker.enqueuer import RecordThenPublish
 from worker.events import Event, Events
 from worker.fanout import FanOut
+from worker.metrics import Metrics
 from worker.publisher import TaskMessage
 from worker.reporter import Reporter
 from worker.retry import RetryPolicy
@@ -176,6 +177,7 @@ def make_runner(
         limiter: Any = None,
         fan_out: FanOut = fan_out,
         policy: RetryPolicy = policy,
+        metrics: Metrics | None = None,
     ) -> JobRunner:
         client = make_client(read_timeout=read_timeout)
         claimed = claims
@@ -192,6 +194,7 @@ def make_runner(
             limiter=limiter,
             limits=limits or Limits(),
             clock=clock,
+            metrics=metrics,
         )
 
     return make

@@ -289,6 +289,20 @@ class TestStatusAndEvents:
         assert result.returncode == 1
         assert "no job 'no-such-job'" in result.stderr
 
+    def test_a_job_waiting_for_a_rate_limit_slot_says_so_and_until_when(
+        self, env, redis_url, namespace
+    ):
+        """Back on the schedule for want of a slot it is still `queued`: the status says why it
+        has not run, and when its turn comes. It used to show `queued` and nothing more."""
+        store = JobStore(redis.Redis.from_url(redis_url), namespace=namespace)
+        store.transition("slow-1", State.QUEUED, extra={"slotAt": 1_900_000_000.0})
+        lines = recq("status", "slow-1", env=env).stdout.splitlines()
+        assert lines[0] == "slow-1: queued"
+        assert lines[2] == (
+            "  rate limit: no call slot free (RECQ_RATE_LIMIT); "
+            "its turn is at 2030-03-17T17:46:40.000Z"
+        )
+
     def test_a_message_of_an_unknown_task_shows_its_state_and_error_alone(
         self, env, redis_url, namespace
     ):
