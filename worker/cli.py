@@ -608,7 +608,8 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
     if args.json:
         print(json.dumps({**record.to_json(), **(batch or {})}, indent=2))
         return 0
-    target = " ".join(f"{k}={v}" for k, v in (record.target or {}).items())
+    # A message refused before its job could be read has an empty target: nothing to show.
+    target = " ".join(f"{k}={v}" for k, v in (record.target or {}).items() if v not in ("", None))
     # A message of an unknown task is recorded with neither kind nor target.
     about = "; ".join(part for part in (record.kind, target) if part)
     print(f"{record.id}: {record.state.value}" + (f" ({about})" if about else ""))

@@ -23,6 +23,8 @@ from worker.validation import MAX_BULK_JOB_BYTES
 MAX_JOB_BYTES = MAX_BULK_JOB_BYTES
 """The largest job a letter keeps, measured as validation measures a job: every job valid
 enough to run (the largest kind is a bulk job) is kept whole for its replay."""
+_PAGE = 500
+"""Letters read per round trip when listing them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +79,26 @@ class DeadLetters:
         raw = self._redis.hget(self._letters, job_id)
         return None if raw is None else _letter(job_id, raw)
 
-    def list(self, limit: int = 1000) -> list[DeadLetter]:
-        """The most recent letters first."""
-        ids: list[bytes] = self._redis.zrevrange(self._index, 0, limit - 1)  # type: ignore[assignment]
-        if not ids:
-            return []
-        found = zip(ids, self._redis.hmget(self._letters, ids), strict=True)
-        return [_letter(as_text(job_id), raw) for job_id, raw in found if raw is not None]
+    def list(self, limit: int | None = None) -> list[DeadLetter]:
+        """The most recent letters first: all of them, or the ``limit`` most recent. (It used
+        to stop at 1,000 without a word, and `recq dead replay --all` with it.)"""
+        letters: list[DeadLetter] = []
+        seen: set[str] = set()
+        start = 0
+        while limit is None or start < limit:
+            stop = start + _PAGE if limit is None else min(start + _PAGE, limit)
+            ids: list[bytes] = self._redis.zrevrange(self._index, start, stop - 1)  # type: ignore[assignment]
+            if ids:
+                found = zip(ids, self._redis.hmget(self._letters, ids), strict=True)
+                for job_id, raw in found:
+                    # A letter added meanwhile shifts the pages: none is listed twice.
+                    if raw is not None and (name := as_text(job_id)) not in seen:
+                        seen.add(name)
+                        letters.append(_letter(name, raw))
+            if len(ids) < stop - start:
+                break
+            start = stop
+        return letters
 
     def remove_if_unchanged(self, letter: DeadLetter) -> bool:
         """Remove ``letter`` unless a newer one replaced it meanwhile (its replay failed again
@@ -124,11 +139,16 @@ def _letter(job_id: str, raw: bytes | str) -> DeadLetter:
     shown as such rather than stopping every command that lists letters."""
     try:
         data = json.loads(raw)
+        error = dict(data["error"])
+        # Every reader may count on a reason and a message (one written without them made the
+        # replay of a job the broker refused raise KeyError).
+        error["reason"] = str(error.get("reason") or "unknown")
+        error["message"] = str(error.get("message") or "")
         return DeadLetter(
             job_id=str(data["id"]),
             task=data.get("task"),
             job=data.get("job"),
-            error=dict(data["error"]),
+            error=error,
             attempts=int(data.get("attempts", 0)),
             failed_at=float(data["failedAt"]),
         )

@@ -114,6 +114,21 @@ class Producer:
         kind = BY_TASK.get(letter.task or "")
         if kind is None:
             raise InvalidJob([Violation("", "unknown-task", f"no task is named {letter.task!r}")])
+        if not letter.job:
+            # Its message could not be run at all (malformed, undecodable): validating the
+            # nothing it kept said "roomId is required", as if the job had been written wrong.
+            reason = letter.error["reason"]
+            raise InvalidJob(
+                [
+                    Violation(
+                        "",
+                        "no-job",
+                        f"the dead letter keeps no job to replay: its message could not be run "
+                        f"({reason}); publish the job again instead",
+                    )
+                ],
+                job_id=job_id,
+            )
         job = validate(kind.name, letter.job, job_id=job_id)
         if (too_late := _too_late(kind, job, time.time())) is not None:
             raise InvalidJob([too_late], job_id=job_id)

@@ -155,7 +155,7 @@ class TestDeadLetters:
         time.sleep(0.01)
         letters.add("again-1", task=None, job=JOB, error={"reason": "y"}, attempts=2)
         assert letters.remove_if_unchanged(first) is False
-        assert letters.get("again-1").error == {"reason": "y"}
+        assert letters.get("again-1").error == {"reason": "y", "message": ""}
 
     def test_a_replay_the_broker_refuses_leaves_the_job_failed_to_replay_again(self, app):
         """The job was recorded queued, then the publish failed: it stayed queued with nothing
@@ -174,6 +174,49 @@ class TestDeadLetters:
             Producer(broken).replay("cut-1")
         assert app.store.get("cut-1").state is State.FAILED
         assert app.dead_letters.get("cut-1") is not None
+
+    def test_a_replay_the_broker_refuses_fails_the_job_even_from_a_letter_without_a_message(
+        self, app
+    ):
+        """A letter whose error has a reason and no message made that path raise KeyError,
+        leaving the job queued with nothing on its way."""
+        app.runner.refuse("cut-2", START_RECORDING.task_name, reason="x", message="first")
+        app.dead_letters.add(
+            "cut-2", task=START_RECORDING.task_name, job=JOB, error={"reason": "x"}, attempts=0
+        )
+        broken = create_app(app.settings.replace(broker_url=f"redis://127.0.0.1:{free_port()}/0"))
+        broken.producer_store = app.producer_store
+        with pytest.raises(BrokerUnavailable):
+            Producer(broken).replay("cut-2")
+        assert app.store.get("cut-2").error["reason"] == "x"
+        assert app.store.get("cut-2").state is State.FAILED
+
+    def test_a_message_that_could_not_be_run_is_not_replayed_as_if_its_job_were_wrong(self, app):
+        """Its letter keeps no job: the replay says so, not "roomId is required"."""
+        app.runner.refuse(
+            "junk-2", START_RECORDING.task_name, reason="malformed_message", message="no args"
+        )
+        with pytest.raises(InvalidJob, match=r"keeps no job to replay.*\(malformed_message\)"):
+            Producer(app).replay("junk-2")
+        assert app.dead_letters.get("junk-2") is not None
+
+    def test_every_letter_is_listed_past_a_thousand(self, app):
+        """`recq dead list` and `replay --all` stopped at 1,000 letters without a word."""
+        letters = app.dead_letters
+        pipe = app.redis.pipeline(transaction=False)
+        for n in range(1_205):
+            letter = {"id": f"many-{n}", "job": JOB, "error": {"reason": "x"}, "failedAt": n}
+            pipe.hset(f"{app.settings.namespace}:dead", f"many-{n}", json.dumps(letter))
+            pipe.zadd(f"{app.settings.namespace}:dead:index", {f"many-{n}": n})
+        pipe.execute()
+        listed = [letter.job_id for letter in letters.list()]
+        assert len(listed) == 1_205
+        assert listed[:2] == ["many-1204", "many-1203"]
+        assert [letter.job_id for letter in letters.list(limit=3)] == [
+            "many-1204",
+            "many-1203",
+            "many-1202",
+        ]
 
     def test_a_letter_recq_did_not_write_is_shown_as_unreadable(self, app):
         """One bad letter stopped recq dead list, show and replay for every other letter."""

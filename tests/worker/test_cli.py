@@ -22,6 +22,7 @@ import requests
 from worker.cli import WORKER_DEFAULTS, requested_pool
 from worker.errors import ErrorInfo
 from worker.event_log import EventLog
+from worker.jobs import START_RECORDING
 from worker.processes import stop_process
 from worker.redis_server import free_port, redis_server_binary, throwaway_redis
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
@@ -288,6 +289,17 @@ class TestStatusAndEvents:
         result = recq("status", "no-such-job", env=env)
         assert result.returncode == 1
         assert "no job 'no-such-job'" in result.stderr
+
+    def test_a_message_refused_before_its_job_was_read_shows_no_empty_target(
+        self, env, redis_url, namespace
+    ):
+        """Its record has the kind, and a target with an empty roomId: it printed `roomId=`."""
+        store = JobStore(redis.Redis.from_url(redis_url), namespace=namespace)
+        error = ErrorInfo("malformed_message", "args is not a list")
+        target = START_RECORDING.target({})
+        store.transition("bad-1", State.FAILED, kind="start-recording", target=target, error=error)
+        lines = recq("status", "bad-1", env=env).stdout.splitlines()
+        assert lines[0] == "bad-1: failed (start-recording)"
 
     def test_a_job_waiting_for_a_rate_limit_slot_says_so_and_until_when(
         self, env, redis_url, namespace
