@@ -155,10 +155,8 @@ class RecqConsumer(Consumer):
                     raise
                 except Exception as exc:
                     logger.exception("refusing a malformed task message")
-                    message.reject_log_error(logger, self.connection_errors)
-                    self._refused(
-                        message, "malformed_message", f"the task message is malformed: {exc!r}"
-                    )
+                    detail = f"the task message is malformed: {exc!r}"
+                    self._rejected(message, "malformed_message", detail)
                     return None
 
         return on_task_received
@@ -181,16 +179,14 @@ class RecqConsumer(Consumer):
             return True
         content_type = getattr(message, "content_type", None)
         if not content_type:
-            message.reject_log_error(logger, self.connection_errors)
             detail = "the message names no content type: it must be application/json"
-            self._refused(message, "undecodable_message", detail)
+            self._rejected(message, "undecodable_message", detail)
             return True
         if content_type != "application/json" and _UTF8_JSON.fullmatch(str(content_type)):
             message.content_type = "application/json"
         problem = _id_problem(message, headers) or _body_problem(message)
         if problem is not None:
-            message.reject_log_error(logger, self.connection_errors)
-            self._refused(message, "malformed_message", problem)
+            self._rejected(message, "malformed_message", problem)
             return True
         return False
 
@@ -198,9 +194,8 @@ class RecqConsumer(Consumer):
         """A message with Celery's ``eta`` or ``expires``: Celery would hold it in memory (and
         run it twice once the visibility timeout passes) or discard it unrecorded. Refused,
         naming the job field that does it right (on RabbitMQ, rejected to the dead queue)."""
-        message.reject_log_error(logger, self.connection_errors)
         detail = "; ".join(_TIMING_HEADERS[name] for name in headers)
-        self._refused(message, "malformed_message", detail)
+        self._rejected(message, "malformed_message", detail)
 
     def _unreadable(self, message: Any, problem: str) -> None:
         """A message whose envelope the transport could not read: acknowledged, recorded."""
@@ -240,6 +235,11 @@ class RecqConsumer(Consumer):
             self._refused(message, "undecodable_message", detail)
             return
         self._refused(message, "malformed_message", f"the task message is malformed: {exc}")
+
+    def _rejected(self, message: Any, reason: str, detail: str) -> None:
+        """Reject a message (on RabbitMQ, to the dead queue) and record it refused."""
+        message.reject_log_error(logger, self.connection_errors)
+        self._refused(message, reason, detail)
 
     def _refused(self, message: Any, reason: str, detail: str) -> None:
         detail = redact(detail)  # an exception's text may quote the message, and what it holds

@@ -463,9 +463,8 @@ class JobRunner:
         waited out forever, each delivery making one attempt and finding no slot for the next).
         """
         if attempts.last_error is not None:
-            error = attempts.last_error
             return self._requeue_or_fail(
-                job, attempts, claim, error, deadline=timing.deadline, at_least=wait
+                job, attempts, claim, attempts.last_error, deadline=timing.deadline, at_least=wait
             )
         return self._await_slot(job, claim, attempts, wait)
 
@@ -637,6 +636,7 @@ class JobRunner:
             # It may have been waiting for its turn (its deadline came first): it leaves the
             # line, and the jobs behind it do not wait for it. (A success was granted its slot.)
             self._limiter.leave(job.id)
+            attempts.paired = False  # what a check's grant kept is given up too
         if error is not None:
             kept = received if received is not None else dict(job.body)
             self._reporter.dead_letter(

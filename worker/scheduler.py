@@ -16,7 +16,7 @@ script: no cancel, however it is cut short, leaves such a recording without its 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,11 +220,10 @@ class Scheduler:
         """One cancel, tried again for a moment while a delivery holds the job's claim (it may
         only be checking its meeting). Each try reads the job afresh: a start that succeeded
         meanwhile has its pending stop cancelled, as if the cancel had come a moment later."""
-        for pause in (*_BUSY_RETRY, None):
+        for last in self._tries():
             tried = self._try(job_id)
-            if tried.answer != "running" or pause is None:
+            if tried.answer != "running" or last:
                 break
-            self._sleep(pause)
         return tried
 
     def _try(self, job_id: str) -> _Tried:
@@ -277,7 +276,7 @@ class Scheduler:
         being run stay busy; each is tried again for a moment, all of them together."""
         done: dict[str, tuple[Any, ...]] = {"cancelled": (), "pending_stops": (), "stops": ()}
         busy = self._children(batch)
-        for pause in (*_BUSY_RETRY, None):
+        for last in self._tries():
             still_busy = []
             for child_id in busy:
                 try:
@@ -290,9 +289,8 @@ class Scheduler:
                 elif tried.answer == "running":
                     still_busy.append(child_id)
             busy = still_busy
-            if not busy or pause is None:
+            if not busy or last:
                 break
-            self._sleep(pause)
         if not any(done.values()) and not busy:
             raise JobConflict(
                 f"batch {batch.id}: every child already ended, none with a stop pending: "
@@ -304,20 +302,26 @@ class Scheduler:
         """The ids of a batch's children, once its fan-out published every one of them: a
         child not yet published cannot be cancelled (the fan-out would publish it after)."""
         batches = self._reporter.batches
-        for pause in (*_BUSY_RETRY, None):
+        published = total = 0
+        for _ in self._tries():
             progress, body = batches.progress(batch.id), batches.job(batch.id)
             if progress is None or body is None:
                 raise JobConflict(f"batch {batch.id} has no progress left to read (expired)")
-            if progress.published >= progress.total:
+            published, total = progress.published, progress.total
+            if published >= total:
                 return [child.id for child in child_jobs(Job(batch.id, batch.kind, body))]
-            if pause is None:
-                raise JobConflict(
-                    f"batch {batch.id} has published {progress.published} of its "
-                    f"{progress.total} children and publishes the rest when its delivery "
-                    "resumes: try again then"
-                )
+        raise JobConflict(
+            f"batch {batch.id} has published {published} of its {total} children and "
+            "publishes the rest when its delivery resumes: try again then"
+        )
+
+    def _tries(self) -> Iterator[bool]:
+        """One per try of a step that meets a delivery at work, True for the last: between
+        two, the next pause of :data:`_BUSY_RETRY` (none once the caller stops asking)."""
+        for pause in _BUSY_RETRY:
+            yield False
             self._sleep(pause)
-        raise AssertionError("unreachable: the last pause is None")
+        yield True
 
     def reschedule(
         self,
