@@ -18,14 +18,18 @@ from typing import Any
 # at the beginning of a run (a lookbehind) or stops where the next try starts, its repeats are
 # possessive (no backtracking), and those that may fail after a long run are bounded.
 
-# Where a token or a URL's scheme may start: not inside a run of the characters it is made of,
-# or right after an escape sequence, which glues a letter or digit to it in JSON and reprs
-# ("\\nhttps://", "\\x00eyJ", "\\u0022eyJ"): VideoSDK's error bodies and Celery's lines.
+# Where a URL's scheme may start: not inside a run of the characters it is made of, or right
+# after an escape sequence, which glues a letter or digit to it in JSON and reprs
+# ("\\nredis://", "%3Dredis://"): VideoSDK's error bodies and Celery's lines.
 _ESCAPED = r"(?<=\\[nrtbfv0])|(?<=\\x[0-9a-fA-F]{2})|(?<=\\u[0-9a-fA-F]{4})|(?<=%[0-9a-fA-F]{2})"
 
-# Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"').
+# Three base64url segments, the first starting like a JSON object header ("eyJ" = '{"'), even
+# where something is glued to its front ("tokeneyJ...", "Bearer_eyJ...", or an escape sequence:
+# "\\u0022eyJ", "%3DeyJ"): what is glued (``glue``) stays, the token goes. The search starts only
+# at the beginning of a run of base64url characters and reads the glue to the run's first "eyJ",
+# so no run is read from more than one place.
 _JWT = re.compile(
-    rf"(?:(?<![A-Za-z0-9_-])|{_ESCAPED})"
+    r"(?<![A-Za-z0-9_-])(?P<glue>(?:(?!eyJ)[A-Za-z0-9_-])*+)"
     r"eyJ[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+\.[A-Za-z0-9_-]{4,}+"
 )
 # The query string and fragment of any URL: pre-signed URLs carry their signature and
@@ -80,7 +84,7 @@ def redact(text: str) -> str:
     """``text`` with tokens, URL query strings and fragments (plain or percent-encoded), and
     URL passwords replaced by ``[redacted]``."""
     if "eyJ" in text:
-        text = _JWT.sub(REDACTED, text)
+        text = _JWT.sub(lambda m: f"{m.group('glue')}{REDACTED}", text)
     if "@" in text:
         text = _URL_PASSWORD.sub(lambda m: f"{m.group('user')}{REDACTED}@", text)
     if _URL_HINT.search(text):

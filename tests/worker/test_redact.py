@@ -109,6 +109,31 @@ class TestEscapedAndEncoded:
         text = json.dumps({"message": f"token:\n{self.TOKEN}"})
         assert self.TOKEN.rsplit(".", 1)[1] not in redact(text)
 
+    @pytest.mark.parametrize(
+        "glue",
+        ["token", "Bearer_", "bearer-", "jwt1", "\\u0022", "\\x00", "%3D", "\\n"],
+        ids=[
+            "word",
+            "underscore",
+            "hyphen",
+            "digit",
+            "unicode-escape",
+            "hex-escape",
+            "percent",
+            "newline",
+        ],
+    )
+    def test_a_token_glued_to_a_word_keeps_no_token_and_the_word_stays(self, glue):
+        """A letter, digit, '_' or '-' right before "eyJ" hid the token from redaction: it
+        reached states, events and logs whole."""
+        text = f"rejected {glue}{self.TOKEN} for room"
+        assert redact(text) == f"rejected {glue}[redacted] for room"
+
+    def test_only_the_token_in_a_glued_run_goes(self):
+        """The run is read to its first "eyJ"; what follows the token's third segment stays."""
+        assert redact(f"x{self.TOKEN}.tail") == "x[redacted].tail"
+        assert redact("noteyJ.abcd.efgh") == "noteyJ.abcd.efgh"
+
     def test_an_escape_before_a_url_password_keeps_no_password(self):
         assert "s3cret" not in redact(json.dumps({"m": "\nredis://:s3cret@cache:6379/0"}))
 
@@ -164,6 +189,9 @@ class TestNoPathologicalText:
             "x\\u0041https://" * 15_000,
             "http://a\\" * 16_000,
             "redis%3A%2F%2F" * 5_000,
+            "x" * 100_000 + "eyJ" * 30_000,
+            "xeyJ" * 60_000,
+            "eyJabcd.eyJabcd.." * 15_000,
         ],
         ids=[
             "colons",
@@ -176,6 +204,9 @@ class TestNoPathologicalText:
             "escaped-urls",
             "backslashed-paths",
             "encoded-schemes",
+            "glued-jwt-starts",
+            "glued-jwt-start-runs",
+            "two-segment-jwts",
         ],
     )
     def test_a_long_adversarial_string_does_not_hang_redaction(self, text):
