@@ -64,8 +64,8 @@ TERMINAL_STATES = frozenset(
 # the new state never finds the claim still taken.
 # KEYS: the job's hash and history (and the claim). ARGV: now, the history entry, ttl, history
 # length, unless-ended flag, clear-error flag, claim token or '', then the fields as name, value...
-# A job's turn under the rate limit (slotAt) is kept only by the write that set it: any later
-# write means the job has moved on.
+# A job's turn under the rate limit (slotAt) and the time a re-queued job retries (retryAt) are
+# kept only by the write that set them: any later write means the job has moved on.
 # The counts of attempts made and of those proven unapplied only ever rise: a writer holding an
 # older count (a reschedule racing a delivery, a message failed before its claim) keeps the
 # record's, so no write can make an attempt that may have started a recording look unmade.
@@ -87,9 +87,9 @@ WRITE_FUNCTION = (
   end
   redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[1])
   local fields = {unpack(ARGV, 8)}
-  local slot = false
+  local passing = {slotAt = true, retryAt = true}
   for i = 1, #fields - 1, 2 do
-    slot = slot or fields[i] == 'slotAt'
+    passing[fields[i]] = nil
     if fields[i] == 'attempts' or fields[i] == 'unapplied' then
       local held = tonumber(redis.call('HGET', KEYS[1], fields[i]) or '0')
       if tonumber(fields[i + 1]) < held then
@@ -101,8 +101,12 @@ WRITE_FUNCTION = (
   if ARGV[6] == '1' then
     redis.call('HDEL', KEYS[1], 'error')
   end
-  if not slot then
-    redis.call('HDEL', KEYS[1], 'slotAt')
+  local gone = {}
+  for name in pairs(passing) do
+    gone[#gone + 1] = name
+  end
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[1], unpack(gone))
   end
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)

@@ -10,7 +10,7 @@ from worker.errors import Target
 from worker.jobs import START_RECORDING, START_TRACK_RECORDING
 from worker.runner import Limits
 from worker.sandbox import Fault
-from worker.state import Queued, State
+from worker.state import Queued, State, epoch_iso
 
 JOB = {"roomId": "r1", "metadata": {"meeting": "board"}}
 
@@ -191,6 +191,17 @@ class TestLongOutages:
         runner.run(START_RECORDING, JOB, job_id="j1")
         assert schedule.pending()[0].due == clock.now + 100
         assert store.get("j1").requeues == 2
+
+    def test_a_re_queued_job_says_when_it_retries_until_it_moves_on(
+        self, runner, sandbox, store, clock
+    ):
+        """Its record holds when it retries (`retryAt`, shown by `recq status`); the next write
+        drops it: a delivery retrying in-process no longer shows the re-queue's time, past."""
+        sandbox.inject(Fault(status=503, times=5))
+        runner.run(START_RECORDING, JOB, job_id="j1")
+        assert store.get("j1").to_json()["retryAt"] == epoch_iso(clock.now + 15)
+        store.transition("j1", State.RETRYING, attempt=7)  # as its next delivery's retry writes
+        assert "retryAt" not in store.get("j1").to_json()
 
     def test_the_outage_window_ends_in_failure(self, make_runner, sandbox, dead_letters, clock):
         """Past the outage window the job fails upstream_unavailable and becomes a dead letter."""
