@@ -12,28 +12,58 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from worker.event_log import EventLog
 from worker.publisher import redis_envelope, task_body
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.settings import Settings
 from worker.state import JobRecord, JobStore, State
+
+T = TypeVar("T")
+
+
+def _polled(read: Callable[[], T], ready: Callable[[T], bool], timeout: float) -> tuple[T, bool]:
+    """``read()`` every 50 ms until ``ready`` holds of it or ``timeout`` passes: the last
+    reading, and whether it was ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if ready(value):
+            return value, True
+        if time.monotonic() >= deadline:
+            return value, False
+        time.sleep(0.05)
 
 
 def wait_for_state(
     store: JobStore, job_id: str, *states: State, timeout: float = 20.0
 ) -> JobRecord:
     """The job's record once it is in one of ``states``; TimeoutError with the last one seen."""
-    deadline = time.monotonic() + timeout
-    record = None
-    while time.monotonic() < deadline:
-        record = store.get(job_id)
-        if record is not None and record.state in states:
-            return record
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} did not reach {[s.value for s in states]}; last {record}")
+    record, reached = _polled(
+        lambda: store.get(job_id), lambda r: r is not None and r.state in states, timeout
+    )
+    if not reached or record is None:
+        raise TimeoutError(f"job {job_id} did not reach {[s.value for s in states]}; last {record}")
+    return record
+
+
+def wait_for_events(
+    log: EventLog, event_type: str, count: int = 1, *, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """The logged events of ``event_type``, oldest first, once there are ``count`` of them;
+    TimeoutError with how many there were. An event may come a moment after the state it
+    reports: a batch's first ``batch.completed`` is published once its record is written."""
+    found, reached = _polled(
+        lambda: [event for event in log.read() if event["type"] == event_type],
+        lambda events: len(events) >= count,
+        timeout,
+    )
+    if not reached:
+        raise TimeoutError(f"{len(found)} {event_type} events logged, not {count}")
+    return found
 
 
 def busiest_window(times: Iterable[float], width: float) -> int:

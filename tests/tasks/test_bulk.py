@@ -21,7 +21,7 @@ from worker.publisher import TaskMessage
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
 from worker.settings import Credentials, Secret
 from worker.state import State
-from worker.testing import Workers, busiest_window, wait_for_state, worker_env
+from worker.testing import Workers, busiest_window, wait_for_events, wait_for_state, worker_env
 from worker.tokens import TokenSigner
 from worker.videosdk import VideoSDKClient, build_session
 
@@ -77,7 +77,7 @@ def test_a_batch_of_1000_tracks_ends_with_exact_counts(app, running_worker, sand
     starts = sandbox.accepted(TRACK_START)
     assert len(starts) == 1000
     assert len({(c.body["participantId"], c.body["kind"]) for c in starts}) == 1000
-    [completed] = [e for e in app.event_log.read() if e["type"] == "batch.completed"]
+    [completed] = wait_for_events(app.event_log, "batch.completed")
     assert len(completed["data"]["children"]) == 1000
 
 
@@ -103,7 +103,7 @@ def test_a_batch_with_rejected_children_ends_partially_failed_naming_them(
         app.store, batch_id, State.PARTIALLY_FAILED, State.SUCCEEDED, timeout=30
     )
     assert record.state is State.PARTIALLY_FAILED
-    [completed] = [e for e in app.event_log.read() if e["type"] == "batch.completed"]
+    [completed] = wait_for_events(app.event_log, "batch.completed")
     failed = [c for c in completed["data"]["children"] if c["state"] == "failed"]
     assert [(c["jobId"], c["error"]["status"]) for c in failed] == [("b-partial:audio:p0001", 400)]
     assert completed["data"]["counts"] == {"total": 6, "succeeded": 5, "failed": 1, "pending": 0}
@@ -121,7 +121,7 @@ def test_a_failed_child_replayed_to_success_completes_its_batch_again(app, runni
     Producer(app).replay("b-replayed:audio:p0001")
     record = wait_for_state(app.store, batch_id, State.SUCCEEDED, timeout=30)
     assert record.error is None
-    first, again = [e["data"] for e in app.event_log.read() if e["type"] == "batch.completed"]
+    first, again = [e["data"] for e in wait_for_events(app.event_log, "batch.completed", 2)]
     assert (first["state"], first["counts"]["failed"]) == ("partially_failed", 1)
     assert again["state"] == "succeeded"
     assert again["counts"] == {"total": 2, "succeeded": 2, "failed": 0, "pending": 0}
