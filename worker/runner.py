@@ -63,7 +63,7 @@ from worker.rate_limit import MAX_STEP_WAIT, RateLimiter
 from worker.reporter import Report, Reporter
 from worker.retry import RetryPolicy
 from worker.schedule import Delivery, Schedule
-from worker.scheduler import Scheduler
+from worker.scheduler import HeldStop, Scheduler
 from worker.state import Extra, JobRecord, State, epoch_iso
 from worker.timing import DEFAULT_GRACE, Timing
 from worker.validation import validate
@@ -354,20 +354,22 @@ class JobRunner:
         last_check = late_allowed and before_stop_at and now <= deadline + self._limits.live_poll
         if timing.past_deadline(now) and not last_check:
             message = _arrived_late(deadline, claim.outage_since)
-            extra: Extra = {}
+            stop = HeldStop()
             if attempts.maybe_applied:
                 # A recording that attempt started is stopped: at stopAt, or now (as a cancel).
-                extra = self._scheduler.hold_stop(
+                stop = self._scheduler.hold_stop(
                     job, at=None if timing.stop_at is not None else epoch_iso(now)
                 )
                 message += (
                     "; it was not started again, but an earlier attempt VideoSDK did not answer "
-                    f"may have started the recording: {extra['stopJobId']} stops it"
+                    f"may have started the recording: {stop.extra['stopJobId']} stops it"
                 )
             else:
                 message += "; it was not started"
             error = ErrorInfo(reason="start_deadline_passed", message=message)
-            return self._finish(job, attempts, error=error, claim=claim, extra=extra)
+            ended = self._finish(job, attempts, error=error, claim=claim, extra=stop.extra)
+            stop.announce_scheduled()
+            return ended
         if not timing.scheduled:
             return None
         before_stop = timing.stop_at is None or self._clock() < timing.stop_at
@@ -514,8 +516,10 @@ class JobRunner:
     ) -> Outcome:
         # Before the start is recorded: a crash in between redelivers the start, which is
         # reconciled and holds the stop again, never leaving a recording without its stop.
-        extra = self._scheduler.hold_stop(job)
-        return self._finish(job, attempts, reconciled=reconciled, extra=extra, claim=claim)
+        stop = self._scheduler.hold_stop(job)
+        ended = self._finish(job, attempts, reconciled=reconciled, extra=stop.extra, claim=claim)
+        stop.announce_scheduled()
+        return ended
 
     def _call(self, job: Job, attempts: _Attempts) -> None:
         # The slot first: a job re-queued for want of one has not made this attempt.

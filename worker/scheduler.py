@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from worker.errors import InvalidJob, JobConflict, UnknownJob
@@ -147,8 +147,10 @@ class Scheduler:
         fresh: bool = False,
         stopping: str | None = None,
         replacing: State | None = None,
+        announce: bool = True,
     ) -> State | None:
-        """Record ``job`` scheduled and put it on the schedule until ``timing.due``.
+        """Record ``job`` scheduled, put it on the schedule until ``timing.due``, and publish
+        its ``scheduled`` event (unless not ``announce``).
 
         A job that already ended is left alone (unless ``fresh``, a replay): its terminal state
         is returned instead. A stop held for a start that ran already names that start in
@@ -177,17 +179,24 @@ class Scheduler:
         )
         if ended is not None:
             return ended
-        self._reporter.announce(job, "scheduled", report)
+        if announce:
+            self._reporter.announce(job, "scheduled", report)
         return None
 
-    def hold_stop(self, start: Job, *, at: str | None = None) -> Extra:
-        """Hold the stop job of ``start`` until its ``stopAt``, or ``at``; the extra fields that
-        name it in the start's record ({} for a job with neither, or that is not a start)."""
+    def hold_stop(self, start: Job, *, at: str | None = None) -> HeldStop:
+        """Hold the stop job of ``start`` until its ``stopAt``, or ``at``, without announcing it
+        yet: the caller records the start's own end first, and then announces the stop (see
+        :class:`HeldStop`)."""
         stop = _stop_of(start, at=at)
         if stop is None:
-            return {}
-        self.hold(stop, stop.kind.timing(stop.body))
-        return {"stopJobId": stop.id}
+            return HeldStop()
+        timing = stop.kind.timing(stop.body)
+        if self.hold(stop, timing, announce=False) is not None:
+            return HeldStop({"stopJobId": stop.id})  # it ran already: nothing new to announce
+        report = _holding(stop, timing)[0]
+        return HeldStop(
+            {"stopJobId": stop.id}, lambda: self._reporter.announce(stop, "scheduled", report)
+        )
 
     def cancel(self, job_id: str) -> Cancellation:
         """Cancel a job that has not run yet, or the pending stop of a start that succeeded, or
@@ -261,14 +270,15 @@ class Scheduler:
         if answer != "cancelled":
             return _Tried(answer, named, job)
         attempts, stopped = found
-        extra: Extra = {}
-        stops: tuple[str, ...] = ()
-        if stop is not None and stopped:
-            extra, stops = {"stopJobId": stop.id}, (stop.id,)
-            self._reporter.announce(stop, "scheduled", held)
+        held_stop = stop if stop is not None and stopped else None
+        extra: Extra = {} if held_stop is None else {"stopJobId": held_stop.id}
         report = Report(State.CANCELLED, attempt=int(attempts))
         self._reporter.record_and_announce(job, "cancelled", report, extra=extra)
-        return _Tried(answer, named, job, stops)
+        if held_stop is None:
+            return _Tried(answer, named, job)
+        # Held by the script already; announced after the start's own end, as a start's is.
+        self._reporter.announce(held_stop, "scheduled", held)
+        return _Tried(answer, named, job, (held_stop.id,))
 
     def _cancel_children(self, batch: Job) -> Cancellation:
         """Cancel, as :meth:`cancel` would one by one, each child of a batch whose fan-out
@@ -284,8 +294,8 @@ class Scheduler:
                 except UnknownJob:  # expired: nothing is left to cancel
                     continue
                 if tried.answer == "cancelled":
-                    for field, ids in tried.done().items():
-                        done[field] += ids
+                    for outcome, ids in tried.done().items():
+                        done[outcome] += ids
                 elif tried.answer == "running":
                     still_busy.append(child_id)
             busy = still_busy
@@ -463,6 +473,21 @@ class Scheduler:
             return None
         stop = self._store.get(record.stop_job_id)
         return record.stop_job_id if stop is not None and not stop.state.terminal else None
+
+
+@dataclass(frozen=True, slots=True)
+class HeldStop:
+    """The stop job a start's end holds: the fields naming it in the start's record (none for
+    a start with no stop), and its ``scheduled`` event, to publish once the start's own end is.
+
+    The stop is held before the start is recorded ended, so that a crash in between redelivers
+    the start, which holds it again: no recording is left without its stop. Its event follows
+    the start's, so that a subscriber reads "started", then "its stop is scheduled" (a crash in
+    between loses only that event: the stop is held, and ``recq status`` shows it).
+    """
+
+    extra: Extra = field(default_factory=dict)
+    announce_scheduled: Callable[[], None] = lambda: None
 
 
 def _with_times(

@@ -252,11 +252,12 @@ class TestLateJobs:
         assert sandbox.accepted(Endpoints.START_RECORDING) == []
 
     def test_a_start_past_its_deadline_after_an_unanswered_attempt_keeps_its_stop(
-        self, make_runner, sandbox, schedule, store, clock
+        self, make_runner, sandbox, schedule, store, sink, clock
     ):
         """The first attempt started the recording, its answer lost to a 503; the retry comes
         after startDeadline. The job fails without a new start, saying the recording may run,
-        and the stop at stopAt is still scheduled: nothing it may have started runs on."""
+        and the stop at stopAt is still scheduled: nothing it may have started runs on. The
+        stop's `scheduled` event follows the start's `failed`."""
         stop_at = clock.now + 3600
         job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10), stopAt=epoch_iso(stop_at))
         outcome = retried_past_its_deadline(make_runner, sandbox, schedule, clock, job)
@@ -266,6 +267,8 @@ class TestLateJobs:
         assert store.get("j1").stop_job_id == "j1:stop"
         [stop] = schedule.pending()
         assert (stop.job_id, stop.due) == ("j1:stop", stop_at)
+        ended = [(event["type"], event["subject"]) for event in sink.events[-2:]]
+        assert ended == [("recording.failed", "j1"), ("recording.scheduled", "j1:stop")]
 
     def test_without_a_stop_at_such_a_start_is_stopped_at_once(
         self, make_runner, sandbox, schedule, store, clock
@@ -442,7 +445,8 @@ class TestScheduledStops:
     def test_a_start_with_stop_at_schedules_its_stop_when_it_succeeds(
         self, runner, schedule, store, sink, clock
     ):
-        """The stop job is <id>:stop, due at stopAt, with the same target and metadata."""
+        """The stop job is <id>:stop, due at stopAt, with the same target and metadata. Its
+        `scheduled` event follows the start's `started` (it used to come first)."""
         job = room_job(startAt=at(clock, 0), stopAt=at(clock, 3600))
         runner.run(START_RECORDING, job, job_id="j1")
         [stop] = schedule.pending()
@@ -458,8 +462,9 @@ class TestScheduledStops:
         }
         assert store.get("j1").to_json()["stopJobId"] == "j1:stop"
         assert store.get("j1:stop").state is State.SCHEDULED
-        assert sink.types == ["recording.scheduled", "recording.started"]
-        assert sink.events[0]["data"]["kind"] == "stop-recording"
+        assert sink.types == ["recording.started", "recording.scheduled"]
+        assert [event["subject"] for event in sink.events] == ["j1", "j1:stop"]
+        assert sink.events[1]["data"]["kind"] == "stop-recording"
 
     def test_a_failed_start_schedules_no_stop(self, runner, sandbox, schedule, clock):
         """There is nothing to stop."""
@@ -531,12 +536,15 @@ class TestCancel:
         assert store.get("j1").state is State.CANCELLED
 
     def test_cancelling_a_start_whose_unanswered_attempt_may_have_applied_stops_it(
-        self, make_runner, scheduler, sandbox, schedule, store, clock
+        self, make_runner, scheduler, sandbox, schedule, store, sink, clock
     ):
         """Its first attempt started the recording, but VideoSDK's answer was a 503; the job
-        waits to retry. Cancelled, it cannot know: a stop is scheduled now, and ends it."""
+        waits to retry. Cancelled, it cannot know: a stop is scheduled now, and ends it. The
+        stop's `scheduled` event follows the start's `cancelled`."""
         runner = unanswered_start(make_runner, sandbox, room_job())
         scheduler.cancel("j1")
+        ended = [(event["type"], event["subject"]) for event in sink.events[-2:]]
+        assert ended == [("recording.cancelled", "j1"), ("recording.scheduled", "j1:stop")]
         record = store.get("j1")
         assert (record.state, record.stop_job_id) == (State.CANCELLED, "j1:stop")
         [stop] = schedule.pending()
