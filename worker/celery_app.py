@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from redis.retry import Retry
 
 from worker.batches import Batches
 from worker.claims import Claims
+from worker.clock import RedisClock
 from worker.dead_letters import DeadLetters
 from worker.dispatcher import DispatcherStep
 from worker.enqueuer import Enqueuer, RecordAndPush, RecordThenPublish
@@ -216,9 +218,24 @@ class RecqCelery(Celery):
         return self.redis_client(QUICK_PATIENCE)
 
     @cached_property
+    def fleet_time(self) -> Callable[[], float]:
+        """The fleet's time, Redis's (:mod:`worker.clock`): every due time, deadline and
+        retry is reckoned on it, whatever this host's clock says. Read through the producers'
+        client: a Redis that does not answer leaves the last reading standing, soon."""
+        return RedisClock(self.producer_redis)
+
+    def _utc(self) -> datetime:
+        return datetime.fromtimestamp(self.fleet_time(), UTC)
+
+    @cached_property
     def producer_store(self) -> JobStore:
+        return self._store(self.producer_redis)
+
+    def _store(self, client: RedisClient) -> JobStore:
         settings = self.settings
-        return JobStore(self.producer_redis, namespace=settings.namespace, ttl=settings.state_ttl)
+        return JobStore(
+            client, namespace=settings.namespace, ttl=settings.state_ttl, clock=self._utc
+        )
 
     @cached_property
     def producer_scheduler(self) -> Scheduler:
@@ -231,10 +248,11 @@ class RecqCelery(Celery):
 
     def _scheduler(self, store: JobStore, client: RedisClient) -> Scheduler:
         return Scheduler(
-            schedule=Schedule(client, namespace=self.settings.namespace),
+            schedule=Schedule(client, namespace=self.settings.namespace, clock=self.fleet_time),
             reporter=self._reporter(store),
             claim_key=self.claims.key,
             grace=self.settings.start_grace,
+            clock=self.fleet_time,
             limiter=self.rate_limiter,
         )
 
@@ -274,7 +292,9 @@ class RecqCelery(Celery):
     @cached_property
     def batches(self) -> Batches:
         settings = self.settings
-        return Batches(self.redis, namespace=settings.namespace, ttl=settings.state_ttl)
+        return Batches(
+            self.redis, namespace=settings.namespace, ttl=settings.state_ttl, clock=self.fleet_time
+        )
 
     @cached_property
     def rate_limiter(self) -> RateLimiter:
@@ -284,7 +304,7 @@ class RecqCelery(Celery):
 
     @cached_property
     def store(self) -> JobStore:
-        return JobStore(self.redis, namespace=self.settings.namespace, ttl=self.settings.state_ttl)
+        return self._store(self.redis)
 
     @cached_property
     def claims(self) -> Claims:
@@ -302,11 +322,11 @@ class RecqCelery(Celery):
 
     @cached_property
     def schedule(self) -> Schedule:
-        return Schedule(self.redis, namespace=self.settings.namespace)
+        return Schedule(self.redis, namespace=self.settings.namespace, clock=self.fleet_time)
 
     @cached_property
     def dead_letters(self) -> DeadLetters:
-        return DeadLetters(self.redis, namespace=self.settings.namespace)
+        return DeadLetters(self.redis, namespace=self.settings.namespace, clock=self.fleet_time)
 
     @property
     def broker_is_store(self) -> bool:
@@ -417,6 +437,7 @@ class RecqCelery(Celery):
             fan_out=fan_out,
             limiter=self.rate_limiter,
             limits=limits,
+            clock=self.fleet_time,
             metrics=self.metrics,
         )
 

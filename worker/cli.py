@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -521,19 +520,21 @@ def _cancel(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
 
 
 def _reschedule(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> int:
-    now = epoch_iso(time.time())
-    times = {
-        "start_at": now if args.start_at == "now" else args.start_at,
-        "stop_at": now if args.stop_at == "now" else args.stop_at,
-        "start_deadline": args.start_deadline,
-    }
-    if not any(times.values()):
+    if not (args.start_at or args.stop_at or args.start_deadline):
         print(
             "recq reschedule: give at least one of --start-at, --stop-at, --start-deadline",
             file=sys.stderr,
         )
         return 2
-    scheduler = _app(settings).producer_scheduler
+    app = _app(settings)
+    # The fleet's "now", which may not be this host's (read only when asked for).
+    now = epoch_iso(app.fleet_time()) if "now" in (args.start_at, args.stop_at) else None
+    times = {
+        "start_at": now if args.start_at == "now" else args.start_at,
+        "stop_at": now if args.stop_at == "now" else args.stop_at,
+        "start_deadline": args.start_deadline,
+    }
+    scheduler = app.producer_scheduler
     try:
         if scheduler.fanned_out(args.id):
             return _reschedule_children(scheduler, args.id, **times)

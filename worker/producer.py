@@ -14,9 +14,8 @@ comes due (see :mod:`worker.scheduler`).
 from __future__ import annotations
 
 import math
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +129,7 @@ class Producer:
                 job_id=job_id,
             )
         job = validate(kind.name, letter.job, job_id=job_id)
-        if (too_late := _too_late(kind, job, time.time())) is not None:
+        if (too_late := _too_late(kind, job, self._app.fleet_time)) is not None:
             raise InvalidJob([too_late], job_id=job_id)
         app = self._app
         replayed = Job(job_id, kind, job)
@@ -189,7 +188,6 @@ class Producer:
         whatever its times, so it is not refused for them.
         """
         named: set[str] = set()
-        now = time.time()
         checked: list[dict[str, Any] | InvalidJob] = []
         late: dict[int, tuple[str, dict[str, Any]]] = {}  # starts past a deadline they name
         for index, job in enumerate(jobs):
@@ -205,7 +203,7 @@ class Producer:
             except InvalidJob as exc:
                 found[:0] = exc.violations
             else:
-                too_late = None if found else _too_late(kind, body, now)
+                too_late = None if found else _too_late(kind, body, self._app.fleet_time)
                 if too_late is not None:
                     found.append(too_late)
                     if named_id is not None:
@@ -233,7 +231,9 @@ class Producer:
     def _due_later(self, kind: JobKind, job: Mapping[str, Any]) -> Timing | None:
         """The job's timing when it is due later than now and is to be held until then."""
         timing = kind.timing(job, grace=self._app.settings.start_grace)
-        return timing if timing.early(time.time()) else None
+        if timing.due is None:
+            return None  # due now: the fleet's time is not read
+        return timing if timing.early(self._app.fleet_time()) else None
 
 
 def _duplicate(job_id: str) -> Violation:
@@ -261,12 +261,13 @@ def _not_replayable(app: RecqCelery, letter: DeadLetter, found: State) -> JobCon
     )
 
 
-def _too_late(kind: JobKind, job: Mapping[str, Any], now: float) -> Violation | None:
+def _too_late(kind: JobKind, job: Mapping[str, Any], now: Callable[[], float]) -> Violation | None:
     """The violation of a start already past a deadline it names (``startDeadline`` or
     ``stopAt``, the earlier of the two), or None. The job's timing as a worker judges it, but
-    with an endless start grace: the grace is the workers' setting, not the job's."""
+    with an endless start grace: the grace is the workers' setting, not the job's. ``now`` is
+    read only for a job with a deadline."""
     timing = kind.timing(job, grace=math.inf)
-    if timing.deadline is None or not timing.past_deadline(now):
+    if timing.deadline is None or not timing.past_deadline(now()):
         return None
     deadline = timing.deadline
     field = "stopAt" if deadline == timing.stop_at else "startDeadline"

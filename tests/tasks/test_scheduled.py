@@ -144,6 +144,37 @@ def test_a_scheduled_stop_ends_the_recording_on_time(app, running_worker, sandbo
     assert not sandbox.recording_running("timed")
 
 
+REDIS_AHEAD = 600.0
+
+
+@pytest.fixture
+def app_behind_redis(app):
+    """The app on a host whose clock is 10 minutes behind Redis's: its ``fleet_time`` (Redis's,
+    :mod:`worker.clock`) reads this host's time plus 10 minutes. Requested before
+    ``running_worker``, so that the worker's parts are built on it."""
+    app.fleet_time = lambda: time.time() + REDIS_AHEAD
+    return app
+
+
+def test_a_host_whose_clock_is_behind_keeps_the_fleet_s_time(
+    app_behind_redis, running_worker, sandbox
+):
+    """The producer and the worker are 10 minutes behind Redis: a start due in 2 s and its stop
+    due in 4 s, on Redis's time, are each made within 2 s of their time, not 10 minutes late
+    (each host used to compare due times with its own clock)."""
+    app = app_behind_redis
+    now = app.fleet_time()
+    start_at, stop_at = now + 2, now + 4
+    job = {"roomId": "skewed", "startAt": epoch_iso(start_at), "stopAt": epoch_iso(stop_at)}
+    job_id = Producer(app).enqueue(START_RECORDING, job)
+    wait_for_state(app.store, f"{job_id}:stop", State.SUCCEEDED, timeout=15)
+    [start], [stop] = sandbox.accepted(START), sandbox.accepted(STOP)
+    late = (start.at + REDIS_AHEAD - start_at, stop.at + REDIS_AHEAD - stop_at)
+    print(f"\n10 minutes behind Redis: start {late[0]:.2f} s, stop {late[1]:.2f} s after due")
+    assert 0 <= late[0] < 2.0
+    assert 0 <= late[1] < 2.0
+
+
 def test_slow_meeting_checks_do_not_take_the_fleet_past_its_rate_limit(settings, sandbox):
     """Two `recq worker` processes at RECQ_RATE_LIMIT=2/s; VideoSDK takes 0.4 s to answer
     each meeting check. Four scheduled starts and eight plain ones: counted by when VideoSDK saw
