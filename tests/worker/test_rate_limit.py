@@ -378,18 +378,23 @@ class TestNoHerd:
         assert run.tries <= 3 * 60
 
 
-def hammer(redis_url: str, namespace: str, start: float, stop: float, threads: int) -> list[float]:
-    """One worker process: threads acquiring a 5/s slot from `start` to `stop` (wall time).
+def hammer(
+    redis_url: str, namespace: str, ready: threading.Barrier, duration: float, threads: int
+) -> list[float]:
+    """One worker process: threads acquiring a 5/s slot for ``duration`` seconds, counted from
+    when every process has met at ``ready`` (so that an interpreter slow to start under load
+    takes no time from the run).
 
     Each try-until-granted has a ticket of its own, so the threads wait in the shared line; a
-    thread that gives up at `stop` leaves it. Returns the wall time at which each grant came back.
+    thread that gives up at the end leaves it. Returns the wall time at which each grant came back.
     """
     client = redis.Redis.from_url(redis_url)
     limiter = RateLimiter(client, namespace=namespace, rate=Rate(5, 1.0))
     grants: list[float] = []
+    ready.wait(timeout=60)
+    stop = time.time() + duration
 
     def run() -> None:
-        time.sleep(max(start - time.time(), 0))
         calls = 0
         while (left := stop - time.time()) > 0:
             calls += 1
@@ -422,14 +427,16 @@ class TestAcrossProcesses:
         allow for that delay.
         """
         context = multiprocessing.get_context("spawn")
-        start = time.time() + 1.5  # time for the spawned interpreters to start
-        stop = start + self.DURATION
-        with ProcessPoolExecutor(self.PROCESSES, mp_context=context) as pool:
+        with (
+            context.Manager() as manager,
+            ProcessPoolExecutor(self.PROCESSES, mp_context=context) as pool,
+        ):
+            ready = manager.Barrier(self.PROCESSES)
             futures = [
-                pool.submit(hammer, redis_url, namespace, start, stop, self.THREADS)
+                pool.submit(hammer, redis_url, namespace, ready, self.DURATION, self.THREADS)
                 for _ in range(self.PROCESSES)
             ]
-            per_process = [future.result(timeout=30) for future in futures]
+            per_process = [future.result(timeout=90) for future in futures]
         grants = [t for times in per_process for t in times]
         assert all(times for times in per_process), "every process was granted calls"
         assert busiest_window(grants, 0.95) <= 5, sorted(grants)
