@@ -22,6 +22,7 @@ completed again with the new counts.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 import redis
 
 from worker.jobs import Job, child_jobs
+from worker.scripts import KEEP, KEEP_FUNCTION
 from worker.state import JobStore, State
 
 _CREATE = """
@@ -44,10 +46,13 @@ return 1
 # KEYS: the batch's hash, its counted children, those of them counted failed. ARGV: the child,
 # '1' if it succeeded, now, ttl. Returns a :class:`Counted`: 0 (already counted as that), 1
 # (counted), 2 (the last child: the batch completes), 3 (a completed batch's counts changed).
-# Each count keeps the batch's keys for a TTL more: a batch may outlast RECQ_STATE_TTL.
-_ENDED = """
+# Each count keeps the batch's keys for a TTL more: a batch may outlast RECQ_STATE_TTL. Never
+# for less than they were kept: a completed batch is kept until a TTL after its stopAt.
+_ENDED = (
+    KEEP_FUNCTION
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
+keep(KEYS[1], ARGV[4])
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
   -- Counted before. Only a failed child replayed to success changes the counts.
   if ARGV[2] == '0' or redis.call('SREM', KEYS[3], ARGV[1]) == 0 then return 0 end
@@ -56,13 +61,13 @@ if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then
   if redis.call('HEXISTS', KEYS[1], 'completedAt') == 1 then return 3 end
   return 1
 end
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+keep(KEYS[2], ARGV[4])
 if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'succeeded', 1)
 else
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
   redis.call('SADD', KEYS[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  keep(KEYS[3], ARGV[4])
 end
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 if redis.call('SCARD', KEYS[2]) >= total
@@ -71,6 +76,7 @@ if redis.call('SCARD', KEYS[2]) >= total
 end
 return 1
 """
+)
 
 
 class Counted(IntEnum):
@@ -126,6 +132,7 @@ class Batches:
         self._clock = clock
         self._create: Any = client.register_script(_CREATE)
         self._ended: Any = client.register_script(_ENDED)
+        self._keep: Any = client.register_script(KEEP)
 
     def key(self, batch_id: str) -> str:
         """The batch's hash, which exists from the moment its fan-out begins."""
@@ -143,10 +150,19 @@ class Batches:
     def child_ended(self, batch_id: str, child_id: str, *, succeeded: bool) -> Counted:
         """Count a child's end (once, or again when a failed child replayed succeeds), and say
         whether the batch is to be recorded complete (:class:`Counted`)."""
-        key = self.key(batch_id)
         args = [child_id, "1" if succeeded else "0", self._clock(), self._ttl]
-        keys = [key, f"{key}:ended", f"{key}:failed"]
-        return Counted(int(self._ended(keys=keys, args=args)))
+        return Counted(int(self._ended(keys=self._keys(batch_id), args=args)))
+
+    def keep(self, batch_id: str, until: float) -> None:
+        """Keep the batch until a TTL after ``until`` (an epoch: its children's stops), or
+        longer if it was to be kept longer: a cancel or a move of the batch acts on them."""
+        ttl = self._ttl + max(0, math.ceil(until - self._clock()))
+        self._keep(keys=self._keys(batch_id), args=[ttl])
+
+    def _keys(self, batch_id: str) -> list[str]:
+        """The batch's hash, its counted children, and those of them counted failed."""
+        key = self.key(batch_id)
+        return [key, f"{key}:ended", f"{key}:failed"]
 
     def progress(self, batch_id: str) -> Progress | None:
         """The batch's progress, or None when there is no such batch (yet)."""

@@ -73,11 +73,16 @@ class Reporter:
         extra: Extra | None = None,
         release: tuple[str, str] | None = None,
         unless_ended: bool = False,
+        keep_until: float | None = None,
     ) -> bool:
         """Write the job's new state, with its kind, target, metadata and times; with
         ``release`` (a claim's key and token), give the delivery's claim back in the same write.
-        With ``unless_ended``, a job that has ended is left as it is: False."""
-        if self.write_call(job, report, extra, release, unless_ended=unless_ended).run():
+        With ``unless_ended``, a job that has ended is left as it is: False. With
+        ``keep_until``, the record is kept until a TTL after it (:meth:`JobStore.keep`)."""
+        write = self.write_call(
+            job, report, extra, release, unless_ended=unless_ended, keep_until=keep_until
+        )
+        if write.run():
             return False
         self._recorded(job, report)
         return True
@@ -94,10 +99,12 @@ class Reporter:
         *,
         extra: Extra | None = None,
         release: tuple[str, str] | None = None,
+        keep_until: float | None = None,
     ) -> None:
         """:meth:`record` and then :meth:`announce`, in one round trip to Redis where the event
-        is published on the state store's Redis (the default)."""
-        write = self.write_call(job, report, extra, release)
+        is published on the state store's Redis (the default). With ``keep_until`` (a stop's
+        due time), the record is kept until a TTL after it (:meth:`JobStore.keep`)."""
+        write = self.write_call(job, report, extra, release, keep_until=keep_until)
         self._events.publish(self._event(job, outcome, report), after=write)
         self._recorded(job, report)
 
@@ -116,6 +123,7 @@ class Reporter:
         release: tuple[str, str] | None = None,
         *,
         unless_ended: bool = False,
+        keep_until: float | None = None,
     ) -> ScriptCall:
         """:meth:`record`'s write, to make in a step of a caller's own (a reschedule's)."""
         fields = dict(extra or {})
@@ -137,6 +145,7 @@ class Reporter:
             extra=fields,
             release=release,
             unless_ended=unless_ended,
+            keep_until=keep_until,
         )
 
     def _recorded(self, job: Job, report: Report) -> None:
@@ -224,18 +233,23 @@ class Reporter:
         if body is None:  # expired meanwhile
             return
         batch = Job(batch_id, BY_NAME[record.kind or "bulk-track-recording"], body)
+        # Its children's stops wait for its stopAt: a cancel or a move of the batch acts on
+        # them, so the batch is kept until a TTL after it.
+        stop_at = batch.kind.timing(body).stop_at
+        if stop_at is not None:
+            self._batches.keep(batch_id, stop_at)
         # Children replayed to success at once each complete the batch again: whichever writes
         # last may have read older counts, so each writer reads them again after its write and
         # writes anew until they hold still. The last write then has the latest counts.
         for _ in range(_RECOMPLETIONS):
             report = self._outcome(batch, progress)
             if first:
-                if not self.record(batch, report, unless_ended=True):
+                if not self.record(batch, report, unless_ended=True, keep_until=stop_at):
                     return  # another writer completed it, and goes on from here
                 self.announce(batch, "completed", report)
                 first = False
             else:
-                self.record_and_announce(batch, "completed", report)
+                self.record_and_announce(batch, "completed", report, keep_until=stop_at)
             latest = self._batches.progress(batch_id)
             if latest is None or latest.counts() == progress.counts():
                 return

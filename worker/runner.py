@@ -367,7 +367,7 @@ class JobRunner:
             else:
                 message += "; it was not started"
             error = ErrorInfo(reason="start_deadline_passed", message=message)
-            ended = self._finish(job, attempts, error=error, claim=claim, extra=stop.extra)
+            ended = self._finish(job, attempts, error=error, claim=claim, stop=stop)
             stop.announce_scheduled()
             return ended
         if not timing.scheduled:
@@ -517,7 +517,7 @@ class JobRunner:
         # Before the start is recorded: a crash in between redelivers the start, which is
         # reconciled and holds the stop again, never leaving a recording without its stop.
         stop = self._scheduler.hold_stop(job)
-        ended = self._finish(job, attempts, reconciled=reconciled, extra=stop.extra, claim=claim)
+        ended = self._finish(job, attempts, reconciled=reconciled, stop=stop, claim=claim)
         stop.announce_scheduled()
         return ended
 
@@ -626,10 +626,11 @@ class JobRunner:
         error: ErrorInfo | None = None,
         reconciled: bool = False,
         received: object = None,
-        extra: Extra | None = None,
+        stop: HeldStop | None = None,
         claim: Claim | None = None,
     ) -> Outcome:
-        """Record the job's end, and give its claim back in the same write.
+        """Record the job's end, and give its claim back in the same write; a start's ``stop``
+        held is named in its record, which is kept while the stop is pending.
 
         A failure's dead letter is kept first: whoever sees the job failed can replay it at
         once, and the replay's delivery finds the claim free instead of waiting out its lease.
@@ -648,7 +649,10 @@ class JobRunner:
             )
         outcome = "failed" if error else job.kind.succeeded_outcome
         release = claim.lease if claim else None
-        self._reporter.record_and_announce(job, outcome, report, extra=extra, release=release)
+        stop = stop or HeldStop()
+        self._reporter.record_and_announce(
+            job, outcome, report, extra=stop.extra, release=release, keep_until=stop.due
+        )
         return Outcome(
             job.id,
             state,

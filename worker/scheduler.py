@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.errors import InvalidJob, JobConflict, UnknownJob
-from worker.jobs import BY_NAME, BY_TASK, Job, child_jobs, stop_job_for
+from worker.jobs import BY_NAME, BY_TASK, STOP_SUFFIX, Job, child_jobs, stop_job_for
 from worker.rate_limit import RateLimiter
 from worker.reporter import Report, Reporter
 from worker.schedule import Delivery, Schedule
@@ -163,6 +163,7 @@ class Scheduler:
             self._schedule.add(delivery, within=pipe)
             if stopping is not None:
                 pipe.hset(self._store.key(stopping), "stopJobId", job.id)
+                self._store.keep(stopping, delivery.due, within=pipe)
 
         ended = self._store.enqueue(
             job.id,
@@ -195,7 +196,9 @@ class Scheduler:
             return HeldStop({"stopJobId": stop.id})  # it ran already: nothing new to announce
         report = _holding(stop, timing)[0]
         return HeldStop(
-            {"stopJobId": stop.id}, lambda: self._reporter.announce(stop, "scheduled", report)
+            {"stopJobId": stop.id},
+            timing.due,
+            lambda: self._reporter.announce(stop, "scheduled", report),
         )
 
     def cancel(self, job_id: str) -> Cancellation:
@@ -348,11 +351,9 @@ class Scheduler:
         """
         record = self._get(job_id)
         if stop_at is not None and start_at is None and start_deadline is None:
-            pending_stop = self._pending_stop(record)
-            if pending_stop is not None:
-                return self.reschedule(pending_stop, stop_at=stop_at)
-            if record.state is State.SUCCEEDED:
-                return self._stop_started(record, stop_at)
+            stopped = self._move_stop(record, stop_at)
+            if stopped is not None:
+                return stopped
         for _ in range(_REPLACE_TRIES):
             if record.state.terminal:
                 raise JobConflict(
@@ -386,6 +387,7 @@ class Scheduler:
             )
             moved = Delivery(job_id, delivery.task, body, due)
             if self._schedule.replace(delivery, moved, record=write):
+                self._keep_start_of(job, due)
                 break
             record = self._get(job_id)  # it changed, or ended, since it was read
         else:
@@ -396,6 +398,23 @@ class Scheduler:
         if state is State.SCHEDULED:
             self._reporter.announce(job, "scheduled", report)
         return job, timing
+
+    def _move_stop(self, record: JobRecord, stop_at: str) -> tuple[Job, Timing] | None:
+        """For a start that succeeded: its pending stop moved to ``stop_at``, or one held then
+        if none is pending. None for a job that is not such a start (its own times are what is
+        moved)."""
+        pending_stop = self._pending_stop(record)
+        if pending_stop is not None:
+            return self.reschedule(pending_stop, stop_at=stop_at)
+        if record.state is State.SUCCEEDED:
+            return self._stop_started(record, stop_at)
+        return None
+
+    def _keep_start_of(self, stop: Job, due: float) -> None:
+        """A start's stop (``<start id>:stop``) moved to ``due``: the start's record is kept
+        until a TTL after it, for a cancel or a move of the start to find it."""
+        if stop.kind.stops and stop.id.endswith(STOP_SUFFIX):
+            self._store.keep(stop.id.removesuffix(STOP_SUFFIX), due)
 
     def fanned_out(self, job_id: str) -> bool:
         """Whether ``job_id`` is a batch whose fan-out began: from then on its children, not
@@ -416,16 +435,21 @@ class Scheduler:
         batch = _job_of(self._get(batch_id))
         moved: list[str] = []
         refused: list[tuple[str, str]] = []
+        latest = 0.0
         for child_id in self._children(batch):
             record = self._store.get(child_id)
             if record is None or (record.state.terminal and not self._stoppable(record)):
                 continue
             try:
-                job, _timing = self.reschedule(child_id, stop_at=stop_at)
+                job, timing = self.reschedule(child_id, stop_at=stop_at)
             except (JobConflict, InvalidJob) as exc:
                 refused.append((child_id, str(exc)))
             else:
                 moved.append(job.id)
+                latest = max(latest, timing.stop_at or 0.0)
+        if moved:  # the batch is kept as long as the stops it acts on
+            self._store.keep(batch_id, latest)
+            self._reporter.batches.keep(batch_id, latest)
         return Moves(batch, tuple(moved), tuple(refused))
 
     def _stoppable(self, record: JobRecord) -> bool:
@@ -478,7 +502,8 @@ class Scheduler:
 @dataclass(frozen=True, slots=True)
 class HeldStop:
     """The stop job a start's end holds: the fields naming it in the start's record (none for
-    a start with no stop), and its ``scheduled`` event, to publish once the start's own end is.
+    a start with no stop), when it is due (the start's record is kept until a TTL after it),
+    and its ``scheduled`` event, to publish once the start's own end is.
 
     The stop is held before the start is recorded ended, so that a crash in between redelivers
     the start, which holds it again: no recording is left without its stop. Its event follows
@@ -487,6 +512,7 @@ class HeldStop:
     """
 
     extra: Extra = field(default_factory=dict)
+    due: float | None = None
     announce_scheduled: Callable[[], None] = lambda: None
 
 

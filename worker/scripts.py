@@ -66,6 +66,27 @@ def _pipelined(client: redis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
     return answers
 
 
+# ``keep(key, ttl)``: keep ``key`` at least ``ttl`` seconds more, never less than it was kept
+# (EXPIRE's GT, which Redis 6 lacks); a key gone (TTL -2) is left alone.
+KEEP_FUNCTION = """
+local function keep(key, ttl)
+  local left = redis.call('TTL', key)
+  if left ~= -2 and left < tonumber(ttl) then
+    redis.call('EXPIRE', key, ttl)
+  end
+end
+"""
+# Keep each of KEYS ARGV[1] seconds more, at least.
+KEEP = (
+    KEEP_FUNCTION
+    + """
+for _, key in ipairs(KEYS) do
+  keep(key, ARGV[1])
+end
+"""
+)
+
+
 def as_text(value: bytes | str) -> str:
     """A Redis answer (bytes, from a client that does not decode) as text."""
     return value.decode(errors="replace") if isinstance(value, bytes) else value

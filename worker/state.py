@@ -24,7 +24,7 @@ import redis
 
 from worker.errors import ErrorInfo, Target
 from worker.redact import redact_values
-from worker.scripts import ScriptCall, as_text, run_together
+from worker.scripts import KEEP, ScriptCall, as_text, run_together
 
 HISTORY_LENGTH = 20
 
@@ -242,6 +242,7 @@ class JobStore:
         self._write_script: Any = client.register_script(_WRITE)
         self._push_script: Any = client.register_script(_WRITE_AND_PUSH)
         self._withdraw_script: Any = client.register_script(_WITHDRAW)
+        self._keep_script: Any = client.register_script(KEEP)
 
     def key(self, job_id: str) -> str:
         return f"{self._namespace}:job:{job_id}"
@@ -345,12 +346,15 @@ class JobStore:
         now: str | None = None,
         release: tuple[str, str] | None = None,
         push: tuple[str, bytes] | None = None,
+        keep_until: float | None = None,
     ) -> ScriptCall:
         """One transition's :data:`_WRITE`, to make now (:meth:`transition`) or in a round trip
         shared with other calls on this store's client (:func:`worker.scripts.run_together`).
 
         With ``push`` (a list's key and a message) the message is pushed onto that list by the
         same script once the write is made; not with ``unless_ended`` when the job had ended.
+        With ``keep_until`` (an epoch) the record is kept until a TTL after it (see
+        :meth:`keep`).
         """
         if push is not None and release is not None:
             raise ValueError("a write that pushes a message releases no claim")
@@ -371,7 +375,7 @@ class JobStore:
         flags = ["1" if unless_ended else "0", "1" if error is None else "0"]
         claim, token = release or (None, "")
         keys = self.keys(job_id) + ([claim] if claim else [])
-        ttl = self._ttl_for(extra)
+        ttl = self._ttl_for(extra, keep_until)
         args: list[str | bytes | int] = [now, entry, ttl, HISTORY_LENGTH, *flags, token]
         args += flat
         if push is None:
@@ -379,15 +383,25 @@ class JobStore:
         queue, message = push
         return ScriptCall(self._redis, self._push_script, [*keys, queue], [*args, message])
 
-    def _ttl_for(self, extra: Extra | None) -> int:
+    def _ttl_for(self, extra: Extra | None, keep_until: float | None = None) -> int:
         """How long a record is kept: the store's TTL after this write, or, for a job due
-        later (``dueAt``), that long after it is due. A job scheduled a month ahead lost its
-        record after a week: it could no longer be cancelled or moved, and still ran."""
+        later (``dueAt``) or kept for another that is (``keep_until``), that long after it is
+        due. A job scheduled a month ahead lost its record after a week: it could no longer be
+        cancelled or moved, and still ran."""
         due = (extra or {}).get("dueAt")
-        if not isinstance(due, int | float):
+        later = [t for t in (due, keep_until) if isinstance(t, int | float)]
+        if not later:
             return self._ttl
-        ahead = math.ceil(float(due) - self._clock().timestamp())
+        ahead = math.ceil(float(max(later)) - self._clock().timestamp())
         return self._ttl + max(0, ahead)
+
+    def keep(
+        self, job_id: str, until: float, *, within: redis.client.Pipeline | None = None
+    ) -> None:
+        """Keep ``job_id``'s record until a TTL after ``until`` (an epoch), or longer if it was
+        to be kept longer: a start's record while its stop is pending, so that a cancel or a
+        move of the start still finds it. ``within``: a pipeline to add the step to."""
+        self._keep_script(keys=self.keys(job_id), args=[self._ttl_for(None, until)], client=within)
 
     def enqueue_many(self, jobs: Sequence[Queued]) -> list[State | None]:
         """:meth:`enqueue` for many jobs in one round trip (never ``fresh``): for each, None

@@ -5,6 +5,8 @@ Children are run by handing what the fan-out published back to the runner, as a 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 import redis
 from kombu.exceptions import OperationalError
@@ -16,7 +18,7 @@ from worker.fanout import FanOut
 from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
 from worker.publisher import TaskMessage
 from worker.sandbox import Fault
-from worker.state import Queued, State, epoch_iso
+from worker.state import JobStore, Queued, State, epoch_iso
 
 ROOM = "r1"
 BULK = {
@@ -681,3 +683,57 @@ class TestCancelAndMoveChildren:
         run_children(runner, published[5:])
         again = scheduler.reschedule_children("b1", stop_at=epoch_iso(clock.now + 60))
         assert (len(again.moved), again.refused) == (6, ())
+
+
+class TestKeptWhileItsStopsWait:
+    """A batch is kept until a TTL after its children's stops, however far ahead: a cancel or a
+    move of the batch acts on them. Its record and counts used to expire a TTL after its last
+    child ended, and ``recq cancel`` of the batch then called it unknown."""
+
+    TTL = 3600
+    HOUR = 3600
+
+    @pytest.fixture
+    def store(self, redis_client, namespace, clock):
+        """The store on the test's clock, keeping records an hour."""
+        return JobStore(
+            redis_client,
+            namespace=namespace,
+            ttl=self.TTL,
+            clock=lambda: datetime.fromtimestamp(clock.now, UTC),
+        )
+
+    @pytest.fixture
+    def batches(self, redis_client, namespace, clock):
+        return Batches(redis_client, namespace=namespace, ttl=self.TTL, clock=clock)
+
+    def assert_kept_until_a_ttl_after(self, store, batches, redis_client, due, clock):
+        """The batch's record, history, hash and sets of counted children."""
+        key = batches.key("b1")
+        keys = [*store.keys("b1"), key, f"{key}:ended", f"{key}:failed"]
+        expected = due - clock.now + self.TTL
+        for key in keys:
+            assert expected - 5 < redis_client.ttl(key) <= expected, key
+
+    def test_a_completed_batch_whose_children_stop_after_the_ttl(
+        self, runner, published, store, batches, sandbox, redis_client, clock
+    ):
+        """Kept until a TTL after its stopAt, and a child's duplicate count never shortens it."""
+        sandbox.inject(Fault(status=403, times=1))  # a failed child: every key is made
+        runner.run(BULK_TRACK_RECORDING, until(clock, 3 * self.HOUR), job_id="b1")
+        run_children(runner, published)
+        assert store.get("b1").state is State.PARTIALLY_FAILED
+        due = clock.now + 3 * self.HOUR
+        self.assert_kept_until_a_ttl_after(store, batches, redis_client, due, clock)
+        assert batches.child_ended("b1", published[1].job_id, succeeded=True) is Counted.ALREADY
+        self.assert_kept_until_a_ttl_after(store, batches, redis_client, due, clock)
+
+    def test_a_move_of_its_children_s_stops_keeps_it_as_long(
+        self, runner, published, scheduler, store, batches, sandbox, redis_client, clock
+    ):
+        sandbox.inject(Fault(status=403, times=1))
+        runner.run(BULK_TRACK_RECORDING, until(clock, 60), job_id="b1")
+        run_children(runner, published)
+        scheduler.reschedule_children("b1", stop_at=epoch_iso(clock.now + 10 * self.HOUR))
+        due = clock.now + 10 * self.HOUR
+        self.assert_kept_until_a_ttl_after(store, batches, redis_client, due, clock)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from worker.runner import Limits
 from worker.sandbox import Fault
 from worker.schedule import Delivery, Schedule
 from worker.scheduler import Scheduler
-from worker.state import State, epoch_iso
+from worker.state import JobStore, State, epoch_iso
 from worker.videosdk import Endpoints
 
 ROOM = "r1"
@@ -510,6 +511,79 @@ class TestScheduledStops:
         assert outcome.state is State.SCHEDULED
         assert sandbox.calls == []
         assert schedule.pending()[0].due == clock.now + 60
+
+
+class TestAStartIsKeptWhileItsStopWaits:
+    """A start's record is kept until a TTL after its stop is due, however far ahead: a cancel
+    or a move of the start must find it. It used to expire a TTL after the start ended, and
+    ``recq cancel`` of a start recording for longer than the TTL called it unknown."""
+
+    TTL = 3600
+    HOUR = 3600
+
+    @pytest.fixture
+    def store(self, redis_client, namespace, clock):
+        """The store on the test's clock, keeping records an hour."""
+        return JobStore(
+            redis_client,
+            namespace=namespace,
+            ttl=self.TTL,
+            clock=lambda: datetime.fromtimestamp(clock.now, UTC),
+        )
+
+    def kept_for(self, store, redis_client, job_id) -> list[int]:
+        """How long the job's record and history are still kept, in seconds."""
+        return [redis_client.ttl(key) for key in store.keys(job_id)]
+
+    def assert_kept_until_a_ttl_after(self, store, redis_client, job_id, due, clock):
+        expected = due - clock.now + self.TTL
+        for left in self.kept_for(store, redis_client, job_id):
+            assert expected - 5 < left <= expected
+
+    def test_a_start_whose_stop_is_due_after_the_ttl(self, runner, store, redis_client, clock):
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 3 * self.HOUR)), job_id="j1")
+        assert store.get("j1").state is State.SUCCEEDED
+        self.assert_kept_until_a_ttl_after(
+            store, redis_client, "j1", clock.now + 3 * self.HOUR, clock
+        )
+
+    def test_a_start_past_its_deadline_whose_stop_waits(
+        self, make_runner, sandbox, schedule, store, redis_client, clock
+    ):
+        """It failed, but an unanswered attempt may have started the recording: its stop waits
+        for stopAt, and the start is kept as long."""
+        stop_at = clock.now + 3 * self.HOUR
+        job = room_job(startAt=at(clock, 0), startDeadline=at(clock, 10), stopAt=epoch_iso(stop_at))
+        assert retried_past_its_deadline(make_runner, sandbox, schedule, clock, job).error
+        self.assert_kept_until_a_ttl_after(store, redis_client, "j1", stop_at, clock)
+
+    def test_moving_its_stop_later_keeps_it_longer_and_earlier_never_shorter(
+        self, runner, scheduler, store, redis_client, clock
+    ):
+        """Moved through the start or through the stop's own id alike."""
+        runner.run(START_RECORDING, room_job(stopAt=at(clock, 60)), job_id="j1")
+        scheduler.reschedule("j1", stop_at=at(clock, 10 * self.HOUR))
+        self.assert_kept_until_a_ttl_after(
+            store, redis_client, "j1", clock.now + 10 * self.HOUR, clock
+        )
+        scheduler.reschedule("j1:stop", stop_at=at(clock, 20 * self.HOUR))
+        self.assert_kept_until_a_ttl_after(
+            store, redis_client, "j1", clock.now + 20 * self.HOUR, clock
+        )
+        scheduler.reschedule("j1", stop_at=at(clock, 60))
+        self.assert_kept_until_a_ttl_after(
+            store, redis_client, "j1", clock.now + 20 * self.HOUR, clock
+        )
+
+    def test_a_stop_held_for_a_start_that_had_none(
+        self, runner, scheduler, store, redis_client, clock
+    ):
+        runner.run(START_RECORDING, room_job(), job_id="j1")
+        assert max(self.kept_for(store, redis_client, "j1")) <= self.TTL
+        scheduler.reschedule("j1", stop_at=at(clock, 5 * self.HOUR))
+        self.assert_kept_until_a_ttl_after(
+            store, redis_client, "j1", clock.now + 5 * self.HOUR, clock
+        )
 
 
 class TestCancel:

@@ -156,6 +156,22 @@ class TestKeptLongEnough:
         store.transition("now", State.SCHEDULED, extra={"dueAt": START.timestamp() - 60})
         assert 0 < redis_client.ttl(store.key("now")) <= 300
 
+    def test_keep_lengthens_a_record_s_ttl_and_never_shortens_it(self, store, redis_client):
+        """keep(job, until): kept until a TTL after ``until`` (a start while its stop waits)."""
+        store.transition("j1", State.SUCCEEDED)
+        store.keep("j1", START.timestamp() + self.MONTH)
+        for key in store.keys("j1"):
+            assert self.MONTH < redis_client.ttl(key) <= self.MONTH + 300
+        store.keep("j1", START.timestamp() + 60)
+        for key in store.keys("j1"):
+            assert self.MONTH < redis_client.ttl(key) <= self.MONTH + 300
+
+    def test_keep_leaves_an_unknown_job_unknown(self, store, redis_client):
+        """An expired start is not brought back as an empty key."""
+        store.keep("gone", START.timestamp() + self.MONTH)
+        assert store.get("gone") is None
+        assert [redis_client.exists(key) for key in store.keys("gone")] == [0, 0]
+
 
 class TestEnqueueMany:
     def test_many_jobs_are_recorded_queued_in_one_call(self, store, redis_client):
