@@ -103,7 +103,21 @@ def redact_values(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value) if _MAY_HOLD_SECRET.search(value) else value
     if isinstance(value, Mapping):
-        return {redact_values(k): redact_values(v) for k, v in value.items()}
+        redacted: dict[Any, Any] = {}
+        for key, item in value.items():
+            redacted[_unique(redact_values(key), redacted)] = redact_values(item)
+        return redacted
     if isinstance(value, list | tuple):
         return [redact_values(item) for item in value]
     return value
+
+
+def _unique(key: Any, taken: Mapping[Any, Any]) -> Any:
+    """``key``, or, when another key redacted alike is already ``taken`` (two URLs that differ
+    only in their signatures), ``key`` numbered: no value is lost to the redaction."""
+    if key not in taken:
+        return key
+    number = 2
+    while f"{key} ({number})" in taken:
+        number += 1
+    return f"{key} ({number})"

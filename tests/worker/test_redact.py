@@ -173,6 +173,25 @@ class TestRedactValues:
             "plain": "no secret: here",
         }
 
+    def test_keys_that_redact_alike_each_keep_their_value(self):
+        """Two URLs differing only in their signature were one key once redacted: the second
+        value replaced the first, and metadata was lost without a word. Each is kept, the
+        later ones numbered, and no signature is left."""
+        value = {"https://h/p?sig=1": "a", "https://h/p?sig=2": "b", "https://h/p?sig=3": "c"}
+        assert redact_values(value) == {
+            "https://h/p?[redacted]": "a",
+            "https://h/p?[redacted] (2)": "b",
+            "https://h/p?[redacted] (3)": "c",
+        }
+
+    def test_a_numbered_key_never_replaces_a_key_of_that_name(self):
+        value = {
+            "https://h/p?[redacted] (2)": "first",
+            "https://h/p?sig=1": "a",
+            "https://h/p?sig=9": "b",
+        }
+        assert sorted(redact_values(value).values()) == ["a", "b", "first"]
+
 
 class TestNoPathologicalText:
     @pytest.mark.timeout(60)
