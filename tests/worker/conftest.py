@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -137,6 +138,20 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture
+def store_on_the_clock(redis_client, namespace, clock) -> Callable[[int], JobStore]:
+    """Stores that keep records ``ttl`` seconds, reckoned on the test's clock: for tests of how
+    long a record is kept."""
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(clock.now, UTC)
+
+    def make(ttl: int) -> JobStore:
+        return JobStore(redis_client, namespace=namespace, ttl=ttl, clock=now)
+
+    return make
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ Children are run by handing what the fan-out published back to the runner, as a 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 import redis
 from kombu.exceptions import OperationalError
@@ -18,7 +16,7 @@ from worker.fanout import FanOut
 from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
 from worker.publisher import TaskMessage
 from worker.sandbox import Fault
-from worker.state import JobStore, Queued, State, epoch_iso
+from worker.state import Queued, State, epoch_iso
 
 ROOM = "r1"
 BULK = {
@@ -694,14 +692,9 @@ class TestKeptWhileItsStopsWait:
     HOUR = 3600
 
     @pytest.fixture
-    def store(self, redis_client, namespace, clock):
+    def store(self, store_on_the_clock):
         """The store on the test's clock, keeping records an hour."""
-        return JobStore(
-            redis_client,
-            namespace=namespace,
-            ttl=self.TTL,
-            clock=lambda: datetime.fromtimestamp(clock.now, UTC),
-        )
+        return store_on_the_clock(self.TTL)
 
     @pytest.fixture
     def batches(self, redis_client, namespace, clock):

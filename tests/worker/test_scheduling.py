@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ from worker.runner import Limits
 from worker.sandbox import Fault
 from worker.schedule import Delivery, Schedule
 from worker.scheduler import Scheduler
-from worker.state import JobStore, State, epoch_iso
+from worker.state import State, epoch_iso
 from worker.videosdk import Endpoints
 
 ROOM = "r1"
@@ -522,14 +521,9 @@ class TestAStartIsKeptWhileItsStopWaits:
     HOUR = 3600
 
     @pytest.fixture
-    def store(self, redis_client, namespace, clock):
+    def store(self, store_on_the_clock):
         """The store on the test's clock, keeping records an hour."""
-        return JobStore(
-            redis_client,
-            namespace=namespace,
-            ttl=self.TTL,
-            clock=lambda: datetime.fromtimestamp(clock.now, UTC),
-        )
+        return store_on_the_clock(self.TTL)
 
     def kept_for(self, store, redis_client, job_id) -> list[int]:
         """How long the job's record and history are still kept, in seconds."""
