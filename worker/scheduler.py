@@ -351,9 +351,11 @@ class Scheduler:
         """
         record = self._get(job_id)
         if stop_at is not None and start_at is None and start_deadline is None:
-            stopped = self._move_stop(record, stop_at)
-            if stopped is not None:
-                return stopped
+            pending_stop = self._pending_stop(record)
+            if pending_stop is not None:
+                return self.reschedule(pending_stop, stop_at=stop_at)
+            if record.state is State.SUCCEEDED:
+                return self._stop_started(record, stop_at)
         for _ in range(_REPLACE_TRIES):
             if record.state.terminal:
                 raise JobConflict(
@@ -398,17 +400,6 @@ class Scheduler:
         if state is State.SCHEDULED:
             self._reporter.announce(job, "scheduled", report)
         return job, timing
-
-    def _move_stop(self, record: JobRecord, stop_at: str) -> tuple[Job, Timing] | None:
-        """For a start that succeeded: its pending stop moved to ``stop_at``, or one held then
-        if none is pending. None for a job that is not such a start (its own times are what is
-        moved)."""
-        pending_stop = self._pending_stop(record)
-        if pending_stop is not None:
-            return self.reschedule(pending_stop, stop_at=stop_at)
-        if record.state is State.SUCCEEDED:
-            return self._stop_started(record, stop_at)
-        return None
 
     def _keep_start_of(self, stop: Job, due: float) -> None:
         """A start's stop (``<start id>:stop``) moved to ``due``: the start's record is kept
