@@ -22,7 +22,6 @@ completed again with the new counts.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import redis
 
 from worker.jobs import Job, child_jobs
 from worker.scripts import KEEP, KEEP_FUNCTION
-from worker.state import JobStore, State
+from worker.state import JobStore, State, ttl_after
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -156,7 +155,7 @@ class Batches:
     def keep(self, batch_id: str, until: float) -> None:
         """Keep the batch until a TTL after ``until`` (an epoch: its children's stops), or
         longer if it was to be kept longer: a cancel or a move of the batch acts on them."""
-        ttl = self._ttl + max(0, math.ceil(until - self._clock()))
+        ttl = ttl_after(until, ttl=self._ttl, now=self._clock())
         self._keep(keys=self._keys(batch_id), args=[ttl])
 
     def _keys(self, batch_id: str) -> list[str]:

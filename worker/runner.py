@@ -367,9 +367,7 @@ class JobRunner:
             else:
                 message += "; it was not started"
             error = ErrorInfo(reason="start_deadline_passed", message=message)
-            ended = self._finish(job, attempts, error=error, claim=claim, stop=stop)
-            stop.announce_scheduled()
-            return ended
+            return self._finish(job, attempts, error=error, claim=claim, stop=stop)
         if not timing.scheduled:
             return None
         before_stop = timing.stop_at is None or self._clock() < timing.stop_at
@@ -517,9 +515,7 @@ class JobRunner:
         # Before the start is recorded: a crash in between redelivers the start, which is
         # reconciled and holds the stop again, never leaving a recording without its stop.
         stop = self._scheduler.hold_stop(job)
-        ended = self._finish(job, attempts, reconciled=reconciled, stop=stop, claim=claim)
-        stop.announce_scheduled()
-        return ended
+        return self._finish(job, attempts, reconciled=reconciled, stop=stop, claim=claim)
 
     def _call(self, job: Job, attempts: _Attempts) -> None:
         # The slot first: a job re-queued for want of one has not made this attempt.
@@ -630,7 +626,8 @@ class JobRunner:
         claim: Claim | None = None,
     ) -> Outcome:
         """Record the job's end, and give its claim back in the same write; a start's ``stop``
-        held is named in its record, which is kept while the stop is pending.
+        held is named in its record, which is kept while the stop is pending, and announced
+        after the start's own end (:class:`~worker.scheduler.HeldStop`).
 
         A failure's dead letter is kept first: whoever sees the job failed can replay it at
         once, and the replay's delivery finds the claim free instead of waiting out its lease.
@@ -653,6 +650,7 @@ class JobRunner:
         self._reporter.record_and_announce(
             job, outcome, report, extra=stop.extra, release=release, keep_until=stop.due
         )
+        stop.announce_scheduled()
         return Outcome(
             job.id,
             state,

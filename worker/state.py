@@ -389,11 +389,13 @@ class JobStore:
         due. A job scheduled a month ahead lost its record after a week: it could no longer be
         cancelled or moved, and still ran."""
         due = (extra or {}).get("dueAt")
-        later = [t for t in (due, keep_until) if isinstance(t, int | float)]
-        if not later:
+        if not isinstance(due, int | float):
+            due = None
+        if keep_until is not None and (due is None or keep_until > due):
+            due = keep_until
+        if due is None:
             return self._ttl
-        ahead = math.ceil(float(max(later)) - self._clock().timestamp())
-        return self._ttl + max(0, ahead)
+        return ttl_after(due, ttl=self._ttl, now=self._clock().timestamp())
 
     def keep(
         self, job_id: str, until: float, *, within: redis.client.Pipeline | None = None
@@ -485,6 +487,12 @@ class JobStore:
             batch_id=fields.get("batchId"),
             history=[json.loads(as_text(h)) for h in history],
         )
+
+
+def ttl_after(due: float, *, ttl: int, now: float) -> int:
+    """The expiry (seconds from ``now``) that keeps a key ``ttl`` seconds after ``due``, or
+    ``ttl`` from now if ``due`` has passed."""
+    return ttl + max(0, math.ceil(due - now))
 
 
 def _float(value: str | None) -> float | None:
