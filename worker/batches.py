@@ -6,6 +6,8 @@ Chords on the Redis result backend have a long record of callbacks that never fi
 
 - ``recq:batch:B`` a hash: ``total``, ``succeeded``, ``failed``, ``published`` (how many children
   the fan-out has published, in order, so a redelivered batch resumes instead of starting over),
+  ``stalls`` (how many deliveries of the batch began since the fan-out last published a chunk: a
+  fan-out that kills its worker at the same chunk every time fails, instead of looping),
   ``completedAt`` once every child ended, and ``job``, the bulk job itself (its children are
   derived from it, see :func:`worker.jobs.child_jobs`);
 - ``recq:batch:B:ended`` the set of children counted so far, and ``recq:batch:B:failed`` those
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -37,9 +39,22 @@ from worker.state import JobStore, State, ttl_after
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'total', ARGV[1], 'succeeded', 0, 'failed', 0, 'published', 0,
-           'job', ARGV[2])
+           'stalls', 1, 'job', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
+"""
+
+# KEYS: the batch's hash. ARGV: '1' for the job's first delivery since it was queued afresh (a
+# replay), whose count of stalled deliveries starts over. Nil when there is no such batch (its
+# fan-out has not begun); else its progress, and the deliveries begun since the fan-out last
+# published a chunk, this one included.
+_RESUME = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[1] == '1' then
+  redis.call('HSET', KEYS[1], 'stalls', 0)
+end
+redis.call('HINCRBY', KEYS[1], 'stalls', 1)
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 2))
 """
 
 # KEYS: the batch's hash, its counted children, those of them counted failed. ARGV: the child,
@@ -100,6 +115,14 @@ class Progress:
     failed: int
     published: int
     completed: bool
+    stalls: int = 0
+    """Deliveries of the batch begun since its fan-out last published a chunk, this one
+    included (as :meth:`Batches.resume` counts them; 0 elsewhere)."""
+
+    @property
+    def fanned_out(self) -> bool:
+        """Whether every child has been published."""
+        return self.published >= self.total
 
     @property
     def pending(self) -> int:
@@ -132,6 +155,7 @@ class Batches:
         self._create: Any = client.register_script(_CREATE)
         self._ended: Any = client.register_script(_ENDED)
         self._keep: Any = client.register_script(KEEP)
+        self._resume: Any = client.register_script(_RESUME)
 
     def key(self, batch_id: str) -> str:
         """The batch's hash, which exists from the moment its fan-out begins."""
@@ -143,8 +167,18 @@ class Batches:
         return bool(self._create(keys=[self.key(batch_id)], args=args))
 
     def advance(self, batch_id: str, published: int) -> None:
-        """Note that the first ``published`` children have been published."""
-        self._redis.hset(self.key(batch_id), "published", published)
+        """Note that the first ``published`` children have been published: the fan-out moved
+        on, and no delivery has stalled since."""
+        self._redis.hset(self.key(batch_id), mapping={"published": published, "stalls": 0})
+
+    def resume(self, batch_id: str, *, afresh: bool) -> Progress | None:
+        """Count a delivery of a batch whose fan-out began, and return its progress with the
+        deliveries begun since the fan-out last moved on (:attr:`Progress.stalls`); None when
+        there is no such batch (yet). ``afresh``: the job's first delivery since a replay queued
+        it again, which starts that count over."""
+        names = [*_PROGRESS, "stalls"]
+        fields = self._resume(keys=[self.key(batch_id)], args=["1" if afresh else "0", *names])
+        return None if fields is None else _progress(fields)
 
     def child_ended(self, batch_id: str, child_id: str, *, succeeded: bool) -> Counted:
         """Count a child's end (once, or again when a failed child replayed succeeds), and say
@@ -165,24 +199,30 @@ class Batches:
 
     def progress(self, batch_id: str) -> Progress | None:
         """The batch's progress, or None when there is no such batch (yet)."""
-        names = ["total", "succeeded", "failed", "published", "completedAt"]
-        total, succeeded, failed, published, completed = self._redis.hmget(
-            self.key(batch_id), names
-        )
-        if total is None:
-            return None
-        return Progress(
-            total=int(total),
-            succeeded=int(succeeded or 0),
-            failed=int(failed or 0),
-            published=int(published or 0),
-            completed=completed is not None,
-        )
+        return _progress(self._redis.hmget(self.key(batch_id), _PROGRESS))
 
     def job(self, batch_id: str) -> dict[str, Any] | None:
         """The bulk job the batch was made from."""
         raw = self._redis.hget(self.key(batch_id), "job")
         return None if raw is None else dict(json.loads(raw))
+
+
+_PROGRESS = ["total", "succeeded", "failed", "published", "completedAt"]
+
+
+def _progress(fields: Sequence[Any]) -> Progress | None:
+    """A batch's progress from its hash's fields (:data:`_PROGRESS`, then maybe ``stalls``)."""
+    total, succeeded, failed, published, completed, *stalls = fields
+    if total is None:
+        return None
+    return Progress(
+        total=int(total),
+        succeeded=int(succeeded or 0),
+        failed=int(failed or 0),
+        published=int(published or 0),
+        completed=completed is not None,
+        stalls=int(stalls[0]) if stalls else 0,
+    )
 
 
 def child_outcomes(store: JobStore, batch: Job) -> list[dict[str, Any]]:

@@ -8,16 +8,20 @@ children's claims make a second message harmless) and never a second set of chil
 that already ended is not published again: it is told to the batch as it ended (a child of an
 earlier delivery that ran, or a job of that id that ended before the batch).
 
-Once the fan-out has begun (the batch's hash exists, :meth:`FanOut.began`), the batch's time and
+Once the fan-out has begun (the batch's hash exists, :meth:`FanOut.resume`), the batch's time and
 meeting were met: any later delivery of it (redelivered after a crash, or enqueued again) only
-resumes the fan-out, and the batch's outcome is its children's.
+resumes the fan-out, and the batch's outcome is its children's. Unless the fan-out stops moving
+on: deliveries that keep dying at the same chunk (a worker killed there every time) are counted,
+and past ``RECQ_MAX_DELIVERIES`` of them the batch fails ``too_many_deliveries``, as a job would.
+The children it had published run on, each to its own end; a replay of the batch (``recq dead
+replay``) counts afresh and publishes the rest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from worker.batches import Batches
+from worker.batches import Batches, Progress
 from worker.enqueuer import Enqueuer
 from worker.jobs import Job, child_jobs
 from worker.publisher import TaskMessage
@@ -40,9 +44,11 @@ class FanOut:
         self._enqueuer = enqueuer
         self._chunk = chunk
 
-    def began(self, batch_id: str) -> bool:
-        """Whether the batch's fan-out has begun (on this delivery or an earlier one)."""
-        return self._batches.progress(batch_id) is not None
+    def resume(self, batch_id: str, *, afresh: bool) -> Progress | None:
+        """The progress of a batch whose fan-out has begun (on this delivery or an earlier
+        one), counting this delivery among those since it last moved on; None if it has not
+        begun. ``afresh``: the job's first delivery since a replay, whose count starts over."""
+        return self._batches.resume(batch_id, afresh=afresh)
 
     def run(
         self,

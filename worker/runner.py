@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from worker.batches import Progress
 from worker.claims import Claim, Claims, ClaimStatus, Start
 from worker.errors import (
     UNREACHABLE,
@@ -286,20 +287,41 @@ class JobRunner:
             cleared=claim.paused == 0.0,
             recorded=claim.started,
         )
-        # A batch whose fan-out began met its time and meeting already: a later delivery
-        # (redelivered, or enqueued again) resumes it, however late or often it comes.
-        resuming = job.kind.fans_out and self._fanning_out.began(job.id)
-        if claim.deliveries > self._limits.max_deliveries and not resuming:
+        if job.kind.fans_out:
+            # The first delivery since a replay (which queued the job afresh) counts afresh.
+            fanned = self._fanning_out.resume(job.id, afresh=claim.deliveries == 1)
+            if fanned is not None:
+                return self._resume_fan_out(job, timing, claim, attempts, fanned)
+        if claim.deliveries > self._limits.max_deliveries:
             error = ErrorInfo(
                 reason="too_many_deliveries",
                 message=f"delivered {claim.deliveries} times without finishing "
                 f"(at most {self._limits.max_deliveries}): a worker may be dying on it",
             )
             return self._finish(job, attempts, error=error, claim=claim)
-        if timing.early(self._clock()) and not resuming:
+        if timing.early(self._clock()):
             self._scheduler.hold(job, timing)
             return Outcome(job.id, State.SCHEDULED, attempts.total, deferred=True)
-        return self._attempt(job, timing, claim, attempts, resuming=resuming)
+        return self._attempt(job, timing, claim, attempts, resuming=False)
+
+    def _resume_fan_out(
+        self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, fanned: Progress
+    ) -> Outcome:
+        """A batch whose fan-out began met its time and meeting already: a later delivery
+        (redelivered, or enqueued again) resumes it, however late or often it comes, unless
+        deliveries keep dying without publishing another chunk (a worker killed at the same
+        child every time). Those fail it, as too many deliveries fail a job; the children it
+        published run on, and a replay publishes the rest."""
+        if fanned.stalls > self._limits.max_deliveries and not fanned.fanned_out:
+            error = ErrorInfo(
+                reason="too_many_deliveries",
+                message=f"its fan-out published {fanned.published} of {fanned.total} children, "
+                f"then was delivered {fanned.stalls} times without publishing more (at most "
+                f"{self._limits.max_deliveries}): a worker may be dying on it. The children "
+                "published run on; a replay of the batch publishes the rest",
+            )
+            return self._finish(job, attempts, error=error, claim=claim)
+        return self._attempt(job, timing, claim, attempts, resuming=True)
 
     def _attempt(
         self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, *, resuming: bool

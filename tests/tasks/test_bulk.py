@@ -7,15 +7,23 @@ however many workers run. Each test prints its figures.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import redis
 
 from worker.celery_app import create_app
 from worker.enqueuer import Enqueuer, NewJob
-from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING, STOP_TRACK_RECORDING
+from worker.jobs import (
+    BULK_TRACK_RECORDING,
+    START_TRACK_RECORDING,
+    STOP_TRACK_RECORDING,
+    Job,
+    child_jobs,
+)
 from worker.producer import Producer
 from worker.publisher import TaskMessage
 from worker.sandbox import DEFAULT_API_KEY, DEFAULT_SECRET
@@ -167,3 +175,62 @@ def test_a_redelivered_batch_message_creates_no_second_set_of_children(
     assert sorted(published) == sorted(set(published))
     assert len(published) == 20
     assert len(sandbox.accepted(TRACK_START)) == 20
+
+
+class DiesAtAChunk:
+    """The app's enqueuer, but the worker dies publishing the chunk that begins with ``first``,
+    on every delivery of the batch, until ``mended``."""
+
+    def __init__(self, inner: Enqueuer, first: str) -> None:
+        self.inner = inner
+        self.first = first
+        self.mended = False
+
+    def enqueue(self, jobs: Sequence[NewJob]) -> list[State | None]:
+        if not self.mended and jobs[0][1].job_id == self.first:
+            raise redis.ConnectionError("the worker died publishing this chunk")
+        return self.inner.enqueue(jobs)
+
+
+class TestAFanOutThatKeepsDying:
+    @pytest.fixture
+    def app(self, settings, sleeps):
+        """Jobs delivered at most twice."""
+        application = create_app(dataclasses.replace(settings, max_deliveries=2), sleep=sleeps)
+        yield application
+        application.close()
+
+    def test_it_fails_its_batch_and_a_replay_publishes_the_rest(self, app, sandbox):
+        """150 children, published 100 at a time: every delivery dies at the second chunk and
+        is handed back to the broker. Past two such deliveries the batch fails; the first 100
+        children run on; mended and replayed, the batch publishes the other 50 and completes.
+        (Such a batch was delivered for ever.)"""
+        from celery.contrib.testing.worker import start_worker  # noqa: PLC0415
+
+        job = {**bulk(75, ["audio", "video"]), "jobId": "b-dying"}
+        children = child_jobs(Job("b-dying", BULK_TRACK_RECORDING, job))
+        dying = DiesAtAChunk(app.enqueuer, first=children[100].id)
+        app.__dict__["enqueuer"] = dying  # before the worker builds its runner
+        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
+            Producer(app).enqueue(BULK_TRACK_RECORDING, job)
+            record = wait_for_state(app.store, "b-dying", State.FAILED, timeout=60)
+            assert record.error["reason"] == "too_many_deliveries"
+            assert "published 100 of 150 children" in record.error["message"]
+            wait_for_events(app.event_log, "batch.failed", timeout=10)
+            deadline = time.monotonic() + 60
+            while app.batches.progress("b-dying").succeeded < 100:
+                assert time.monotonic() < deadline, "the children published did not all end"
+                time.sleep(0.1)
+            assert app.store.get("b-dying").state is State.FAILED
+            dying.mended = True
+            Producer(app).replay("b-dying")
+            wait_for_state(app.store, "b-dying", State.SUCCEEDED, timeout=60)
+            [completed] = wait_for_events(app.event_log, "batch.completed", timeout=10)
+        print(f"\nfan-out dying at a chunk: failed on delivery {record.deliveries}")
+        assert completed["data"]["counts"] == {
+            "total": 150,
+            "succeeded": 150,
+            "failed": 0,
+            "pending": 0,
+        }
+        assert len(sandbox.accepted(TRACK_START)) == 150

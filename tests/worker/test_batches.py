@@ -15,6 +15,7 @@ from worker.errors import JobConflict
 from worker.fanout import FanOut
 from worker.jobs import BULK_TRACK_RECORDING, START_TRACK_RECORDING
 from worker.publisher import TaskMessage
+from worker.runner import Limits
 from worker.sandbox import Fault
 from worker.state import Queued, State, epoch_iso
 
@@ -277,6 +278,140 @@ class TestFanOut:
             "batch.started",
             "batch.completed",
         ]
+
+
+class Broker:
+    """Where a fan-out publishes: it takes every chunk, except that the worker dies publishing
+    the chunks ``dies`` picks (given the chunk's first child and how many chunks came so far),
+    on every delivery, until mended (``dies = None``): a child whose publishing kills it, say."""
+
+    def __init__(self, published, dies) -> None:
+        self.published = published
+        self.dies = dies
+        self.chunks = 0
+
+    def __call__(self, messages) -> None:
+        self.chunks += 1
+        if self.dies is not None and self.dies(messages[0].job_id, self.chunks):
+            raise OperationalError("the worker died publishing this chunk")
+        self.published.extend(messages)
+
+
+def dies_at_bob(first: str, _chunks: int) -> bool:
+    """The second chunk of two children (the third child, bob's audio, first)."""
+    return first == "b1:audio:bob"
+
+
+def replay(store, job_id: str) -> None:
+    """What `recq dead replay` does to a failed job's record: queued afresh."""
+    kind = BULK_TRACK_RECORDING
+    queued = store.enqueue(
+        job_id,
+        kind=kind.name,
+        target=kind.target(BULK),
+        metadata={},
+        fresh=True,
+        replacing=State.FAILED,
+    )
+    assert queued is None
+
+
+class TestAFanOutThatKeepsDying:
+    """A batch resumes its fan-out on every delivery, however late or often, while the fan-out
+    moves on. Deliveries that die at the same chunk every time are counted like a job's
+    deliveries: past RECQ_MAX_DELIVERIES of them the batch fails. (They were exempt, and such a
+    batch was delivered for ever.)"""
+
+    @pytest.fixture
+    def broker(self, published) -> Broker:
+        return Broker(published, dies_at_bob)
+
+    @pytest.fixture
+    def runner(self, make_runner, batches, store, broker):
+        """At most two deliveries, chunks of two children."""
+        enqueuer = RecordThenPublish(store, broker)
+        fan_out = FanOut(batches=batches, enqueuer=enqueuer, chunk=2)
+        return make_runner(limits=Limits(max_deliveries=2), fan_out=fan_out)
+
+    @staticmethod
+    def deliver(runner, tries: int = 10):
+        """Deliver the batch until a delivery ends without the worker dying, as the broker
+        hands it back each time; that delivery's outcome, and how many deliveries died."""
+        for died in range(tries):
+            try:
+                return runner.run(BULK_TRACK_RECORDING, BULK, job_id="b1"), died
+            except OperationalError:
+                continue
+        raise AssertionError(f"every one of {tries} deliveries died")
+
+    def test_deliveries_that_die_at_the_same_chunk_fail_the_batch(
+        self, runner, store, sink, dead_letters
+    ):
+        """The first delivery publishes a chunk and dies at the second; two more die there
+        (the most allowed); the next fails the batch, naming how far the fan-out got."""
+        outcome, died = self.deliver(runner)
+        assert (died, outcome.state, outcome.error.reason) == (
+            3,
+            State.FAILED,
+            "too_many_deliveries",
+        )
+        assert outcome.error.message.startswith(
+            "its fan-out published 2 of 6 children, then was delivered 3 times without "
+            "publishing more (at most 2)"
+        )
+        assert store.get("b1").state is State.FAILED
+        assert dead_letters.get("b1").error["reason"] == "too_many_deliveries"
+        batch_events = [t for t in sink.types if t.startswith("batch.")]
+        assert batch_events == ["batch.started", "batch.failed"]
+
+    def test_the_children_published_run_on_and_the_batch_stays_failed(
+        self, runner, batches, store, published, sink, sandbox
+    ):
+        self.deliver(runner)
+        run_children(runner, published)
+        assert [store.get(d.job_id).state for d in published] == [State.SUCCEEDED] * 2
+        assert len(sandbox.calls) == 2
+        assert batches.progress("b1").succeeded == 2
+        assert store.get("b1").state is State.FAILED
+        assert "batch.completed" not in sink.types
+
+    def test_a_fan_out_that_moves_on_at_every_delivery_is_never_failed_for_it(
+        self, make_runner, batches, store, published, broker
+    ):
+        """Each delivery publishes one child and dies at the next: six deliveries, three times
+        the two allowed, and the batch completes, since each one moved it on."""
+        broker.dies = lambda _first, chunks: chunks % 2 == 0
+        one_by_one = FanOut(batches=batches, enqueuer=RecordThenPublish(store, broker), chunk=1)
+        runner = make_runner(limits=Limits(max_deliveries=2), fan_out=one_by_one)
+        outcome, died = self.deliver(runner)
+        assert (died, outcome.state) == (5, State.RUNNING)
+        assert len({d.job_id for d in published}) == 6
+        run_children(runner, published)
+        assert store.get("b1").state is State.SUCCEEDED
+
+    def test_a_replay_counts_its_deliveries_afresh_and_publishes_the_rest(
+        self, runner, broker, store, published, sink
+    ):
+        """A replayed batch is not failed again at once for the deliveries before its replay:
+        it gets as many again, and once the fault is mended it publishes the rest."""
+        self.deliver(runner)
+        replay(store, "b1")
+        outcome, died = self.deliver(runner)
+        assert (died, outcome.error.reason) == (2, "too_many_deliveries")
+        replay(store, "b1")
+        broker.dies = None
+        outcome, died = self.deliver(runner, tries=1)
+        assert (died, outcome.state) == (0, State.RUNNING)
+        assert len({d.job_id for d in published}) == 6
+        run_children(runner, published)
+        assert store.get("b1").state is State.SUCCEEDED
+        assert sink.types.count("batch.completed") == 1
+
+    def test_only_a_batch_whose_fan_out_began_counts_a_delivery(self, batches, redis_client):
+        """No hash is made for a batch that has none: its first delivery would find one, and
+        resume a fan-out that never began."""
+        assert batches.resume("b9", afresh=False) is None
+        assert not redis_client.exists(batches.key("b9"))
 
 
 class TestCompletion:
