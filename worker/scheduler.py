@@ -223,7 +223,8 @@ class Scheduler:
             and self._reporter.batches.progress(job_id) is not None
         ):
             # Its children are out (or it ended with them): they are what there is to cancel.
-            return self._cancel_children(tried.named)
+            ended = tried.answer.startswith("ended:")
+            return self._cancel_children(tried.named, ended=ended)
         if tried.answer != "cancelled":
             raise _refusal(tried.job, tried.answer)
         return Cancellation(tried.named, **tried.done())
@@ -283,12 +284,12 @@ class Scheduler:
         self._reporter.announce(held_stop, "scheduled", held)
         return _Tried(answer, named, job, (held_stop.id,))
 
-    def _cancel_children(self, batch: Job) -> Cancellation:
+    def _cancel_children(self, batch: Job, *, ended: bool) -> Cancellation:
         """Cancel, as :meth:`cancel` would one by one, each child of a batch whose fan-out
         began: those that have not run, and the pending stops of those that started. Children
         being run stay busy; each is tried again for a moment, all of them together."""
         done: dict[str, tuple[Any, ...]] = {"cancelled": (), "pending_stops": (), "stops": ()}
-        busy = self._children(batch)
+        busy = self._children(batch, ended=ended)
         for last in self._tries():
             still_busy = []
             for child_id in busy:
@@ -311,9 +312,11 @@ class Scheduler:
             )
         return Cancellation(batch, **done, busy=tuple(busy))
 
-    def _children(self, batch: Job) -> list[str]:
+    def _children(self, batch: Job, *, ended: bool) -> list[str]:
         """The ids of a batch's children, once its fan-out published every one of them: a
-        child not yet published cannot be cancelled (the fan-out would publish it after)."""
+        child not yet published cannot be cancelled (the fan-out would publish it after).
+        Unless the batch ended (failed mid-fan-out): nothing publishes the rest, and those never
+        made are skipped as unknown."""
         batches = self._reporter.batches
         published = total = 0
         for _ in self._tries():
@@ -321,7 +324,7 @@ class Scheduler:
             if progress is None or body is None:
                 raise JobConflict(f"batch {batch.id} has no progress left to read (expired)")
             published, total = progress.published, progress.total
-            if published >= total:
+            if ended or progress.fanned_out:
                 return [child.id for child in child_jobs(Job(batch.id, batch.kind, body))]
         raise JobConflict(
             f"batch {batch.id} has published {published} of its {total} children and "
@@ -423,11 +426,12 @@ class Scheduler:
         with ``stop_at`` would one by one: a child waiting on the schedule gets the new
         ``stopAt``, a child that started has its stop moved (or held, if it had none). A child
         that failed, was cancelled or was stopped already is left alone."""
-        batch = _job_of(self._get(batch_id))
+        found = self._get(batch_id)
+        batch = _job_of(found)
         moved: list[str] = []
         refused: list[tuple[str, str]] = []
         latest = 0.0
-        for child_id in self._children(batch):
+        for child_id in self._children(batch, ended=found.state.terminal):
             record = self._store.get(child_id)
             if record is None or (record.state.terminal and not self._stoppable(record)):
                 continue

@@ -407,6 +407,35 @@ class TestAFanOutThatKeepsDying:
         assert store.get("b1").state is State.SUCCEEDED
         assert sink.types.count("batch.completed") == 1
 
+    def test_a_cancel_of_the_failed_batch_cancels_the_children_it_published(
+        self, runner, store, published, scheduler, sleeps
+    ):
+        """Nothing will publish the rest: the cancel does not wait for that (it refused such a
+        batch until its fan-out had published every child, which it never would). The chunk
+        the worker died in was recorded queued: cancelled too, it ends; carol was never made."""
+        self.deliver(runner)
+        done = scheduler.cancel("b1")
+        assert [d.job_id for d in published] == ["b1:audio:alice", "b1:video:alice"]
+        assert done.cancelled == (
+            "b1:audio:alice",
+            "b1:video:alice",
+            "b1:audio:bob",
+            "b1:video:bob",
+        )
+        assert sleeps.waits == []
+        assert store.get("b1:audio:carol") is None
+
+    def test_a_move_of_the_failed_batch_moves_the_stops_of_the_children_it_published(
+        self, runner, published, scheduler, schedule, clock, sleeps
+    ):
+        self.deliver(runner)
+        run_children(runner, published)
+        moves = scheduler.reschedule_children("b1", stop_at=epoch_iso(clock.now + 60))
+        assert moves.moved == ("b1:audio:alice:stop", "b1:video:alice:stop")
+        assert [child for child, _why in moves.refused] == ["b1:audio:bob", "b1:video:bob"]
+        assert set(stops_pending(schedule).values()) == {clock.now + 60}
+        assert sleeps.waits == []
+
     def test_only_a_batch_whose_fan_out_began_counts_a_delivery(self, batches, redis_client):
         """No hash is made for a batch that has none: its first delivery would find one, and
         resume a fan-out that never began."""
