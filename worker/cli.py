@@ -628,6 +628,9 @@ def _status(settings: Settings, args: argparse.Namespace, _extra: list[str]) -> 
     if batch is not None:
         counts = ", ".join(f"{n} {what}" for what, n in batch["counts"].items())
         print(f"  children: {counts}")
+        total = batch["counts"]["total"]
+        if batch["published"] < total:  # under way, or failed part way through
+            print(f"  fan-out: {batch['published']} of {total} children made so far")
     if record.error:
         print(f"  error: {record.error.get('reason')}: {record.error.get('message')}")
     return 0

@@ -17,13 +17,18 @@ BAR_WIDTH = 30
 
 
 def batch_status(app: RecqCelery, batch_id: str) -> dict[str, Any] | None:
-    """A batch's ``counts`` and ``children`` (each with its state), or None if not a batch."""
+    """A batch's ``counts``, how many children its fan-out has ``published`` (made), and its
+    ``children`` (each with its state), or None if not a batch."""
     progress = app.batches.progress(batch_id)
     body = app.batches.job(batch_id)
     if progress is None or body is None:
         return None
     batch = Job(batch_id, BULK_TRACK_RECORDING, body)
-    return {"counts": progress.counts(), "children": child_outcomes(app.store, batch)}
+    return {
+        "counts": progress.counts(),
+        "published": progress.published,
+        "children": child_outcomes(app.store, batch),
+    }
 
 
 def bar(progress: Progress) -> str:

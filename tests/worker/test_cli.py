@@ -19,6 +19,7 @@ import pytest
 import redis
 import requests
 
+from worker.batches import Batches
 from worker.cli import WORKER_DEFAULTS, requested_pool
 from worker.errors import ErrorInfo
 from worker.event_log import EventLog
@@ -314,6 +315,26 @@ class TestStatusAndEvents:
             "  rate limit: no call slot free (RECQ_RATE_LIMIT); "
             "its turn is at 2030-03-17T17:46:40.000Z"
         )
+
+    def test_a_batch_failed_part_way_through_its_fan_out_says_how_many_children_it_made(
+        self, env, redis_url, namespace
+    ):
+        """Its children not made would be counted pending for ever: the status says the fan-out
+        made two of four, beside the error that says why it stopped."""
+        client = redis.Redis.from_url(redis_url)
+        batches = Batches(client, namespace=namespace)
+        batches.create("b-cut", BULK_JOB, total=4)
+        batches.advance("b-cut", 2)
+        error = ErrorInfo("too_many_deliveries", "its fan-out published 2 of 4 children, ...")
+        store = JobStore(client, namespace=namespace)
+        store.transition("b-cut", State.FAILED, kind="bulk-track-recording", error=error)
+        lines = recq("status", "b-cut", env=env).stdout.splitlines()
+        assert lines[2:4] == [
+            "  children: 4 total, 0 succeeded, 0 failed, 4 pending",
+            "  fan-out: 2 of 4 children made so far",
+        ]
+        state = json.loads(recq("status", "b-cut", "--json", env=env).stdout)
+        assert (state["published"], len(state["children"])) == (2, 4)
 
     def test_a_message_of_an_unknown_task_shows_its_state_and_error_alone(
         self, env, redis_url, namespace
