@@ -30,12 +30,14 @@ from worker.errors import (
     which_failed,
 )
 from worker.jobs import BY_TASK, Job, JobKind
-from worker.publisher import CHUNK, TaskMessage
+from worker.publisher import CHUNK, TaskMessage, queue_envelope
 from worker.state import Queued, State, epoch_iso
 from worker.timing import Timing
 from worker.validation import validate
 
 if TYPE_CHECKING:
+    import redis
+
     from worker.celery_app import RecqCelery
     from worker.dead_letters import DeadLetter
 
@@ -140,9 +142,12 @@ class Producer:
                     replayed, timing, fresh=True, replacing=State.FAILED
                 )
             else:
-                # Not in one script with its message (worker.enqueuer): a replay is queued
-                # again, its counters cleared. A crash between the two leaves the dead letter,
-                # removed only below, and the job queued: see _not_replayable.
+                # Queued again, its counters cleared, and its message pushed in the same
+                # transaction on the default broker. On another, published after: a crash
+                # between the two leaves the dead letter, removed only below, and the job
+                # queued (see _not_replayable).
+                message = TaskMessage(kind.task_name, job_id, job)
+                push = self._push_with_record(message)
                 found = app.producer_store.enqueue(
                     job_id,
                     kind=kind.name,
@@ -150,9 +155,10 @@ class Producer:
                     metadata=job.get("metadata") or {},
                     fresh=True,
                     replacing=State.FAILED,
+                    then=push,
                 )
-                if found is None:
-                    self._publish_replay(replayed, letter)
+                if found is None and push is None:
+                    self._publish_replay(message, letter)
         except UNREACHABLE as exc:
             raise BrokerUnavailable(
                 f"could not publish job {job_id}: {which_failed(exc)}"
@@ -163,15 +169,32 @@ class Producer:
         app.dead_letters.remove_if_unchanged(letter)
         return job_id
 
-    def _publish_replay(self, job: Job, letter: DeadLetter) -> None:
+    def _push_with_record(
+        self, message: TaskMessage
+    ) -> Callable[[redis.client.Pipeline], None] | None:
+        """Where the broker is the state store's Redis (the default), the LPUSH of a replayed
+        job's message, to be made in its record's own transaction: never one without the
+        other. None on another broker, where the message is published after the record."""
+        if not self._app.broker_is_store:
+            return None
+        queue = self._app.settings.queue
+        envelope = queue_envelope(message, queue)
+
+        def push(pipe: redis.client.Pipeline) -> None:
+            # kombu's consumer takes from the list's right end, as RedisPublisher pushes.
+            pipe.lpush(queue, envelope)
+
+        return push
+
+    def _publish_replay(self, message: TaskMessage, letter: DeadLetter) -> None:
         """Publish a replayed job; if the broker refuses it, the job is failed again as its
         letter says (it was recorded queued, with nothing on its way), so that the replay can
         be made again."""
         try:
-            self._app.task_publisher.publish([TaskMessage(job.kind.task_name, job.id, job.body)])
+            self._app.task_publisher.publish([message])
         except UNREACHABLE:
             self._app.producer_store.transition(
-                job.id, State.FAILED, error=ErrorInfo.from_json(letter.error)
+                message.job_id, State.FAILED, error=ErrorInfo.from_json(letter.error)
             )
             raise
 

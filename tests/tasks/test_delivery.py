@@ -157,6 +157,30 @@ class TestDeadLetters:
         assert letters.remove_if_unchanged(first) is False
         assert letters.get("again-1").error == {"reason": "y", "message": ""}
 
+    def test_a_replay_on_the_default_broker_is_recorded_and_pushed_in_one_step(
+        self, app, sandbox, running_worker
+    ):
+        """Its record and its message are one transaction on the state store's Redis: a
+        producer killed after recording the job queued, before publishing it, left it queued
+        with nothing on its way, and a replay of the letter was refused ("is queued"). Nothing
+        is published after the record any more: the job runs."""
+        app.runner.refuse("whole-1", START_RECORDING.task_name, reason="x", message="first")
+        app.dead_letters.add(
+            "whole-1", task=START_RECORDING.task_name, job=JOB, error={"reason": "x"}, attempts=0
+        )
+
+        class Killed(BaseException):
+            """The producer's process, killed."""
+
+        class KilledBeforePublishing:
+            def publish(self, messages):
+                raise Killed
+
+        app.__dict__["task_publisher"] = KilledBeforePublishing()
+        assert Producer(app).replay("whole-1") == "whole-1"
+        assert wait_for(app, "whole-1", State.SUCCEEDED).attempts == 1
+        assert app.dead_letters.get("whole-1") is None
+
     def test_a_replay_the_broker_refuses_leaves_the_job_failed_to_replay_again(self, app):
         """The job was recorded queued, then the publish failed: it stayed queued with nothing
         on its way. It is failed again as its letter says, and the letter stays."""
