@@ -53,12 +53,14 @@ class FanOut:
     def run(
         self,
         batch: Job,
+        fanned: Progress | None,
         *,
         starting: Callable[[int], None],
         resuming: Callable[[], None],
         ended: Callable[[Job, State], None],
     ) -> int:
-        """Publish the batch's children not yet published; return how many were.
+        """Publish the batch's children not yet published; return how many were. ``fanned``:
+        the progress :meth:`resume` found, or None on the delivery that begins the fan-out.
 
         ``starting(total)`` is called before the first child is published (so that the batch is
         recorded running before any child can end), on every delivery that starts from the top;
@@ -66,9 +68,9 @@ class FanOut:
         found already ended, and so not published, is given to ``ended``.
         """
         children = child_jobs(batch)
-        self._batches.create(batch.id, batch.body, len(children))
-        progress = self._batches.progress(batch.id)
-        first = progress.published if progress else 0
+        if fanned is None and not self._batches.create(batch.id, batch.body, len(children)):
+            fanned = self._batches.progress(batch.id)  # begun meanwhile, by another delivery
+        first = fanned.published if fanned else 0
         if first == 0:
             starting(len(children))
         else:

@@ -36,8 +36,6 @@ from worker.timing import Timing
 from worker.validation import validate
 
 if TYPE_CHECKING:
-    import redis
-
     from worker.celery_app import RecqCelery
     from worker.dead_letters import DeadLetter
 
@@ -142,12 +140,13 @@ class Producer:
                     replayed, timing, fresh=True, replacing=State.FAILED
                 )
             else:
-                # Queued again, its counters cleared, and its message pushed in the same
-                # transaction on the default broker. On another, published after: a crash
+                # Queued again, its counters cleared, and its message pushed by the same script
+                # on the default broker (worker.enqueuer). On another, published after: a crash
                 # between the two leaves the dead letter, removed only below, and the job
                 # queued (see _not_replayable).
                 message = TaskMessage(kind.task_name, job_id, job)
-                push = self._push_with_record(message)
+                queue = app.settings.queue
+                push = (queue, queue_envelope(message, queue)) if app.broker_is_store else None
                 found = app.producer_store.enqueue(
                     job_id,
                     kind=kind.name,
@@ -155,7 +154,7 @@ class Producer:
                     metadata=job.get("metadata") or {},
                     fresh=True,
                     replacing=State.FAILED,
-                    then=push,
+                    push=push,
                 )
                 if found is None and push is None:
                     self._publish_replay(message, letter)
@@ -168,23 +167,6 @@ class Producer:
         # Unless its replay failed again already: that newer letter stays.
         app.dead_letters.remove_if_unchanged(letter)
         return job_id
-
-    def _push_with_record(
-        self, message: TaskMessage
-    ) -> Callable[[redis.client.Pipeline], None] | None:
-        """Where the broker is the state store's Redis (the default), the LPUSH of a replayed
-        job's message, to be made in its record's own transaction: never one without the
-        other. None on another broker, where the message is published after the record."""
-        if not self._app.broker_is_store:
-            return None
-        queue = self._app.settings.queue
-        envelope = queue_envelope(message, queue)
-
-        def push(pipe: redis.client.Pipeline) -> None:
-            # kombu's consumer takes from the list's right end, as RedisPublisher pushes.
-            pipe.lpush(queue, envelope)
-
-        return push
 
     def _publish_replay(self, message: TaskMessage, letter: DeadLetter) -> None:
         """Publish a replayed job; if the broker refuses it, the job is failed again as its

@@ -302,7 +302,7 @@ class JobRunner:
         if timing.early(self._clock()):
             self._scheduler.hold(job, timing)
             return Outcome(job.id, State.SCHEDULED, attempts.total, deferred=True)
-        return self._attempt(job, timing, claim, attempts, resuming=False)
+        return self._attempt(job, timing, claim, attempts, fanned=None)
 
     def _resume_fan_out(
         self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, fanned: Progress
@@ -321,14 +321,21 @@ class JobRunner:
                 "published run on; a replay of the batch publishes the rest",
             )
             return self._finish(job, attempts, error=error, claim=claim)
-        return self._attempt(job, timing, claim, attempts, resuming=True)
+        return self._attempt(job, timing, claim, attempts, fanned=fanned)
 
     def _attempt(
-        self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, *, resuming: bool
+        self,
+        job: Job,
+        timing: Timing,
+        claim: Claim,
+        attempts: _Attempts,
+        *,
+        fanned: Progress | None,
     ) -> Outcome:
-        """Make the job's call, with retries, once it is due (and its meeting is live)."""
+        """Make the job's call, with retries, once it is due (and its meeting is live); for a
+        batch, publish its children (``fanned``: how far a fan-out begun already got)."""
         try:
-            return self._attempt_calls(job, timing, claim, attempts, resuming=resuming)
+            return self._attempt_calls(job, timing, claim, attempts, fanned=fanned)
         finally:
             if attempts.paired and self._limiter is not None:
                 # The check's grant kept the start a turn it will not take this delivery (the
@@ -337,14 +344,20 @@ class JobRunner:
                 self._limiter.leave(job.id)
 
     def _attempt_calls(
-        self, job: Job, timing: Timing, claim: Claim, attempts: _Attempts, *, resuming: bool
+        self,
+        job: Job,
+        timing: Timing,
+        claim: Claim,
+        attempts: _Attempts,
+        *,
+        fanned: Progress | None,
     ) -> Outcome:
         try:
             ended = None
-            if not job.kind.stops and not resuming:
+            if not job.kind.stops and fanned is None:
                 ended = self._unless_ready(job, timing, claim, attempts)
             if ended is None and job.kind.fans_out:
-                ended = self._publish_children(job)
+                ended = self._publish_children(job, fanned)
             if ended is not None:
                 return ended
             self._policy.call(lambda: self._call(job, attempts), deadline=attempts.deadline)
@@ -507,7 +520,7 @@ class JobRunner:
             raise RuntimeError("this runner was built without a fan-out for bulk jobs")
         return self._fan_out
 
-    def _publish_children(self, job: Job) -> Outcome:
+    def _publish_children(self, job: Job, fanned: Progress | None) -> Outcome:
         """A bulk job's work: publish its children, recorded running until they all end."""
 
         def starting(total: int) -> None:
@@ -522,7 +535,7 @@ class JobRunner:
         def ended(child: Job, state: State) -> None:
             self._reporter.ended_again(child, state)
 
-        self._fanning_out.run(job, starting=starting, resuming=resuming, ended=ended)
+        self._fanning_out.run(job, fanned, starting=starting, resuming=resuming, ended=ended)
         return Outcome(job.id, State.RUNNING, 0)
 
     def _succeed(

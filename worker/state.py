@@ -293,10 +293,13 @@ class JobStore:
         extra: Extra | None = None,
         then: Callable[[redis.client.Pipeline], None] | None = None,
         replacing: State | None = None,
+        push: tuple[str, bytes] | None = None,
     ) -> State | None:
         """Record a job as queued (or ``state``), unless it already ended: then return its
         terminal state. ``then`` adds commands to the same transaction, made only with the
-        write (a scheduled job's schedule entry: never one without the other).
+        write (a scheduled job's schedule entry: never one without the other); ``push`` (a
+        list's key and a message) is pushed by the write's own script, as in
+        :meth:`enqueue_many` (a replay's message, on a broker that is this store's Redis).
 
         With ``fresh`` (a replay) the job is queued again whatever its state, and its delivery
         and outage counters start over. Its attempts are kept, here and in
@@ -318,9 +321,9 @@ class JobStore:
             if fresh:
                 pipe.hdel(key, "deliveries", "outageSince", "requeues", "retryAt", "reconciled")
             call = self.write_call(
-                job_id, state, kind=kind, target=target, metadata=metadata, extra=extra
+                job_id, state, kind=kind, target=target, metadata=metadata, extra=extra, push=push
             )
-            self._write_script(keys=call.keys, args=call.args, client=pipe)
+            call.script(keys=call.keys, args=call.args, client=pipe)
             if then is not None:
                 then(pipe)
             return None

@@ -50,6 +50,13 @@ def wait_for_state(
     return record
 
 
+def wait_until(ready: Callable[[], bool], failing: str, *, timeout: float = 20.0) -> None:
+    """Return once ``ready()`` holds; TimeoutError saying ``failing`` once ``timeout`` passed."""
+    _last, reached = _polled(ready, bool, timeout)
+    if not reached:
+        raise TimeoutError(f"{failing} within {timeout:g} s")
+
+
 def wait_for_events(
     log: EventLog, event_type: str, count: int = 1, *, timeout: float = 10.0
 ) -> list[dict[str, Any]]:
